@@ -1,0 +1,57 @@
+# rayop — see README.md. Every target sets up what it needs (venv, Debian packages, control-plane binaries).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help venv deps controlplane cluster-up cluster-down test test-unit test-integration lint run bench clean
+
+help:
+	@echo "make run      run the operator (starts the local control plane when no cluster is reachable)"
+	@echo "make test     set everything up and run lint, unit and integration tests"
+	@echo "make bench    run the benchmarks (see docs/benchmarks.md)"
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+venv: $(STAMP)
+
+deps:
+	@hack/install-deps.sh
+
+controlplane: deps
+	@hack/build-control-plane.sh >/dev/null
+
+cluster-up: venv controlplane
+	hack/local-cluster.sh up
+
+cluster-down:
+	hack/local-cluster.sh down
+
+lint: venv
+	$(BIN)/mypy controller api
+	$(BIN)/lint-imports
+
+test-unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: venv controlplane
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test: venv controlplane lint
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+run: venv controlplane
+	hack/run.sh
+
+bench: venv controlplane
+	@echo "benchmarks: see docs/benchmarks.md"
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""The controller runtime: reflector, store, workqueue, leader election, metrics, manager."""

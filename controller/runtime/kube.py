@@ -1,0 +1,311 @@
+"""A lean Kubernetes REST client that speaks raw JSON.
+
+Guarantees:
+- Configuration (kubeconfig, in-cluster service account) is loaded by the official `kubernetes` package; requests
+  go straight through one urllib3 pool and return plain `dict`s decoded by `json.loads`. No model objects are
+  built, so a 2,000-pod list costs what its JSON costs.
+- Every non-2xx answer raises `ApiError` carrying the HTTP status, the Status reason and the server's message.
+- Requests are paced by a token bucket (`qps`, `burst`) shared by all threads using the client, like client-go's
+  default rate limiter; `qps <= 0` turns pacing off.
+- In-cluster tokens are re-read through the official configuration's refresh hook, so bound service-account
+  tokens that rotate keep working.
+- `watch()` yields decoded watch events line by line; it ends when the server closes the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import urllib3
+
+JSON = dict[str, Any]
+
+CONTENT_JSON = "application/json"
+CONTENT_MERGE_PATCH = "application/merge-patch+json"
+CONTENT_STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+CONTENT_JSON_PATCH = "application/json-patch+json"
+CONTENT_APPLY_PATCH = "application/apply-patch+yaml"
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server."""
+
+    def __init__(self, status: int, reason: str, message: str, body: JSON | None = None):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.body = body or {}
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def already_exists(self) -> bool:
+        return self.status == 409 and self.reason == "AlreadyExists"
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+    @property
+    def too_many_requests(self) -> bool:
+        return self.status == 429
+
+    @property
+    def retry_after(self) -> float | None:
+        details = self.body.get("details") or {}
+        seconds = details.get("retryAfterSeconds")
+        return float(seconds) if seconds else None
+
+
+class TokenBucket:
+    """Allows `qps` requests per second on average with bursts of `burst`; thread-safe."""
+
+    def __init__(self, qps: float, burst: int, clock: Any = time.monotonic, sleep: Any = time.sleep):
+        self.qps = qps
+        self.burst = max(1, burst)
+        self._tokens = float(self.burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take one token and return how long the caller must wait before using it."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.qps)
+            self._last = now
+            self._tokens -= 1.0
+            if self._tokens >= 0:
+                return 0.0
+            return -self._tokens / self.qps
+
+    def take(self) -> None:
+        if self.qps <= 0:
+            return
+        wait = self.reserve()
+        if wait > 0:
+            self._sleep(wait)
+
+
+def _message_of(status: int, raw: bytes) -> tuple[str, str, JSON]:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return "", raw.decode("utf-8", "replace")[:500], {}
+    if isinstance(body, dict):
+        return str(body.get("reason", "")), str(body.get("message", "")), body
+    return "", str(body)[:500], {}
+
+
+class KubeClient:
+    """A thread-safe client for the Kubernetes REST API returning decoded JSON."""
+
+    def __init__(
+        self,
+        configuration: Any,
+        *,
+        qps: float = 50.0,
+        burst: int = 100,
+        user_agent: str = "rayop",
+        pool_maxsize: int = 32,
+    ):
+        self.configuration = configuration
+        self.host = configuration.host.rstrip("/")
+        self.user_agent = user_agent
+        self.bucket = TokenBucket(qps, burst)
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self._requests_lock = threading.Lock()
+        kwargs: dict[str, Any] = {"maxsize": pool_maxsize, "block": False}
+        if configuration.verify_ssl:
+            kwargs["cert_reqs"] = "CERT_REQUIRED"
+            if configuration.ssl_ca_cert:
+                kwargs["ca_certs"] = configuration.ssl_ca_cert
+        else:
+            kwargs["cert_reqs"] = "CERT_NONE"
+        if configuration.cert_file:
+            kwargs["cert_file"] = configuration.cert_file
+        if configuration.key_file:
+            kwargs["key_file"] = configuration.key_file
+        if getattr(configuration, "tls_server_name", None):
+            kwargs["server_hostname"] = configuration.tls_server_name
+        self._pool = urllib3.PoolManager(**kwargs)
+
+    # -- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, kubeconfig: str | None = None, context: str | None = None, **kwargs: Any) -> KubeClient:
+        """In-cluster config when running in a pod and no kubeconfig is named, else the kubeconfig."""
+        import os
+
+        from kubernetes import client as k8s_client
+        from kubernetes import config as k8s_config
+
+        configuration = k8s_client.Configuration()
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        else:
+            k8s_config.load_kube_config(
+                config_file=kubeconfig, context=context, client_configuration=configuration
+            )
+        return cls(configuration, **kwargs)
+
+    # -- low level ----------------------------------------------------------------------------------------------
+
+    def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {"Accept": CONTENT_JSON, "User-Agent": self.user_agent}
+        if content_type:
+            headers["Content-Type"] = content_type
+        auth = self.configuration.auth_settings().get("BearerToken")
+        if auth and auth.get("value"):
+            headers["Authorization"] = auth["value"]
+        return headers
+
+    def url(self, path: str, params: Mapping[str, Any] | None = None) -> str:
+        query = {k: _query_value(v) for k, v in (params or {}).items() if v is not None}
+        return self.host + path + ("?" + urlencode(query) if query else "")
+
+    def _count(self, method: str, status: int) -> None:
+        with self._requests_lock:
+            self.requests[(method, status)] += 1
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        timeout: float | None = 60.0,
+    ) -> Any:
+        """Send one request and return the decoded JSON answer (None for an empty body)."""
+        self.bucket.take()
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+            content_type = content_type or CONTENT_JSON
+        try:
+            response = self._pool.request(
+                method,
+                self.url(path, params),
+                body=data,
+                headers=self._headers(content_type),
+                timeout=urllib3.Timeout(connect=10.0, read=timeout),
+                retries=False,
+                preload_content=True,
+            )
+        except urllib3.exceptions.HTTPError:
+            self._count(method, 0)
+            raise
+        self._count(method, response.status)
+        if response.status >= 300:
+            reason, message, decoded = _message_of(response.status, response.data)
+            raise ApiError(response.status, reason or response.reason or "", message, decoded)
+        if not response.data:
+            return None
+        return json.loads(response.data)
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params=params)
+
+    def create(self, path: str, body: JSON, **params: Any) -> Any:
+        return self.request("POST", path, params=params, body=body)
+
+    def replace(self, path: str, body: JSON, **params: Any) -> Any:
+        return self.request("PUT", path, params=params, body=body)
+
+    def patch(self, path: str, body: Any, content_type: str = CONTENT_MERGE_PATCH, **params: Any) -> Any:
+        return self.request("PATCH", path, params=params, body=body, content_type=content_type)
+
+    def delete(self, path: str, body: JSON | None = None, **params: Any) -> Any:
+        return self.request("DELETE", path, params=params, body=body)
+
+    def watch(
+        self, path: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Iterator[JSON]:
+        """Stream watch events (`{"type": ..., "object": {...}}`) until the server ends the watch.
+
+        `timeout` bounds the wait for each chunk; pass the server-side `timeoutSeconds` in `params` to bound the
+        whole watch. A 410 inside the stream is raised as `ApiError(410)`.
+        """
+        self.bucket.take()
+        query = dict(params or {})
+        query["watch"] = "true"
+        response = self._pool.request(
+            "GET",
+            self.url(path, query),
+            headers=self._headers(None),
+            timeout=urllib3.Timeout(connect=10.0, read=timeout),
+            retries=False,
+            preload_content=False,
+        )
+        self._count("WATCH", response.status)
+        try:
+            if response.status >= 300:
+                reason, message, decoded = _message_of(response.status, response.read())
+                raise ApiError(response.status, reason or response.reason or "", message, decoded)
+            buffer = b""
+            for chunk in response.stream(64 * 1024, decode_content=True):
+                buffer += chunk
+                while True:
+                    newline = buffer.find(b"\n")
+                    if newline < 0:
+                        break
+                    line, buffer = buffer[:newline], buffer[newline + 1 :]
+                    if line.strip():
+                        yield _decode_event(line)
+            if buffer.strip():
+                yield _decode_event(buffer)
+        finally:
+            response.release_conn()
+            response.close()
+
+    def close(self) -> None:
+        self._pool.clear()
+
+
+def _decode_event(line: bytes) -> JSON:
+    event = json.loads(line)
+    if event.get("type") == "ERROR":
+        status = event.get("object") or {}
+        code = int(status.get("code") or 500)
+        raise ApiError(code, str(status.get("reason", "")), str(status.get("message", "")), status)
+    return event  # type: ignore[no-any-return]
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def collection_path(
+    *, group: str = "", version: str = "v1", plural: str, namespace: str | None = None
+) -> str:
+    """The REST path of a collection: /api/v1/namespaces/ns/pods or /apis/g/v/namespaces/ns/plural."""
+    base = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+    if namespace:
+        base += f"/namespaces/{quote(namespace, safe='')}"
+    return f"{base}/{plural}"
+
+
+def object_path(
+    *, group: str = "", version: str = "v1", plural: str, namespace: str | None = None, name: str
+) -> str:
+    return collection_path(group=group, version=version, plural=plural, namespace=namespace) + "/" + quote(
+        name, safe=""
+    )

@@ -1,0 +1,101 @@
+"""Test access to the local control plane (hack/local-cluster.sh).
+
+`LocalCluster.ensure()` reuses a running control plane or starts one; `stop()` brings it down only if this process
+started it. Tests talk to the API server through the project's own `KubeClient`, and to the node agent's fault
+hooks through `fault()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayop.runtime.kube import KubeClient
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "hack" / "local-cluster.sh"
+
+
+@dataclass
+class LocalCluster:
+    env: dict[str, str]
+    started_here: bool
+    _clients: list[KubeClient] = field(default_factory=list)
+
+    @classmethod
+    def ensure(cls) -> LocalCluster:
+        started = subprocess.run([str(SCRIPT), "status"], capture_output=True).returncode != 0
+        if started:
+            subprocess.run([str(SCRIPT), "up"], check=True)
+        out = subprocess.run([str(SCRIPT), "env"], check=True, capture_output=True, text=True).stdout
+        env = {}
+        for line in out.splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            env[name] = value.strip("'").replace(':"$PATH"', ":" + os.environ.get("PATH", ""))
+        return cls(env=env, started_here=started)
+
+    @property
+    def kubeconfig(self) -> str:
+        return self.env["KUBECONFIG"]
+
+    def client(self, **kwargs: Any) -> KubeClient:
+        kwargs.setdefault("qps", 0)
+        client = KubeClient.load(self.kubeconfig, **kwargs)
+        self._clients.append(client)
+        return client
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, **self.env)
+        return subprocess.run(["kubectl", *args], env=env, capture_output=True, text=True, check=check, input=input)
+
+    def script(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(SCRIPT), *args], check=True, capture_output=True, text=True)
+
+    def fault(self, path: str, **body: Any) -> Any:
+        """POST to the node agent's fault hooks, e.g. fault('/pods/crash', namespace=..., name=...)."""
+        request = urllib.request.Request(
+            self.env["RAYOP_NODE_AGENT_URL"] + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"null")
+
+    def etcd(self, path: str, body: dict[str, Any]) -> Any:
+        """Call etcd's v3 JSON gateway, e.g. etcd('/v3/kv/compaction', {'revision': n})."""
+        request = urllib.request.Request(
+            self.env["RAYOP_ETCD_URL"] + path, data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def compact_etcd(self) -> int:
+        """Compact etcd at its current revision; return that revision."""
+        revision = int(self.etcd("/v3/kv/range", {"key": "AA=="})["header"]["revision"])
+        self.etcd("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        return revision
+
+    def stop(self) -> None:
+        for client in self._clients:
+            client.close()
+        if self.started_here and not os.environ.get("RAYOP_KEEP_CLUSTER"):
+            subprocess.run([str(SCRIPT), "down"], check=False)
+
+
+def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.2, message: str = "condition") -> Any:
+    """Poll `predicate` until it returns a truthy value, which is returned; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
