@@ -1,0 +1,476 @@
+#!/usr/bin/env python3
+"""The node agent: plays kubelet for one or more Nodes of the local control plane.
+
+Guarantees:
+- Each Node is registered Ready with capacity, renews its Lease in `kube-node-lease` every 10 s and refreshes its
+  status every 60 s (or at once when its readiness is changed through the fault hooks).
+- Every pod bound to one of its nodes is driven like a kubelet would: Pending -> Running with container statuses,
+  the Ready condition and a pod IP; pods whose containers exit run to Succeeded or Failed as their restartPolicy
+  says; crash-looping containers back off. The container runtime is pluggable (`--mode sim`: containers as
+  timelines, see sim.py; `--mode process` runs them as local processes and is added by process mode).
+- A pod status is written only when it differs from the last one written, and each pod is re-synced exactly when
+  its timeline next changes (delayed work-queue adds), never by polling.
+- A pod with a deletionTimestamp has its containers stopped and is then deleted with grace period 0 and a UID
+  precondition, so a new pod of the same name is never touched.
+- Pods of a node made NotReady through the fault hooks are frozen (no status updates, no finalization), as on a
+  real node that lost its kubelet.
+
+Fault hooks (HTTP on 127.0.0.1:--control-port, JSON bodies):
+  POST /pods/crash {namespace, name, container?, exitCode?}   a container exits now (default code 137)
+  POST /pods/fail  {namespace, name, reason?, message?}       the pod fails now
+  POST /nodes/ready {node, ready}                             set a node's Ready condition
+  GET  /healthz, GET /pods                                    liveness; what the agent tracks
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sim import ContainerView, PodView, SimRuntime  # noqa: E402
+
+from rayop.runtime.kube import ApiError, KubeClient  # noqa: E402
+from rayop.runtime.workqueue import WorkQueue  # noqa: E402
+
+log = logging.getLogger("node-agent")
+
+KUBELET_VERSION = "v1.36.3"
+POD_CIDR = ipaddress.ip_network("10.244.0.0/16")
+LEASE_SECONDS = 40
+RENEW_INTERVAL = 10.0
+STATUS_INTERVAL = 60.0
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def now_micro() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Node:
+    def __init__(self, name: str, index: int, capacity: dict[str, str]):
+        self.name = name
+        self.index = index
+        self.capacity = capacity
+        self.ready = True
+        self.subnet = list(POD_CIDR.subnets(new_prefix=24))[index + 1]
+        self._free = list(self.subnet.hosts())[1:]  # .1 is the node's gateway
+        self._lock = threading.Lock()
+
+    def allocate_ip(self) -> str:
+        with self._lock:
+            return str(self._free.pop(0))
+
+    def release_ip(self, ip: str) -> None:
+        with self._lock:
+            addr = ipaddress.ip_address(ip)
+            if addr in self.subnet and addr not in self._free:
+                self._free.append(addr)  # type: ignore[arg-type]
+
+
+class Agent:
+    def __init__(self, client: KubeClient, nodes: list[Node], runtime: SimRuntime, workers: int = 4):
+        self.client = client
+        self.nodes = {n.name: n for n in nodes}
+        self.runtime = runtime
+        self.queue: WorkQueue[tuple[str, str]] = WorkQueue(name="pods")
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.ips: dict[str, str] = {}  # pod uid -> ip
+        self.written: dict[str, Any] = {}  # pod uid -> last status written
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.workers = workers
+        self.threads: list[threading.Thread] = []
+
+    # -- nodes ----------------------------------------------------------------------------------------------------
+
+    def node_status(self, node: Node) -> dict[str, Any]:
+        stamp = now_iso()
+        ready = {
+            "type": "Ready", "status": "True" if node.ready else "False",
+            "reason": "KubeletReady" if node.ready else "KubeletNotReady",
+            "message": "node agent is posting ready status" if node.ready else "fault hook: node made NotReady",
+            "lastHeartbeatTime": stamp,
+        }
+        conditions = [ready] + [
+            {"type": t, "status": "False", "reason": f"KubeletHas{r}", "message": "ok", "lastHeartbeatTime": stamp}
+            for t, r in (("MemoryPressure", "SufficientMemory"), ("DiskPressure", "NoDiskPressure"),
+                         ("PIDPressure", "SufficientPID"))
+        ]
+        return {
+            "capacity": node.capacity, "allocatable": node.capacity, "conditions": conditions,
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": node.name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "machineID": node.name, "systemUUID": node.name, "bootID": node.name, "kernelVersion": "sim",
+                "osImage": "rayop node agent", "containerRuntimeVersion": "rayop-sim://1",
+                "kubeletVersion": KUBELET_VERSION, "kubeProxyVersion": "", "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
+        }
+
+    def register(self, node: Node) -> None:
+        body = {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": node.name, "labels": {
+                "kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                "node.rayop.dev/agent": "true"}},
+            "spec": {"podCIDR": str(node.subnet), "podCIDRs": [str(node.subnet)]},
+        }
+        try:
+            self.client.create("/api/v1/nodes", body)
+        except ApiError as e:
+            if not e.already_exists:
+                raise
+        self.post_node_status(node)
+
+    def post_node_status(self, node: Node) -> None:
+        self.client.patch(f"/api/v1/nodes/{node.name}/status", {"status": self.node_status(node)})
+
+    def renew_lease(self, node: Node) -> None:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node.name}"
+        spec = {"holderIdentity": node.name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now_micro()}
+        try:
+            self.client.patch(path, {"spec": spec})
+        except ApiError as e:
+            if not e.not_found:
+                raise
+            self.client.create(
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                {"metadata": {"name": node.name, "namespace": "kube-node-lease",
+                              "ownerReferences": []}, "spec": spec},
+            )
+
+    def heartbeat_loop(self) -> None:
+        last_status = time.monotonic()
+        while not self.stopping.wait(RENEW_INTERVAL):
+            for node in self.nodes.values():
+                try:
+                    if node.ready:
+                        self.renew_lease(node)
+                    if time.monotonic() - last_status >= STATUS_INTERVAL:
+                        self.post_node_status(node)
+                except Exception as e:  # noqa: BLE001 - keep beating; the next beat retries
+                    log.warning("heartbeat for %s failed: %s", node.name, e)
+            if time.monotonic() - last_status >= STATUS_INTERVAL:
+                last_status = time.monotonic()
+
+    def set_ready(self, name: str, ready: bool) -> None:
+        node = self.nodes[name]
+        node.ready = ready
+        self.post_node_status(node)
+        if ready:
+            with self.lock:
+                keys = [k for k, p in self.pods.items() if p["spec"].get("nodeName") == name]
+            for key in keys:
+                self.queue.add(key)
+
+    # -- pods -----------------------------------------------------------------------------------------------------
+
+    def watch_loop(self, node: Node) -> None:
+        """List then watch the node's pods; relist on any error (410 Gone included)."""
+        selector = f"spec.nodeName={node.name}"
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                listing = self.client.get("/api/v1/pods", fieldSelector=selector)
+                seen = set()
+                for pod in listing["items"]:
+                    key = self.remember(pod)
+                    seen.add(key)
+                with self.lock:
+                    gone = [k for k, p in self.pods.items()
+                            if p["spec"].get("nodeName") == node.name and k not in seen]
+                for key in gone:
+                    self.vanished(key)
+                rv = listing["metadata"]["resourceVersion"]
+                backoff = 0.5
+                while not self.stopping.is_set():
+                    for event in self.client.watch("/api/v1/pods", {
+                        "fieldSelector": selector, "resourceVersion": rv, "allowWatchBookmarks": "true",
+                        "timeoutSeconds": 300,
+                    }, timeout=330):
+                        obj = event["object"]
+                        rv = obj["metadata"]["resourceVersion"]
+                        if event["type"] == "BOOKMARK":
+                            continue
+                        if event["type"] == "DELETED":
+                            self.vanished((obj["metadata"]["namespace"], obj["metadata"]["name"]), obj)
+                        else:
+                            self.remember(obj)
+                        if self.stopping.is_set():
+                            return
+            except Exception as e:  # noqa: BLE001 - relist after any failure
+                if self.stopping.is_set():
+                    return
+                log.info("pod watch for %s restarting after: %s", node.name, e)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def remember(self, pod: dict[str, Any]) -> tuple[str, str]:
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        with self.lock:
+            old = self.pods.get(key)
+            if old is not None and old["metadata"]["uid"] != pod["metadata"]["uid"]:
+                self._forget_uid(old["metadata"]["uid"])
+            self.pods[key] = pod
+        self.queue.add(key)
+        return key
+
+    def vanished(self, key: tuple[str, str], obj: dict[str, Any] | None = None) -> None:
+        with self.lock:
+            pod = self.pods.get(key)
+            if pod is None or (obj is not None and pod["metadata"]["uid"] != obj["metadata"]["uid"]):
+                return
+            del self.pods[key]
+            self._forget_uid(pod["metadata"]["uid"])
+        self.runtime.stop(pod)
+
+    def _forget_uid(self, uid: str) -> None:
+        self.runtime.forget(uid)
+        self.written.pop(uid, None)
+        ip = self.ips.pop(uid, None)
+        if ip:
+            for node in self.nodes.values():
+                node.release_ip(ip)
+
+    def worker(self) -> None:
+        while True:
+            key = self.queue.get()
+            if key is None:
+                return
+            try:
+                self.sync(key)
+                self.queue.forget(key)
+            except ApiError as e:
+                if e.not_found:
+                    self.queue.forget(key)
+                else:
+                    log.warning("sync %s/%s: %s", *key, e)
+                    self.queue.add_rate_limited(key)
+            except Exception:  # noqa: BLE001
+                log.exception("sync %s/%s failed", *key)
+                self.queue.add_rate_limited(key)
+            finally:
+                self.queue.done(key)
+
+    def sync(self, key: tuple[str, str]) -> None:
+        with self.lock:
+            pod = self.pods.get(key)
+        if pod is None:
+            return
+        node = self.nodes.get(pod["spec"].get("nodeName", ""))
+        if node is None or not node.ready:
+            return
+        meta = pod["metadata"]
+        if meta.get("deletionTimestamp"):
+            self.runtime.stop(pod)
+            try:
+                self.client.delete(
+                    f"/api/v1/namespaces/{key[0]}/pods/{key[1]}",
+                    {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}},
+                )
+            except ApiError as e:
+                if not (e.not_found or e.conflict):
+                    raise
+            return
+        if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            return
+        now = time.time()
+        view = self.runtime.observe(pod, now)
+        status = self.pod_status(pod, node, view)
+        if self.written.get(meta["uid"]) != status:
+            self.client.patch(f"/api/v1/namespaces/{key[0]}/pods/{key[1]}/status", {"status": status})
+            self.written[meta["uid"]] = status
+        if view.next_change is not None and view.phase not in ("Succeeded", "Failed"):
+            self.queue.add_after(key, max(0.0, view.next_change - time.time()) + 0.01)
+
+    def pod_status(self, pod: dict[str, Any], node: Node, view: PodView) -> dict[str, Any]:
+        uid = pod["metadata"]["uid"]
+        host_network = pod["spec"].get("hostNetwork", False)
+        if uid not in self.ips:
+            self.ips[uid] = "127.0.0.1" if host_network else node.allocate_ip()
+        ip = self.ips[uid]
+        start = pod.get("status", {}).get("startTime") or now_iso()
+        containers = [_status_of(c, uid) for c in view.containers]
+        inits = [_status_of(c, uid) for c in view.init_containers]
+        all_ready = bool(containers) and all(c["ready"] for c in containers) and view.phase == "Running"
+        initialized = all("terminated" in c["state"] for c in inits)
+        old = {c["type"]: c for c in pod.get("status", {}).get("conditions") or []}
+
+        def cond(kind: str, ok: bool, reason: str | None = None) -> dict[str, Any]:
+            status = "True" if ok else "False"
+            prev = old.get(kind)
+            out: dict[str, Any] = {"type": kind, "status": status,
+                                   "lastTransitionTime": prev["lastTransitionTime"]
+                                   if prev and prev.get("status") == status and prev.get("lastTransitionTime")
+                                   else now_iso(), "lastProbeTime": None}
+            if not ok and reason:
+                out["reason"] = reason
+            return out
+
+        conditions = [
+            cond("PodReadyToStartContainers", view.phase != "Pending" or not containers),
+            cond("Initialized", initialized, "ContainersNotInitialized"),
+            cond("Ready", all_ready, "ContainersNotReady" if view.phase == "Running" else "PodCompleted"),
+            cond("ContainersReady", all_ready, "ContainersNotReady"),
+            old.get("PodScheduled") or cond("PodScheduled", True),
+        ]
+        status: dict[str, Any] = {
+            "phase": view.phase, "conditions": conditions, "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}], "podIP": ip, "podIPs": [{"ip": ip}], "startTime": start,
+            "containerStatuses": containers,
+        }
+        if inits:
+            status["initContainerStatuses"] = inits
+        if view.reason:
+            status["reason"] = view.reason
+            status["message"] = view.message
+        return status
+
+    # -- faults ---------------------------------------------------------------------------------------------------
+
+    def pod_for_fault(self, body: dict[str, Any]) -> tuple[tuple[str, str], dict[str, Any]]:
+        key = (body["namespace"], body["name"])
+        with self.lock:
+            pod = self.pods.get(key)
+        if pod is None:
+            raise KeyError(f"pod {key[0]}/{key[1]} is not on this agent's nodes")
+        return key, pod
+
+    def crash(self, body: dict[str, Any]) -> dict[str, Any]:
+        key, pod = self.pod_for_fault(body)
+        self.runtime.crash(pod, body.get("container"), int(body.get("exitCode", 137)), time.time())
+        self.queue.add(key)
+        return {"crashed": f"{key[0]}/{key[1]}"}
+
+    def fail(self, body: dict[str, Any]) -> dict[str, Any]:
+        key, pod = self.pod_for_fault(body)
+        self.runtime.fail(pod, body.get("reason", "Evicted"), body.get("message", "fault hook: pod failed"),
+                          time.time())
+        self.queue.add(key)
+        return {"failed": f"{key[0]}/{key[1]}"}
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for node in self.nodes.values():
+            self.register(node)
+            self.renew_lease(node)
+        self.threads.append(threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True))
+        for node in self.nodes.values():
+            self.threads.append(threading.Thread(target=self.watch_loop, args=(node,), name=f"watch-{node.name}",
+                                                 daemon=True))
+        for i in range(self.workers):
+            self.threads.append(threading.Thread(target=self.worker, name=f"worker-{i}", daemon=True))
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.queue.shutdown(drain=True, timeout=5)
+
+
+def _status_of(view: ContainerView, uid: str) -> dict[str, Any]:
+    return {
+        "name": view.name, "image": view.image, "imageID": f"sim://{view.image}",
+        "containerID": f"sim://{uid}/{view.name}/{view.restart_count}", "ready": view.ready,
+        "started": view.started, "restartCount": view.restart_count, "state": view.state,
+        "lastState": view.last_state,
+    }
+
+
+def control_server(agent: Agent, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug("control: " + fmt, *args)
+
+        def reply(self, code: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/healthz":
+                self.reply(200, {"ok": True})
+            elif self.path == "/pods":
+                with agent.lock:
+                    self.reply(200, sorted(f"{k[0]}/{k[1]}" for k in agent.pods))
+            else:
+                self.reply(404, {"error": "not found"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path == "/pods/crash":
+                    self.reply(200, agent.crash(body))
+                elif self.path == "/pods/fail":
+                    self.reply(200, agent.fail(body))
+                elif self.path == "/nodes/ready":
+                    agent.set_ready(body["node"], bool(body["ready"]))
+                    self.reply(200, {"node": body["node"], "ready": bool(body["ready"])})
+                else:
+                    self.reply(404, {"error": "not found"})
+            except KeyError as e:
+                self.reply(404, {"error": str(e)})
+            except (ValueError, TypeError) as e:
+                self.reply(400, {"error": str(e)})
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
+    return server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="rayop's node agent (plays kubelet)")
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--node-prefix", default="rayop-node-")
+    parser.add_argument("--mode", choices=["sim"], default="sim")
+    parser.add_argument("--control-port", type=int, required=True)
+    parser.add_argument("--state-dir", default=None)
+    parser.add_argument("--cpu", default="64")
+    parser.add_argument("--memory", default="512Gi")
+    parser.add_argument("--pods", default="5000")
+    parser.add_argument("--gpus", default="8")
+    parser.add_argument("--workers", type=int, default=4)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    capacity = {"cpu": args.cpu, "memory": args.memory, "pods": args.pods, "ephemeral-storage": "1Ti",
+                "nvidia.com/gpu": args.gpus}
+    nodes = [Node(f"{args.node_prefix}{i + 1}", i, capacity) for i in range(args.nodes)]
+    client = KubeClient.load(args.kubeconfig, qps=0, user_agent="rayop-node-agent")
+    agent = Agent(client, nodes, SimRuntime(), workers=args.workers)
+    server = control_server(agent, args.control_port)
+    agent.start()
+    log.info("node agent up: %s (%s mode), control on 127.0.0.1:%d", ", ".join(agent.nodes), args.mode,
+             args.control_port)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait()
+    agent.stop()
+    server.shutdown()
+    log.info("node agent stopped")
+
+
+if __name__ == "__main__":
+    main()
