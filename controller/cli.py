@@ -1,10 +1,215 @@
-"""The `rayop` command line."""
+"""The `rayop` command line.
+
+`rayop run` starts the operator: informers for `Ray` objects and for the children the operator creates (selected
+by the label `app.kubernetes.io/managed-by=rayop`, mapped to their owner through the controller ownerReference of
+kind `Ray`), one controller whose reconcile function is pluggable (`--reconciler module:factory`), leader election,
+and the health/metrics port. SIGTERM or SIGINT drains and exits 0; losing the lease exits 1.
+
+Until the Ray reconciler exists, the default reconciler (`observe`) only reads the caches and logs what it sees;
+it writes nothing.
+
+Other subcommands (e.g. `rayop render`) register themselves in `SUBCOMMANDS`.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from rayop.runtime.handlers import controller_owner_key, generation_changed
+from rayop.runtime.kube import KubeClient, Resource
+from rayop.runtime.leaderelection import LeaderElectionConfig, default_identity
+from rayop.runtime.logging import FORMATS, LEVELS, configure_logging
+from rayop.runtime.manager import Manager, Reconcile, Result
+from rayop.runtime.store import INDEX_OWNER_UID, ObjectKey, make_trimmer
+
+log = structlog.get_logger("rayop.cli")
+
+RAY_GROUP = "ray.k8s.io"
+RAY = Resource(RAY_GROUP, "v1alpha1", "rays", "Ray")
+MANAGED_BY = "app.kubernetes.io/managed-by=rayop"
+CHILDREN: tuple[Resource, ...] = (
+    Resource("", "v1", "pods", "Pod"),
+    Resource("", "v1", "configmaps", "ConfigMap"),
+    Resource("", "v1", "services", "Service"),
+    Resource("", "v1", "serviceaccounts", "ServiceAccount"),
+    Resource("batch", "v1", "jobs", "Job"),
+    Resource("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+)
+CONTROLLER_NAME = "ray"
+IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+ReconcilerFactory = Callable[[Manager], Reconcile]
+
+
+# -- the reconciler until the real one exists ------------------------------------------------------------------
+
+
+def observe_only(manager: Manager) -> Reconcile:
+    """A reconciler that reads the caches and logs what it sees. It writes nothing."""
+    rays = manager.informer(RAY)
+    children = [manager.informer(r, label_selector=MANAGED_BY) for r in CHILDREN]
+    olog = structlog.get_logger("rayop.observe")
+
+    def reconcile(key: ObjectKey) -> Result:
+        ray = rays.store.get(key)
+        if ray is None:
+            olog.info("observed", key=str(key), present=False)
+            return Result()
+        uid = str(ray["metadata"].get("uid", ""))
+        counts = {i.resource.plural: len(i.store.keys_by_index(INDEX_OWNER_UID, uid)) for i in children}
+        olog.info("observed", key=str(key), present=True, generation=ray["metadata"].get("generation"),
+                  children=counts)
+        return Result()
+
+    return reconcile
+
+
+def load_reconciler(spec: str) -> ReconcilerFactory:
+    if spec == "observe":
+        return observe_only
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise SystemExit(f"--reconciler must be 'observe' or 'module:factory', got {spec!r}")
+    factory = getattr(importlib.import_module(module_name), attr)
+    return factory  # type: ignore[no-any-return]
+
+
+# -- wiring ------------------------------------------------------------------------------------------------------
+
+
+def wire(manager: Manager, factory: ReconcilerFactory, workers: int) -> None:
+    """Informers for Ray and its children, one controller calling the reconciler built by `factory`."""
+    reconcile = factory(manager)
+    controller = manager.controller(CONTROLLER_NAME, reconcile, workers=workers)
+    controller.watch_primary(manager.informer(RAY), predicate=generation_changed)
+    to_owner = controller_owner_key("Ray", RAY_GROUP)
+    for resource in CHILDREN:
+        transform = POD_TRIM if resource.plural == "pods" else None
+        kwargs: dict[str, Any] = {"transform": transform} if transform else {}
+        controller.watch(manager.informer(resource, label_selector=MANAGED_BY, **kwargs), to_owner)
+
+
+# Fields of pods the operator never reads; dropping them keeps the pod cache small.
+POD_TRIM = make_trimmer(
+    ["spec.volumes", "spec.containers.*.volumeMounts", "spec.containers.*.env", "spec.tolerations",
+     "spec.initContainers.*.volumeMounts", "spec.initContainers.*.env"]
+)
+
+
+def default_lease_namespace() -> str:
+    if IN_CLUSTER_NAMESPACE.exists():
+        return IN_CLUSTER_NAMESPACE.read_text().strip() or "default"
+    return os.environ.get("POD_NAMESPACE", "default")
+
+
+def _namespaces(values: list[str] | None) -> list[str] | None:
+    names = [n.strip() for v in values or () for n in v.split(",") if n.strip()]
+    return names or None
+
+
+def add_run_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the operator")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None,
+                   help="kubeconfig file (default: $KUBECONFIG, then in-cluster, then ~/.kube/config)")
+    p.add_argument("--context", default=None, help="kubeconfig context")
+    p.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS",
+                   help="namespace to watch (repeat or comma-separate; default: all namespaces)")
+    p.add_argument("--workers", type=int, default=4, help="concurrent reconciles (default 4)")
+    p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=False,
+                   help="use leader election so only one replica reconciles (default off)")
+    p.add_argument("--leader-election-namespace", default=None,
+                   help="namespace of the Lease (default: the pod's namespace, else 'default')")
+    p.add_argument("--leader-election-id", default="rayop-leader", help="name of the Lease")
+    p.add_argument("--leader-election-identity", default=None, help="this replica's identity (default: host+uid)")
+    p.add_argument("--lease-duration", type=float, default=15.0, help="seconds (default 15)")
+    p.add_argument("--renew-deadline", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument("--retry-period", type=float, default=2.0, help="seconds (default 2)")
+    p.add_argument("--metrics-bind-address", default=":8080",
+                   help="address of /metrics, /healthz, /readyz (default :8080; 0 disables)")
+    p.add_argument("--log-format", choices=FORMATS, default="auto",
+                   help="json in a cluster, console on a terminal (default auto)")
+    p.add_argument("--log-level", choices=LEVELS, default="info")
+    p.add_argument("--kube-api-qps", type=float, default=50.0, help="client requests per second (default 50)")
+    p.add_argument("--kube-api-burst", type=int, default=100, help="client burst (default 100)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds to let reconciles in flight finish on SIGTERM (default 30)")
+    p.add_argument("--reconciler", default="observe",
+                   help="'observe' (log only) or module:factory, factory(manager) -> reconcile(key)")
+    p.set_defaults(func=cmd_run)
+
+
+def build_manager(args: argparse.Namespace) -> Manager:
+    client = KubeClient.load(args.kubeconfig, args.context, qps=args.kube_api_qps, burst=args.kube_api_burst)
+    election = None
+    if args.leader_elect:
+        election = LeaderElectionConfig(
+            name=args.leader_election_id,
+            namespace=args.leader_election_namespace or default_lease_namespace(),
+            identity=args.leader_election_identity or default_identity(),
+            lease_duration=args.lease_duration,
+            renew_deadline=args.renew_deadline,
+            retry_period=args.retry_period,
+        )
+    manager = Manager(
+        client,
+        namespaces=_namespaces(args.namespaces),
+        metrics_address=args.metrics_bind_address,
+        leader_election=election,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    wire(manager, load_reconciler(args.reconciler), args.workers)
+    return manager
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format, args.log_level)
+    manager = build_manager(args)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("signal received, draining", signal=signal.Signals(signum).name)
+        manager.stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    manager.start()
+    # Wait in short slices so the main thread stays responsive to signals.
+    while True:
+        code = manager.wait(0.5)
+        if code is not None:
+            return code
+
+
+SUBCOMMANDS: dict[str, Callable[[Any], None]] = {"run": add_run_parser}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rayop", description="A Kubernetes operator for Ray clusters.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS.values():
+        add(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("rayop: no command yet", file=sys.stderr)
-    return 2
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,7 +9,12 @@ Guarantees:
   default rate limiter; `qps <= 0` turns pacing off.
 - In-cluster tokens are re-read through the official configuration's refresh hook, so bound service-account
   tokens that rotate keep working.
-- `watch()` yields decoded watch events line by line; it ends when the server closes the stream.
+- `watch()` yields decoded watch events line by line; it ends when the server closes the stream. `on_open`
+  receives the open response so another thread can end a watch at once (`abort_response`).
+- An optional `write_gate` is asked before every request that is not a GET; when it answers False the request is
+  not sent and `WritesForbidden` is raised. Leader election uses it so a replica that lost (or never had) the
+  lease cannot write.
+- `clone()` gives an independent client (own pool, own QPS bucket, own counters) on the same configuration.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -68,6 +74,10 @@ class ApiError(Exception):
         details = self.body.get("details") or {}
         seconds = details.get("retryAfterSeconds")
         return float(seconds) if seconds else None
+
+
+class WritesForbidden(RuntimeError):
+    """A write was refused locally because the client's write gate is closed (e.g. leadership lost)."""
 
 
 class TokenBucket:
@@ -129,6 +139,8 @@ class KubeClient:
         self.bucket = TokenBucket(qps, burst)
         self.requests: Counter[tuple[str, int]] = Counter()
         self._requests_lock = threading.Lock()
+        self.write_gate: Callable[[], bool] | None = None
+        self._init_kwargs = {"qps": qps, "burst": burst, "user_agent": user_agent, "pool_maxsize": pool_maxsize}
         kwargs: dict[str, Any] = {"maxsize": pool_maxsize, "block": False}
         if configuration.verify_ssl:
             kwargs["cert_reqs"] = "CERT_REQUIRED"
@@ -163,6 +175,12 @@ class KubeClient:
             )
         return cls(configuration, **kwargs)
 
+    def clone(self, **overrides: Any) -> KubeClient:
+        """A new client on the same configuration, with its own pool, QPS bucket and request counters."""
+        kwargs: dict[str, Any] = dict(self._init_kwargs)
+        kwargs.update(overrides)
+        return KubeClient(self.configuration, **kwargs)
+
     # -- low level ----------------------------------------------------------------------------------------------
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
@@ -182,6 +200,11 @@ class KubeClient:
         with self._requests_lock:
             self.requests[(method, status)] += 1
 
+    def request_counts(self) -> dict[tuple[str, int], int]:
+        """Requests sent so far by (verb, HTTP status); status 0 means no answer (connection error)."""
+        with self._requests_lock:
+            return dict(self.requests)
+
     def request(
         self,
         method: str,
@@ -193,6 +216,8 @@ class KubeClient:
         timeout: float | None = 60.0,
     ) -> Any:
         """Send one request and return the decoded JSON answer (None for an empty body)."""
+        if method != "GET" and self.write_gate is not None and not self.write_gate():
+            raise WritesForbidden(f"{method} {path}: writes are not allowed (not the leader)")
         self.bucket.take()
         data = None
         if body is not None:
@@ -235,7 +260,12 @@ class KubeClient:
         return self.request("DELETE", path, params=params, body=body)
 
     def watch(
-        self, path: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+        self,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        on_open: Callable[[Any], None] | None = None,
     ) -> Iterator[JSON]:
         """Stream watch events (`{"type": ..., "object": {...}}`) until the server ends the watch.
 
@@ -254,18 +284,19 @@ class KubeClient:
             preload_content=False,
         )
         self._count("WATCH", response.status)
+        if on_open is not None:
+            on_open(response)
         try:
             if response.status >= 300:
                 reason, message, decoded = _message_of(response.status, response.read())
                 raise ApiError(response.status, reason or response.reason or "", message, decoded)
             buffer = b""
             for chunk in response.stream(64 * 1024, decode_content=True):
-                buffer += chunk
-                while True:
-                    newline = buffer.find(b"\n")
-                    if newline < 0:
-                        break
-                    line, buffer = buffer[:newline], buffer[newline + 1 :]
+                if buffer:
+                    chunk = buffer + chunk
+                lines = chunk.split(b"\n")
+                buffer = lines.pop()
+                for line in lines:
                     if line.strip():
                         yield _decode_event(line)
             if buffer.strip():
@@ -276,6 +307,18 @@ class KubeClient:
 
     def close(self) -> None:
         self._pool.clear()
+
+
+def abort_response(response: Any) -> None:
+    """End a streaming response from another thread: the blocked reader sees end-of-stream or an error."""
+    try:
+        shutdown = getattr(response, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        else:  # pragma: no cover - urllib3 < 2.3
+            response.close()
+    except Exception:  # pragma: no cover - best effort
+        pass
 
 
 def _decode_event(line: bytes) -> JSON:
@@ -309,3 +352,29 @@ def object_path(
     return collection_path(group=group, version=version, plural=plural, namespace=namespace) + "/" + quote(
         name, safe=""
     )
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A kind of object the API serves: where its collection lives and what it is called."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def collection(self, namespace: str | None = None) -> str:
+        ns = namespace if self.namespaced else None
+        return collection_path(group=self.group, version=self.version, plural=self.plural, namespace=ns)
+
+    def object(self, namespace: str | None, name: str) -> str:
+        ns = namespace if self.namespaced else None
+        return object_path(group=self.group, version=self.version, plural=self.plural, namespace=ns, name=name)
+
+    def __str__(self) -> str:
+        return f"{self.plural}.{self.group}" if self.group else self.plural

@@ -13,8 +13,9 @@ Guarantees:
   keys being processed are done.
 - The clock is injectable: tests drive delays and backoff with a fake clock and `tick()`.
 
-Metrics hooks (`on_add`, `on_get`, `on_done`, `on_retry`) let the metrics layer observe depth, latency and work
-duration without this module importing it.
+Metrics hooks (`on_add`, `on_get`, `on_done`, `on_retry`, `on_depth`) let the metrics layer observe depth,
+latency and work duration without this module importing it; `unfinished_work_seconds()` and
+`longest_running_seconds()` are read at scrape time.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+K_contra = TypeVar("K_contra", bound=Hashable, contravariant=True)
 
 
 class Clock(Protocol):
@@ -57,12 +59,12 @@ class FakeClock:
             self._now += seconds
 
 
-class RateLimiter(Protocol[K]):
-    def when(self, key: K) -> float: ...
+class RateLimiter(Protocol[K_contra]):
+    def when(self, key: K_contra) -> float: ...
 
-    def forget(self, key: K) -> None: ...
+    def forget(self, key: K_contra) -> None: ...
 
-    def retries(self, key: K) -> int: ...
+    def retries(self, key: K_contra) -> int: ...
 
 
 class ExponentialBackoff(Generic[K]):
@@ -299,6 +301,19 @@ class WorkQueue(Generic[K]):
     def processing(self) -> int:
         with self._cond:
             return len(self._processing)
+
+    def unfinished_work_seconds(self) -> float:
+        """How long the keys being processed have been at it, added up."""
+        with self._cond:
+            now = self._clock.now()
+            return sum(now - started for started in self._processing.values())
+
+    def longest_running_seconds(self) -> float:
+        """How long the longest-running key being processed has been at it (0 when idle)."""
+        with self._cond:
+            if not self._processing:
+                return 0.0
+            return self._clock.now() - min(self._processing.values())
 
     def tick(self) -> None:
         """Wake waiters so they re-read a fake clock."""
