@@ -154,7 +154,9 @@ def _check_group_name(ray_name: str, group: str, field: str) -> None:
     if group == HEAD_GROUP:
         raise ConfigurationError("'head' is reserved for the head group", field=field)
     if not re.match(DNS_LABEL, group) or len(group) > MAX_GROUP_NAME_LENGTH:
-        raise ConfigurationError(f"{group!r} is not a DNS label of at most {MAX_GROUP_NAME_LENGTH} characters", field=field)
+        raise ConfigurationError(
+            f"{group!r} is not a DNS label of at most {MAX_GROUP_NAME_LENGTH} characters", field=field
+        )
     if len(ray_name) + len(group) > MAX_NAME_PLUS_GROUP_LENGTH:
         raise ConfigurationError(
             f"worker pods would be named {ray_name}-{group}-<5 characters>, longer than {NAME_LIMIT} characters: "
@@ -267,13 +269,17 @@ def _custom_resources(params: Mapping[str, str], path: str) -> dict[str, float]:
     try:
         decoded = json.loads(text)
     except (ValueError, RecursionError):
-        raise ConfigurationError("must be a JSON object of custom resources, e.g. {\"tpu\": 4}", field=f"{path}.resources") from None
+        raise ConfigurationError(
+            'must be a JSON object of custom resources, e.g. {"tpu": 4}', field=f"{path}.resources"
+        ) from None
     if not isinstance(decoded, dict):
         raise ConfigurationError("must be a JSON object of custom resources", field=f"{path}.resources")
     out: dict[str, float] = {}
     for key, value in decoded.items():
         if key in ("CPU", "GPU", "memory"):
-            raise ConfigurationError(f"{key} is set with num-cpus, num-gpus or memory, not resources", field=f"{path}.resources")
+            raise ConfigurationError(
+                f"{key} is set with num-cpus, num-gpus or memory, not resources", field=f"{path}.resources"
+            )
         amount = _finite_number(value)
         if amount is None or amount < 0:
             raise ConfigurationError(f"resource {key!r} must be a non-negative number", field=f"{path}.resources")
@@ -281,7 +287,9 @@ def _custom_resources(params: Mapping[str, str], path: str) -> dict[str, float]:
     return out
 
 
-def _container_resources(template: Mapping[str, Any] | None, path: str) -> tuple[int | None, int | None, int | None, dict[str, float]]:
+def _container_resources(
+    template: Mapping[str, Any] | None, path: str
+) -> tuple[int | None, int | None, int | None, dict[str, float]]:
     container = _first_container(template)
     resources = container.get("resources")
     if not isinstance(resources, Mapping):
@@ -326,7 +334,9 @@ def _container_resources(template: Mapping[str, Any] | None, path: str) -> tuple
     return cpu, gpu, memory, custom
 
 
-def _resources(params: Mapping[str, str], params_path: str, template: Mapping[str, Any] | None, template_path: str) -> RayResources:
+def _resources(
+    params: Mapping[str, str], params_path: str, template: Mapping[str, Any] | None, template_path: str
+) -> RayResources:
     cpu, gpu, memory, custom = _container_resources(template, template_path)
     p_cpu = _int_param(params, "num-cpus", params_path)
     p_gpu = _int_param(params, "num-gpus", params_path)
@@ -349,9 +359,14 @@ def _bounds(
         raise ConfigurationError(f"must be less than or equal to {names[1]} ({maximum})", field=f"{path}{names[0]}")
     if initial is not None:
         if initial < low:
-            raise ConfigurationError(f"must lie within [{names[0]}, {names[1]}]: it is below {names[0]} ({low})", field=f"{path}{names[2]}")
+            raise ConfigurationError(
+                f"must lie within [{names[0]}, {names[1]}]: it is below {names[0]} ({low})", field=f"{path}{names[2]}"
+            )
         if maximum is not None and initial > maximum:
-            raise ConfigurationError(f"must lie within [{names[0]}, {names[1]}]: it is above {names[1]} ({maximum})", field=f"{path}{names[2]}")
+            raise ConfigurationError(
+                f"must lie within [{names[0]}, {names[1]}]: it is above {names[1]} ({maximum})",
+                field=f"{path}{names[2]}",
+            )
     start = low if initial is None else initial
     high = max(low, start) if maximum is None else maximum
     return low, high, start
@@ -361,7 +376,9 @@ _SPEC_NAMES = ("minWorkers", "maxWorkers", "initialWorkers")
 _CONFIG_NAMES = ("min_workers", "max_workers", "initial_workers")
 
 
-def _apply_desired(groups: list[WorkerGroup], desired: Mapping[str, int], warnings: list[ConfigWarning]) -> list[WorkerGroup]:
+def _apply_desired(
+    groups: list[WorkerGroup], desired: Mapping[str, int], warnings: list[ConfigWarning]
+) -> list[WorkerGroup]:
     names = {g.name for g in groups}
     for key in sorted(desired):
         if key not in names:
@@ -430,7 +447,8 @@ def _from_structured(
         for key in SIMPLE_WORKER_FIELDS:
             if getattr(spec, _python_name(key)) is not None:
                 raise ConfigurationError(
-                    "cannot be combined with spec.workerGroups: set it on each worker group instead", field=f"spec.{key}"
+                    "cannot be combined with spec.workerGroups: set it on each worker group instead",
+                    field=f"spec.{key}",
                 )
         for i, g in enumerate(spec.worker_groups):
             path = f"spec.workerGroups[{i}]"
@@ -456,7 +474,10 @@ def _from_structured(
     if mode == MODE_AGGRESSIVE and spec.target_utilization is not None:
         warnings.append(ConfigWarning("spec.targetUtilization", "has no effect with autoScalingMode 'aggressive'"))
     if mode == MODE_DISABLED:
-        for key, value in (("targetUtilization", spec.target_utilization), ("idleTimeoutMinutes", spec.idle_timeout_minutes)):
+        for key, value in (
+            ("targetUtilization", spec.target_utilization),
+            ("idleTimeoutMinutes", spec.idle_timeout_minutes),
+        ):
             if value is not None:
                 warnings.append(ConfigWarning(f"spec.{key}", "has no effect with autoScalingMode 'disabled'"))
     settings = AutoscalingSettings(
@@ -586,7 +607,9 @@ class _Section:
             raise ConfigurationError("is too large", field=self.key_path(key))
         return value
 
-    def number(self, key: str, minimum: float = 0.0, maximum: float | None = None, exclusive_minimum: bool = False) -> float | None:
+    def number(
+        self, key: str, minimum: float = 0.0, maximum: float | None = None, exclusive_minimum: bool = False
+    ) -> float | None:
         raw = self.get(key)
         if raw is None:
             return None
@@ -594,7 +617,9 @@ class _Section:
         if value is None:
             raise ConfigurationError(f"must be a number, got {raw!r}", field=self.key_path(key))
         if value < minimum or (exclusive_minimum and value == minimum):
-            raise ConfigurationError(f"must be {'greater than' if exclusive_minimum else 'at least'} {minimum:g}", field=self.key_path(key))
+            raise ConfigurationError(
+                f"must be {'greater than' if exclusive_minimum else 'at least'} {minimum:g}", field=self.key_path(key)
+            )
         if maximum is not None and value > maximum:
             raise ConfigurationError(f"must be at most {maximum:g}", field=self.key_path(key))
         if value > 1e12:
@@ -642,7 +667,9 @@ def _is_empty(value: Any) -> bool:
 
 
 _UNKNOWN = "not a Ray cluster-launcher key; ignored"
-_NO_SSH = "the operator does not SSH into nodes or sync files; put files in the image or mount volumes in the pod template"
+_NO_SSH = (
+    "the operator does not SSH into nodes or sync files; put files in the image or mount volumes in the pod template"
+)
 
 
 @dataclass
@@ -677,7 +704,13 @@ def _from_configuration(
         )
     _provider(config.section("provider"), namespace)
     images = _docker(config.section("docker"), image)
-    for key in ("file_mounts", "cluster_synced_files", "file_mounts_sync_continuously", "rsync_exclude", "rsync_filter"):
+    for key in (
+        "file_mounts",
+        "cluster_synced_files",
+        "file_mounts_sync_continuously",
+        "rsync_exclude",
+        "rsync_filter",
+    ):
         config.ignore(key, f"ignored: {_NO_SSH}")
     config.ignore("auth", f"ignored: {_NO_SSH}")
     config.ignore("initialization_commands", "ignored: there is no host to run them on; pods start from their image")
@@ -685,8 +718,18 @@ def _from_configuration(
     config.ignore("worker_default_node_type", "ignored: deprecated by Ray; worker types are chosen by demand")
 
     starts = _StartCommands(
-        head=_start_params(config.commands("head_start_ray_commands"), config.key_path("head_start_ray_commands"), head=True, warnings=warnings),
-        worker=_start_params(config.commands("worker_start_ray_commands"), config.key_path("worker_start_ray_commands"), head=False, warnings=warnings),
+        head=_start_params(
+            config.commands("head_start_ray_commands"),
+            config.key_path("head_start_ray_commands"),
+            head=True,
+            warnings=warnings,
+        ),
+        worker=_start_params(
+            config.commands("worker_start_ray_commands"),
+            config.key_path("worker_start_ray_commands"),
+            head=False,
+            warnings=warnings,
+        ),
     )
     common_setup = config.commands("setup_commands")
     head_setup = common_setup + config.commands("head_setup_commands")
@@ -695,7 +738,10 @@ def _from_configuration(
     # Knobs shared by both formats.
     mode = config.string("autoscaling_mode")
     if mode is not None and mode not in SCALING_MODES:
-        raise ConfigurationError(f"unsupported value {mode!r}: must be one of {', '.join(SCALING_MODES)}", field=config.key_path("autoscaling_mode"))
+        raise ConfigurationError(
+            f"unsupported value {mode!r}: must be one of {', '.join(SCALING_MODES)}",
+            field=config.key_path("autoscaling_mode"),
+        )
     mode = mode or MODE_DEFAULT
     fraction = config.number("target_utilization_fraction", 0.0, 1.0, exclusive_minimum=True)
     speed = config.number("upscaling_speed")
@@ -712,14 +758,26 @@ def _from_configuration(
     if config.has("available_node_types"):
         form = "available_node_types"
         head, groups = _node_types(
-            config, name=name, images=images, starts=starts, head_setup=head_setup,
-            worker_setup=(common_setup, worker_setup), max_workers=max_workers, budget=budget,
+            config,
+            name=name,
+            images=images,
+            starts=starts,
+            head_setup=head_setup,
+            worker_setup=(common_setup, worker_setup),
+            max_workers=max_workers,
+            budget=budget,
         )
     else:
         form = "legacy"
         head, groups = _legacy(
-            config, name=name, images=images, starts=starts, head_setup=head_setup,
-            worker_setup=common_setup + worker_setup, max_workers=max_workers, budget=budget,
+            config,
+            name=name,
+            images=images,
+            starts=starts,
+            head_setup=head_setup,
+            worker_setup=common_setup + worker_setup,
+            max_workers=max_workers,
+            budget=budget,
         )
     config.report_unknown(_UNKNOWN)
     settings = AutoscalingSettings(
@@ -742,7 +800,9 @@ def _provider(provider: _Section, namespace: str) -> None:
     if internal is not None and internal is not True:
         provider.warn("use_internal_ips", "ignored: Ray nodes always use their pod IPs")
     for key in ("autoscaler_service_account", "autoscaler_role", "autoscaler_role_binding"):
-        provider.ignore(key, "ignored: the operator creates the autoscaler's ServiceAccount, Role and RoleBinding itself")
+        provider.ignore(
+            key, "ignored: the operator creates the autoscaler's ServiceAccount, Role and RoleBinding itself"
+        )
     provider.ignore("services", "ignored: the operator creates the head Service (<name>-head) itself")
     provider.report_unknown("not a Kubernetes provider key; ignored")
 
@@ -753,7 +813,9 @@ def _docker(docker: _Section, default: str | None) -> _Images:
     worker = docker.string("worker_image")
     for key in list(docker.data):
         if key not in docker.seen:
-            docker.ignore(key, "ignored: pods already run in containers; only docker.image, head_image and worker_image are used")
+            docker.ignore(
+                key, "ignored: pods already run in containers; only docker.image, head_image and worker_image are used"
+            )
     return _Images(head=head or image or default, worker=worker or image or default)
 
 
@@ -784,14 +846,20 @@ def _start_params(commands: list[str], path: str, *, head: bool, warnings: list[
     return params
 
 
-def _start_segment(segment: list[str], where: str, *, head: bool, params: dict[str, str], warnings: list[ConfigWarning]) -> None:
+def _start_segment(
+    segment: list[str], where: str, *, head: bool, params: dict[str, str], warnings: list[ConfigWarning]
+) -> None:
     if not segment:
         return
     if segment[:2] == ["ray", "stop"]:
         return  # a fresh pod has nothing to stop
     if segment[:2] != ["ray", "start"]:
         warnings.append(
-            ConfigWarning(where, f"{' '.join(segment)!r} is not run: the operator starts Ray itself and uses only the flags of `ray start`")
+            ConfigWarning(
+                where,
+                f"{' '.join(segment)!r} is not run: the operator starts Ray itself and uses only the flags of "
+                "`ray start`",
+            )
         )
         return
     args = segment[2:]
@@ -812,11 +880,15 @@ def _start_segment(segment: list[str], where: str, *, head: bool, params: dict[s
         _start_flag(flag, value, where, head=head, params=params, warnings=warnings)
 
 
-def _start_flag(flag: str, value: str, where: str, *, head: bool, params: dict[str, str], warnings: list[ConfigWarning]) -> None:
+def _start_flag(
+    flag: str, value: str, where: str, *, head: bool, params: dict[str, str], warnings: list[ConfigWarning]
+) -> None:
     silent = _SILENT_FLAGS_HEAD if head else _SILENT_FLAGS_WORKER
     if flag in ("port", "redis-port") and head:
         if value != GCS_PORT:
-            warnings.append(ConfigWarning(where, f"--{flag}={value} ignored: the head's GCS always listens on {GCS_PORT}"))
+            warnings.append(
+                ConfigWarning(where, f"--{flag}={value} ignored: the head's GCS always listens on {GCS_PORT}")
+            )
         return
     if flag in silent:
         return
@@ -854,7 +926,9 @@ def _pod_template(value: Any, path: str, warnings: list[ConfigWarning], budget: 
         if item is not None:
             kept[key] = _json_copy(item, metadata.key_path(key), budget)
     for key in ("name", "generateName"):
-        metadata.ignore(key, "ignored: the operator names pods <name>-head-<5 characters> and <name>-<group>-<5 characters>")
+        metadata.ignore(
+            key, "ignored: the operator names pods <name>-head-<5 characters> and <name>-<group>-<5 characters>"
+        )
     metadata.ignore("namespace", "ignored: pods run in the Ray object's namespace")
     metadata.report_unknown("ignored: only labels and annotations of pod metadata are used")
     if kept:
@@ -886,11 +960,15 @@ def _legacy(
         template=head_template,
         image=_template_image(head_template) or images.head,
         ray_start_params=starts.head,
-        resources=_resources(starts.head, config.key_path("head_start_ray_commands"), head_template, config.key_path("head_node")),
+        resources=_resources(
+            starts.head, config.key_path("head_start_ray_commands"), head_template, config.key_path("head_node")
+        ),
         setup_commands=tuple(head_setup),
     )
     _check_group_name(name, DEFAULT_WORKER_GROUP, "metadata.name")
-    worker_template = _pod_template(config.get("worker_nodes"), config.key_path("worker_nodes"), config.warnings, budget)
+    worker_template = _pod_template(
+        config.get("worker_nodes"), config.key_path("worker_nodes"), config.warnings, budget
+    )
     low, high, start = _bounds(
         config.integer("min_workers"), max_workers, config.integer("initial_workers"), f"{CONFIG_PATH}.", _CONFIG_NAMES
     )
@@ -899,7 +977,12 @@ def _legacy(
         template=worker_template,
         image=_template_image(worker_template) or images.worker,
         ray_start_params=starts.worker,
-        resources=_resources(starts.worker, config.key_path("worker_start_ray_commands"), worker_template, config.key_path("worker_nodes")),
+        resources=_resources(
+            starts.worker,
+            config.key_path("worker_start_ray_commands"),
+            worker_template,
+            config.key_path("worker_nodes"),
+        ),
         min_workers=low,
         max_workers=high,
         desired_workers=start,
@@ -909,7 +992,12 @@ def _legacy(
     return head, [group]
 
 
-_RESOURCE_PARAMS = {"CPU": "num-cpus", "GPU": "num-gpus", "memory": "memory", "object_store_memory": "object-store-memory"}
+_RESOURCE_PARAMS = {
+    "CPU": "num-cpus",
+    "GPU": "num-gpus",
+    "memory": "memory",
+    "object_store_memory": "object-store-memory",
+}
 
 
 def _type_resources(section: _Section, key: str) -> dict[str, str]:
@@ -959,7 +1047,9 @@ def _node_types(
     if head_type is None:
         raise ConfigurationError("is required with available_node_types", field=config.key_path("head_node_type"))
     if head_type not in types.data:
-        raise ConfigurationError(f"{head_type!r} is not one of available_node_types", field=config.key_path("head_node_type"))
+        raise ConfigurationError(
+            f"{head_type!r} is not one of available_node_types", field=config.key_path("head_node_type")
+        )
     common_setup, global_worker_setup = worker_setup
 
     head: HeadGroup | None = None
@@ -1029,4 +1119,3 @@ def _node_types(
     if head is None:  # unreachable: head_type is one of the types
         raise ConfigurationError("is not one of available_node_types", field=config.key_path("head_node_type"))
     return head, groups
-

@@ -22,6 +22,7 @@ from rayop.api import types as t
 from rayop.api.schema import FieldInfo, field_types, info, strip_optional
 
 CRD_NAME = f"{t.PLURAL}.{t.GROUP}"
+API_APPROVAL = "unapproved, the group ray.k8s.io comes from the rayop proposal and has not been reviewed by Kubernetes"
 
 # CEL rules that relate several fields. (rule, message, fieldPath or None)
 Rule = tuple[str, str, str | None]
@@ -296,6 +297,9 @@ def build_crd() -> dict[str, Any]:
         "metadata": {
             "name": CRD_NAME,
             "labels": {"app.kubernetes.io/name": "rayop", "app.kubernetes.io/part-of": "rayop"},
+            # *.k8s.io groups are protected: the API server requires this annotation; "unapproved, ..." is the
+            # documented value for groups that did not go through Kubernetes API review.
+            "annotations": {"api-approved.kubernetes.io": API_APPROVAL},
         },
         "spec": {
             "group": t.GROUP,

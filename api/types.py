@@ -89,19 +89,17 @@ _POD_TEMPLATE_DOC = (
     "pods. When omitted, the operator uses its default Ray container."
 )
 _START_PARAMS_DOC = (
-    "Keys are flag names without the leading dashes, values their values as strings, e.g. {num-cpus: \"2\", object-store-memory: "
-    "\"100000000\"}; an empty value renders a bare flag. num-cpus, num-gpus, memory and resources (a JSON object "
-    "of custom resources) also tell the autoscaler what a node offers. The operator sets " + ", ".join(
-        MANAGED_START_PARAMS
-    ) + " itself."
+    "Keys are flag names without the leading dashes, values their values as strings, e.g. "
+    '{num-cpus: "2", object-store-memory: "100000000"}; an empty value renders a bare flag. num-cpus, num-gpus, memory and resources (a JSON object '
+    "of custom resources) also tell the autoscaler what a node offers. The operator sets "
+    + ", ".join(MANAGED_START_PARAMS)
+    + " itself."
 )
 
 
 def _start_params_rules(field: str) -> tuple[tuple[str, str], ...]:
     rule = " && ".join(f"!('{k}' in self)" for k in MANAGED_START_PARAMS)
-    return (
-        (rule, f"{field} must not set {', '.join(MANAGED_START_PARAMS)}: the operator sets these ray start flags"),
-    )
+    return ((rule, f"{field} must not set {', '.join(MANAGED_START_PARAMS)}: the operator sets these ray start flags"),)
 
 
 def _count(json: str, doc: str, **kwargs: Any) -> Any:
@@ -313,9 +311,7 @@ class RayCondition:
         max_length=316,
         min_length=1,
     )
-    status: str = prop(
-        "status", "True, False or Unknown.", required=True, enum=("True", "False", "Unknown")
-    )
+    status: str = prop("status", "True, False or Unknown.", required=True, enum=("True", "False", "Unknown"))
     reason: str | None = prop("reason", "A CamelCase reason for the last transition.", max_length=1024)
     message: str | None = prop("message", "A human-readable explanation.", max_length=32768)
     observed_generation: int | None = prop(

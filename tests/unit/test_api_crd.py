@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_committed_crd_matches_generator() -> None:
     committed = (REPO / "manifests" / "crd.yaml").read_text()
-    assert committed == crd.render_crd(), "manifests/crd.yaml is stale: run python -m rayop.api.crd > manifests/crd.yaml"
+    assert committed == crd.render_crd(), (
+        "manifests/crd.yaml is stale: run python -m rayop.api.crd > manifests/crd.yaml"
+    )
 
 
 def test_render_is_deterministic_and_parses_back() -> None:
@@ -40,9 +42,7 @@ def _walk(schema: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]
 def test_schema_is_structural_and_documented() -> None:
     root = crd.openapi_schema()
     for path, schema in _walk(root, ""):
-        assert (
-            "type" in schema or schema.get("x-kubernetes-int-or-string")
-        ), f"{path} has no type"
+        assert "type" in schema or schema.get("x-kubernetes-int-or-string"), f"{path} has no type"
         if path.count(".") >= 1 and not path.endswith("{}") and not path.endswith("[]"):
             if path not in (".apiVersion", ".kind", ".metadata"):
                 assert schema.get("description"), f"{path} is undocumented"
@@ -60,15 +60,26 @@ def test_every_type_field_is_documented() -> None:
 def test_seed_fields_keep_their_json_names() -> None:
     spec = set(crd.openapi_schema()["properties"]["spec"]["properties"])
     assert {
-        "minWorkers", "maxWorkers", "initialWorkers", "autoScalingMode", "targetUtilization",
-        "idleTimeoutMinutes", "head", "worker", "configuration",
+        "minWorkers",
+        "maxWorkers",
+        "initialWorkers",
+        "autoScalingMode",
+        "targetUtilization",
+        "idleTimeoutMinutes",
+        "head",
+        "worker",
+        "configuration",
     } <= spec
     status = crd.openapi_schema()["properties"]["status"]["properties"]
     assert {"launcher", "head", "worker", "conditions", "startTime", "observedGeneration", "lastReconcileTime"} <= set(
         status
     )
     assert set(status["head"]["properties"]) == {
-        "replicas", "updatedReplicas", "readyReplicas", "availableReplicas", "unavailableReplicas",
+        "replicas",
+        "updatedReplicas",
+        "readyReplicas",
+        "availableReplicas",
+        "unavailableReplicas",
     }
 
 
@@ -165,3 +176,12 @@ def test_decode_errors_name_the_field(spec: dict[str, Any], path: str) -> None:
     with pytest.raises(DecodeError) as e:
         t.Ray.from_dict({"metadata": {"name": "x"}, "spec": spec})
     assert e.value.path == path
+
+
+def test_docs_mention_every_field() -> None:
+    docs = (REPO / "docs" / "api.md").read_text()
+    for cls in (t.RaySpec, t.WorkerGroupSpec, t.RayStatus, t.ReplicaStatus, t.WorkerGroupStatus, t.RayCondition):
+        for f in dataclasses.fields(cls):
+            assert f"`{info(f).json}`" in docs or f"{info(f).json}`" in docs, (
+                f"docs/api.md misses {cls.__name__}.{info(f).json}"
+            )
