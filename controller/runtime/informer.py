@@ -68,6 +68,7 @@ class Informer:
         min_watch_timeout: float = 300.0,
         page_size: int = 500,
         mutation_detector: bool | None = None,
+        sleep: Callable[[threading.Event, float], bool] | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -93,6 +94,7 @@ class Informer:
                 page_size=page_size,
                 min_watch_timeout=min_watch_timeout,
                 name=f"{resource}{'@' + scope if scope else ''}",
+                sleep=sleep,
             )
             for scope in scopes
         ]
@@ -105,8 +107,11 @@ class Informer:
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._threads:
+        """Start the reflectors; after `stop()` (and `join()`), start again resumes from the last resourceVersion."""
+        if any(t.is_alive() for t in self._threads):
             return
+        for reflector in self.reflectors:
+            reflector.rearm()
         self._threads = [run_in_thread(r) for r in self.reflectors]
 
     def stop(self) -> None:

@@ -13,7 +13,8 @@ Guarantees:
   until `stop()`; 429 waits at least the server's Retry-After. The backoff resets after a list succeeds or a watch
   delivers an event or ends normally.
 - Hot path: events stay raw JSON dicts; the only per-object work is the sink's transform.
-- `stop()` ends a blocked watch at once (the response is shut down from the stopping thread).
+- `stop()` ends a blocked watch at once (the response is shut down from the stopping thread). Running it again
+  later resumes from the last resourceVersion seen, as after a dropped connection.
 - Counters (`stats`) are plain integers read by the metrics layer at scrape time.
 """
 
@@ -135,13 +136,18 @@ class Reflector:
         if response is not None:
             abort_response(response)
 
+    def rearm(self) -> None:
+        """Allow `run()` again after `stop()` (call only while it is not running)."""
+        self._stop.clear()
+
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
 
     def run(self) -> None:
-        """List and watch until `stop()`."""
-        need_list = True
+        """List and watch until `stop()`. A reflector that ran before resumes watching from where it stopped
+        (and relists only if that resourceVersion is gone)."""
+        need_list = not self.synced.is_set()
         while not self._stop.is_set():
             try:
                 if need_list:
