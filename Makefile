@@ -36,7 +36,7 @@ cluster-down:
 
 lint: venv
 	$(BIN)/mypy controller api
-	$(BIN)/lint-imports
+
 
 test-unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
