@@ -1,0 +1,392 @@
+"""The Ray autoscaler as the operator sees it: its config, its permissions, its in-pod programs and their reports.
+
+rayop reuses Ray's own autoscaler (v1 `StandardAutoscaler`, run by Ray's `Monitor` in a sidecar of the head pod) with
+a node provider of ours that never touches pods: it writes `spec.desiredWorkers` and `spec.workersToDelete` of the
+`Ray`, and the operator turns those into pods. See docs/autoscaling.md.
+
+Guarantees:
+- `build_autoscaler_config(model)` is pure (no I/O, no clock, no environment; the model is not modified) and returns
+  a fresh dict of JSON values that Ray's `validate_config` accepts for every valid `ClusterModel`, except when the
+  model breaks a rule only Ray checks (the sum of the groups' `min_workers` above the cluster-wide `max_workers`):
+  such a config is produced as is, so Ray's own message reaches the `SuccessfulLaunch` condition through the launcher.
+- The config names the provider `rayop_provider.RayopNodeProvider` with the flags a batching provider needs
+  (`disable_node_updaters`, `disable_launch_config_check`, `foreground_node_launch` on, `worker_liveness_check` off).
+- With autoscaling disabled the config is static (every group's min = max = its desired count), so a monitor that
+  ran anyway could neither add nor remove a worker.
+- `autoscaler_role_rules(name)` is the single source of the autoscaler's RBAC: read pods of the namespace, get and
+  patch only the `Ray` named `name`. The operator's own ClusterRole must hold the same rules to grant them.
+- `inpod_files()` returns the in-pod programs verbatim (standard library + `ray` only); the operator never imports
+  them.
+- `parse_launch_summary` and `worker_pods_to_replace` are pure and never raise on malformed input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from rayop.api.model import ClusterModel, RayResources
+from rayop.api.types import (
+    GROUP,
+    HEAD_GROUP,
+    LABEL_NODE_KIND,
+    PLURAL,
+    VERSION,
+)
+
+__all__ = [
+    "INPOD_DIR",
+    "CONFIG_FILE",
+    "CONFIG_PATH",
+    "PROVIDER_FILE",
+    "MONITOR_FILE",
+    "LAUNCHER_FILE",
+    "PROVIDER_MODULE",
+    "HEAD_NODE_TYPE",
+    "GCS_PORT",
+    "DEFAULT_LAUNCH_TIMEOUT_SECONDS",
+    "DEFAULT_JOIN_TIMEOUT_SECONDS",
+    "HEAD_ENV",
+    "build_autoscaler_config",
+    "render_autoscaler_config",
+    "validate_with_ray",
+    "autoscaler_role_rules",
+    "inpod_files",
+    "monitor_command",
+    "monitor_env",
+    "launcher_command",
+    "LaunchSummary",
+    "parse_launch_summary",
+    "worker_pods_to_replace",
+]
+
+# Where the ConfigMap `<name>-ray` is mounted in the autoscaler sidecar and the launcher Job, and what it holds.
+INPOD_DIR = "/etc/rayop"
+CONFIG_FILE = "autoscaler.yaml"
+CONFIG_PATH = f"{INPOD_DIR}/{CONFIG_FILE}"
+PROVIDER_FILE = "rayop_provider.py"
+MONITOR_FILE = "rayop_monitor.py"
+LAUNCHER_FILE = "rayop_launcher.py"
+INPOD_FILES = (PROVIDER_FILE, MONITOR_FILE, LAUNCHER_FILE)
+PROVIDER_MODULE = "rayop_provider.RayopNodeProvider"
+
+HEAD_NODE_TYPE = HEAD_GROUP
+GCS_PORT = 6379
+DEFAULT_LAUNCH_TIMEOUT_SECONDS = 600
+# How long a worker pod may be Running without becoming Ready before the operator replaces it.
+DEFAULT_JOIN_TIMEOUT_SECONDS = 300
+
+# The head runs no monitor of its own (`ray start --head --no-monitor`) and keeps autoscaler v2 off: v2 cannot drive
+# a batching node provider. The builders put this on the head's Ray container and on the sidecar.
+HEAD_ENV: tuple[Mapping[str, str], ...] = ({"name": "RAY_enable_autoscaler_v2", "value": "0"},)
+
+# Keys Ray's validator and `StandardAutoscaler` read even when nothing is run over SSH: empty objects, empty lists.
+_EMPTY_OBJECT_KEYS = ("auth", "file_mounts")
+_EMPTY_LIST_KEYS = (
+    "cluster_synced_files",
+    "rsync_exclude",
+    "rsync_filter",
+    "initialization_commands",
+    "setup_commands",
+    "head_setup_commands",
+    "worker_setup_commands",
+    "head_start_ray_commands",
+    "worker_start_ray_commands",
+)
+
+
+# -- the config producer --------------------------------------------------------------------------------------------
+
+
+def build_autoscaler_config(
+    model: ClusterModel, *, resources: Mapping[str, RayResources] | None = None
+) -> dict[str, Any]:
+    """The Ray autoscaler config (`ray up` format, `available_node_types` form) for the effective cluster.
+
+    `resources` overrides what a group's node offers, by group name (`head` for the head): the builders pass what
+    the pods they build actually get (e.g. the operator's default container resources), so that the autoscaler
+    plans with the same numbers.
+    """
+    scaling = model.autoscaling
+    overrides = resources or {}
+    node_types: dict[str, Any] = {
+        HEAD_NODE_TYPE: {
+            "resources": _integer_resources(overrides.get(HEAD_NODE_TYPE, model.head.resources)),
+            "node_config": {},
+            "min_workers": 0,
+            "max_workers": 0,
+        }
+    }
+    for group in model.worker_groups:
+        low, high = (group.min_workers, group.max_workers) if scaling.enabled else (group.desired_workers,) * 2
+        node_type: dict[str, Any] = {
+            "resources": _integer_resources(overrides.get(group.name, group.resources)),
+            "node_config": {},
+            "min_workers": low,
+            "max_workers": high,
+        }
+        if group.idle_timeout_seconds is not None:
+            node_type["idle_timeout_s"] = float(group.idle_timeout_seconds)
+        node_types[group.name] = node_type
+    if scaling.enabled:
+        max_workers = scaling.max_workers
+    else:
+        max_workers = sum(g.desired_workers for g in model.worker_groups)
+    config: dict[str, Any] = {
+        "cluster_name": model.name,
+        "max_workers": max_workers,
+        "upscaling_speed": float(scaling.upscaling_speed),
+        "idle_timeout_minutes": float(scaling.idle_timeout_minutes),
+        "provider": {
+            "type": "external",
+            "module": PROVIDER_MODULE,
+            "namespace": model.namespace,
+            "ray_name": model.name,
+            "api_version": f"{GROUP}/{VERSION}",
+            "plural": PLURAL,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "foreground_node_launch": True,
+            "worker_liveness_check": False,
+        },
+        "available_node_types": node_types,
+        "head_node_type": HEAD_NODE_TYPE,
+    }
+    config.update({key: {} for key in _EMPTY_OBJECT_KEYS})
+    config.update({key: [] for key in _EMPTY_LIST_KEYS})
+    config["file_mounts_sync_continuously"] = False
+    return config
+
+
+def _integer_resources(res: RayResources) -> dict[str, int]:
+    """Ray's schema wants integers: fractional custom resources are rounded down (the autoscaler then plans with
+    less than the node has, never with more)."""
+    out: dict[str, int] = {}
+    for key, value in res.as_ray_resources().items():
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        out[key] = max(0, math.floor(value))
+    return out
+
+
+def render_autoscaler_config(model: ClusterModel) -> str:
+    """The config as the YAML text the ConfigMap stores under `autoscaler.yaml` (stable key order)."""
+    text: str = yaml.safe_dump(build_autoscaler_config(model), sort_keys=True, default_flow_style=False)
+    return text
+
+
+def validate_with_ray(config: Mapping[str, Any]) -> str | None:
+    """Run Ray's own validator on `config`: None when Ray accepts it, else Ray's message (with the offending key).
+
+    Imports `ray` lazily (the operator's image has no Ray; tests and the in-pod launcher do): raises ImportError when
+    Ray is not installed.
+    """
+    from ray.autoscaler._private.util import validate_config
+
+    try:
+        validate_config(json.loads(json.dumps(config)))
+    except Exception as e:  # Ray raises jsonschema.ValidationError, ValueError or RuntimeError
+        return describe_validation_error(e)
+    return None
+
+
+def describe_validation_error(error: BaseException) -> str:
+    """A one-line message for an error from Ray's validator: jsonschema errors name the key path, not the schema."""
+    message = getattr(error, "message", None)
+    if isinstance(message, str):
+        path = ".".join(str(p) for p in getattr(error, "absolute_path", ()) or ())
+        return f"{path}: {message}" if path else message
+    return str(error) or type(error).__name__
+
+
+# -- what the builders need -----------------------------------------------------------------------------------------
+
+
+def autoscaler_role_rules(name: str) -> list[dict[str, Any]]:
+    """The least RBAC the autoscaler of the `Ray` named `name` needs, as Role rules (namespace-scoped).
+
+    List and watch cannot be restricted by resourceNames, so pods are readable namespace-wide; the `Ray` can be read
+    and patched only by name.
+    """
+    return [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [GROUP], "resources": [PLURAL], "resourceNames": [name], "verbs": ["get", "patch"]},
+    ]
+
+
+def inpod_files() -> dict[str, str]:
+    """The in-pod programs by file name, to be put verbatim into the ConfigMap `<name>-ray`."""
+    package = resources.files("rayop.inpod")
+    return {name: package.joinpath(name).read_text(encoding="utf-8") for name in INPOD_FILES}
+
+
+def monitor_command(config_path: str = CONFIG_PATH) -> list[str]:
+    """The autoscaler sidecar's command (run with the head's image; PYTHONPATH from `monitor_env`)."""
+    return ["python", f"{INPOD_DIR}/{MONITOR_FILE}", "--config", config_path]
+
+
+def monitor_env(name: str) -> list[dict[str, Any]]:
+    """The autoscaler sidecar's environment: the cluster's identity from the downward API, the in-pod code on the
+    Python path, autoscaler v2 off."""
+    return [
+        {"name": "RAY_CLUSTER_NAME", "value": name},
+        {"name": "RAY_CLUSTER_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "RAY_HEAD_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "PYTHONPATH", "value": INPOD_DIR},
+        *[dict(e) for e in HEAD_ENV],
+    ]
+
+
+def launcher_command(
+    model: ClusterModel, head_address: str, timeout_seconds: int = DEFAULT_LAUNCH_TIMEOUT_SECONDS
+) -> list[str]:
+    """The launcher Job's command: validate the config, wait for the head's GCS at `head_address` (host or host:port)
+    and for the initial workers (the groups' current desired counts) to join Ray."""
+    address = head_address if ":" in head_address.rsplit("]", 1)[-1] else f"{head_address}:{GCS_PORT}"
+    return [
+        "python",
+        f"{INPOD_DIR}/{LAUNCHER_FILE}",
+        "--config",
+        CONFIG_PATH,
+        "--address",
+        address,
+        "--expect-workers",
+        str(model.desired_workers),
+        "--timeout",
+        str(int(timeout_seconds)),
+    ]
+
+
+# -- what the operator reads back -----------------------------------------------------------------------------------
+
+# Reasons the launcher reports (its `reason` field), CamelCase like condition reasons.
+REASON_LAUNCHED = "Launched"
+REASON_INVALID_CONFIG = "InvalidConfig"
+REASON_HEAD_UNREACHABLE = "HeadUnreachable"
+REASON_WORKERS_NOT_JOINED = "WorkersNotJoined"
+REASON_LAUNCHER_ERROR = "LauncherError"
+REASON_NO_SUMMARY = "NoSummary"
+
+
+@dataclass(frozen=True)
+class LaunchSummary:
+    """What the launcher reported (the last line of its log, also its pod's termination message)."""
+
+    succeeded: bool
+    reason: str
+    message: str
+    workers_expected: int | None = None
+    workers_joined: int | None = None
+    ray_version: str | None = None
+    elapsed_seconds: float | None = None
+
+
+def parse_launch_summary(text: str | None, *, exit_code: int | None = None) -> LaunchSummary:
+    """Read the launcher's one-line JSON summary from a terminated container's message (or its log).
+
+    Takes the last line that parses as a JSON object; never raises. Without one, the exit code decides: 0 is a
+    success without details, anything else a failure with reason `NoSummary`.
+    """
+    data: Mapping[str, Any] | None = None
+    for line in reversed((text or "").strip().splitlines()):
+        try:
+            candidate = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(candidate, dict):
+            data = candidate
+            break
+    if data is None:
+        if exit_code == 0:
+            return LaunchSummary(True, REASON_LAUNCHED, "the launcher succeeded without a summary")
+        detail = f" (exit code {exit_code})" if exit_code is not None else ""
+        return LaunchSummary(False, REASON_NO_SUMMARY, f"the launcher ended without a summary{detail}")
+    succeeded = data.get("succeeded")
+    if not isinstance(succeeded, bool):
+        succeeded = exit_code == 0
+    reason = data.get("reason")
+    if not isinstance(reason, str) or not reason:
+        reason = REASON_LAUNCHED if succeeded else REASON_LAUNCHER_ERROR
+    message = data.get("message")
+    return LaunchSummary(
+        succeeded=succeeded,
+        reason=reason,
+        message=message if isinstance(message, str) else "",
+        workers_expected=_int_or_none(data.get("workersExpected")),
+        workers_joined=_int_or_none(data.get("workersJoined")),
+        ray_version=data.get("rayVersion") if isinstance(data.get("rayVersion"), str) else None,
+        elapsed_seconds=_float_or_none(data.get("elapsedSeconds")),
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def worker_pods_to_replace(
+    pods: Iterable[Mapping[str, Any]],
+    *,
+    now: datetime,
+    join_timeout_seconds: float = DEFAULT_JOIN_TIMEOUT_SECONDS,
+) -> list[str]:
+    """Names of worker pods whose Ray node is gone or never joined, which the autoscaler will not remove.
+
+    Ray's autoscaler (liveness check off) removes only idle nodes it can see in Ray. The provider reports a worker
+    pod as `update-failed` when its phase is Failed or Succeeded (Ray exited), and as pending while it is not Running
+    and Ready. A pod counts here when it is Failed or Succeeded, or Running but not Ready for more than
+    `join_timeout_seconds` after it started (the worker's readiness probe checks its raylet, so never Ready means
+    never joined). Pods still Pending (unscheduled, pulling images) are not counted: a new pod would wait the same.
+    Pods being deleted and pods that are not workers are ignored. Sorted by name.
+    """
+    out: list[str] = []
+    for pod in pods:
+        metadata = pod.get("metadata") or {}
+        if not isinstance(metadata, Mapping) or metadata.get("deletionTimestamp"):
+            continue
+        labels = metadata.get("labels") or {}
+        if not isinstance(labels, Mapping) or labels.get(LABEL_NODE_KIND) != "worker":
+            continue
+        name = metadata.get("name")
+        if not isinstance(name, str):
+            continue
+        status = pod.get("status") or {}
+        if not isinstance(status, Mapping):
+            continue
+        phase = status.get("phase")
+        if phase in ("Failed", "Succeeded"):
+            out.append(name)
+        elif phase == "Running" and not _ready(status):
+            started = _timestamp(status.get("startTime"))
+            if started is not None and (now - started).total_seconds() > join_timeout_seconds:
+                out.append(name)
+    return sorted(out)
+
+
+def _ready(status: Mapping[str, Any]) -> bool:
+    for condition in status.get("conditions") or ():
+        if isinstance(condition, Mapping) and condition.get("type") == "Ready":
+            return condition.get("status") == "True"
+    return False
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
