@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from rayop.render import add_render_parser
 from rayop.runtime.handlers import controller_owner_key, generation_changed
 from rayop.runtime.kube import KubeClient, Resource
 from rayop.runtime.leaderelection import LeaderElectionConfig, default_identity
@@ -192,6 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: dict[str, Callable[[Any], None]] = {"run": add_run_parser}
+SUBCOMMANDS["render"] = add_render_parser  # rayop render FILE: offline manifests (rayop.render)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,698 @@
+"""Pure builders: the effective cluster model (plus `Options`) in, the manifests of every child object out.
+
+Guarantees:
+- No I/O, no clock, no environment. The model and the `Ray` are never modified: a group's pod template is copied
+  once per call (`_clone`, JSON values only) and only the copy is edited. Manifests are plain JSON dicts, ready to
+  be sent to the API server; callers treat them as read-only.
+- Names and labels follow one contract: head Service `<name>-head`, ConfigMap `<name>-ray`, ServiceAccount/Role/
+  RoleBinding `<name>-autoscaler`, pods `<name>-head-*` and `<name>-<group>-*` (generateName), launcher Job
+  `<name>-launcher-<8 hex>`. Every child carries `ray.k8s.io/cluster`, `ray.k8s.io/node-kind`, `ray.k8s.io/group`,
+  `app.kubernetes.io/managed-by=rayop` and a controller ownerReference to the `Ray`; a user's template cannot
+  override these labels. Pods also carry `ray.k8s.io/template-hash`.
+- The template hash is a stable hash (sorted JSON) of what the user and the operator's options asked for — the
+  group's template, image, ray start parameters, resources, setup commands and the options that shape its pods —
+  not of the generated manifest: upgrading the operator's code never rolls running Ray pods by itself, and a change
+  of counts (min/max/desired) or of autoscaler knobs never does either. It is computed once per group per call.
+- The user's template is respected: containers, volumes, nodeSelector, tolerations, resources, probes,
+  serviceAccountName and a user-given command are kept; the operator only adds what Ray needs (its command, ports,
+  env, /dev/shm, probes where none are declared, the config mount) and fills an empty image from the cluster's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rayop.api.quantity import ceil_quantity
+from rayop.api.model import ClusterModel, HeadGroup, RayResources, WorkerGroup
+from rayop.api.types import (
+    API_VERSION,
+    GROUP,
+    HEAD_GROUP,
+    KIND,
+    LABEL_CLUSTER,
+    LABEL_GROUP,
+    LABEL_MANAGED_BY,
+    LABEL_NODE_KIND,
+    NAME_LIMIT,
+)
+from rayop.autoscaler import (
+    CONFIG_FILE,
+    HEAD_ENV,
+    INPOD_DIR,
+    autoscaler_role_rules,
+    launcher_command,
+    monitor_command,
+    monitor_env,
+)
+from rayop.defaults import Options
+
+JSON = dict[str, Any]
+
+# Bump to roll every Ray pod on purpose when the generated pods change in a way running pods must pick up.
+HASH_VERSION = 1
+
+MANAGED_BY = "rayop"
+LABEL_TEMPLATE_HASH = f"{GROUP}/template-hash"
+# How often the pod slot this pod fills has been refilled after failures (drives the replacement back-off).
+ANNOTATION_REPLACEMENTS = f"{GROUP}/replacements"
+ANNOTATION_HEAD_UID = f"{GROUP}/head-uid"
+ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+
+KIND_HEAD = "head"
+KIND_WORKER = "worker"
+KIND_LAUNCHER = "launcher"
+KIND_CONFIG = "config"
+KIND_AUTOSCALER = "autoscaler"
+
+HEAD_CONTAINER = "ray-head"
+WORKER_CONTAINER = "ray-worker"
+AUTOSCALER_CONTAINER = "autoscaler"
+LAUNCHER_CONTAINER = "launcher"
+
+CONFIG_DIR = INPOD_DIR
+AUTOSCALER_CONFIG_KEY = CONFIG_FILE
+CONFIGURATION_KEY = "configuration.yaml"
+CONFIG_VOLUME = "rayop-config"
+SHM_VOLUME = "shared-mem"
+LOG_VOLUME = "ray-logs"
+RAY_TMP = "/tmp/ray"
+
+GCS_PORT = 6379
+DASHBOARD_PORT = 8265
+CLIENT_PORT = 10001
+METRICS_PORT = 8080
+AGENT_PORT = 52365
+HEALTH_PATH = "/api/healthz"
+# Ray releases from this one on answer a single health endpoint on the dashboard agent (raylet, and GCS on the head).
+UNIFIED_HEALTH_SINCE = (2, 53)
+
+# Flags derived from the resources the model resolved (params first, then container limits): emitted once.
+_RESOURCE_FLAGS = ("num-cpus", "num-gpus", "memory", "resources")
+_HEAD_PORT_FLAGS = {
+    "dashboard-host": "0.0.0.0",
+    "dashboard-port": str(DASHBOARD_PORT),
+    "ray-client-server-port": str(CLIENT_PORT),
+    "metrics-export-port": str(METRICS_PORT),
+}
+_LAUNCHER_PREFIX_LIMIT = NAME_LIMIT - len("-launcher-") - 8
+
+
+# -- small pure helpers -----------------------------------------------------------------------------------------
+
+
+def stable_hash(value: Any, length: int = 16) -> str:
+    """A hex digest of `value` as sorted, compact JSON: equal values give equal hashes across runs and processes."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (tuple, frozenset, set)):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    if isinstance(value, RayResources):
+        return asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _clone(value: Any) -> Any:
+    """A deep copy of JSON values (Mappings become dicts, tuples lists); cheaper than copy.deepcopy."""
+    if isinstance(value, Mapping):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clone(v) for v in value]
+    return value
+
+
+def head_service_name(name: str) -> str:
+    return f"{name}-head"
+
+
+def config_map_name(name: str) -> str:
+    return f"{name}-ray"
+
+
+def autoscaler_name(name: str) -> str:
+    """The ServiceAccount, Role and RoleBinding of the cluster's autoscaler."""
+    return f"{name}-autoscaler"
+
+
+def pod_prefix(name: str, group: str) -> str:
+    """The generateName of a group's pods (`head` for the head)."""
+    return f"{name}-{group}-"
+
+
+def launcher_job_name(name: str, head_uid: str, config_hash: str) -> str:
+    """`<name>-launcher-<8 hex>`: a new name (a new launch) per head pod and per effective configuration.
+
+    Names longer than 63 characters are not valid Job names (the Job's pods carry it as a label value), so a long
+    Ray name is shortened in front of the suffix; find launcher Jobs by label, not by parsing this name.
+    """
+    digest = hashlib.sha256(f"{head_uid}/{config_hash}".encode()).hexdigest()[:8]
+    prefix = name[:_LAUNCHER_PREFIX_LIMIT].rstrip("-")
+    return f"{prefix}-launcher-{digest}"
+
+
+def namespace_of(model: ClusterModel) -> str:
+    return model.namespace or "default"
+
+
+def head_host(model: ClusterModel, options: Options) -> str:
+    """The head Service's fully qualified DNS name."""
+    return f"{head_service_name(model.name)}.{namespace_of(model)}.svc.{options.cluster_domain}"
+
+
+def head_address(model: ClusterModel, options: Options) -> str:
+    """Where workers and the launcher find the GCS: `<name>-head.<namespace>.svc.<domain>:6379`."""
+    return f"{head_host(model, options)}:{GCS_PORT}"
+
+
+def child_labels(cluster: str, kind: str, group: str) -> JSON:
+    return {LABEL_CLUSTER: cluster, LABEL_NODE_KIND: kind, LABEL_GROUP: group, LABEL_MANAGED_BY: MANAGED_BY}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The `Ray` every child belongs to. `uid` is empty for an object that was never stored (`rayop render`)."""
+
+    name: str
+    namespace: str
+    uid: str = ""
+
+    @classmethod
+    def of(cls, ray: Mapping[str, Any]) -> Owner:
+        meta = ray.get("metadata") or {}
+        return cls(name=str(meta.get("name") or ""), namespace=str(meta.get("namespace") or "default"),
+                   uid=str(meta.get("uid") or ""))
+
+    def references(self) -> list[JSON]:
+        """The controller ownerReference list (empty when there is no UID to point at)."""
+        if not self.uid:
+            return []
+        return [{"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid, "controller": True,
+                 "blockOwnerDeletion": True}]
+
+
+def _metadata(owner: Owner, name: str | None, labels: JSON, *, generate_name: str | None = None,
+              annotations: Mapping[str, str] | None = None) -> JSON:
+    meta: JSON = {"namespace": owner.namespace}
+    if name is not None:
+        meta["name"] = name
+    if generate_name is not None:
+        meta["generateName"] = generate_name
+    meta["labels"] = labels
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    refs = owner.references()
+    if refs:
+        meta["ownerReferences"] = refs
+    return meta
+
+
+def image_ray_version(image: str) -> tuple[int, int] | None:
+    """(major, minor) of a Ray image tagged like `rayproject/ray:2.60.0[-gpu|-py311...]`, else None."""
+    _, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag:
+        return None
+    parts = tag.split("-", 1)[0].split(".")
+    if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+# -- Ray resources and `ray start` --------------------------------------------------------------------------------
+
+
+def _has_resources(container: Mapping[str, Any]) -> bool:
+    res = container.get("resources")
+    return isinstance(res, Mapping) and bool(res.get("limits") or res.get("requests"))
+
+
+def _template_ray_container(template: Mapping[str, Any] | None, kind: str) -> tuple[int, Mapping[str, Any]]:
+    """(index, container) of the Ray container: the one named ray-head/ray-worker, else the first; (0, {}) if none."""
+    spec = (template or {}).get("spec")
+    containers = spec.get("containers") if isinstance(spec, Mapping) else None
+    if not isinstance(containers, list) or not containers:
+        return 0, {}
+    wanted = HEAD_CONTAINER if kind == KIND_HEAD else WORKER_CONTAINER
+    for i, c in enumerate(containers):
+        if isinstance(c, Mapping) and c.get("name") == wanted:
+            return i, c
+    first = containers[0]
+    return 0, first if isinstance(first, Mapping) else {}
+
+
+def _default_quantity(value: Any) -> int | None:
+    try:
+        return ceil_quantity(value)
+    except ValueError:
+        return None
+
+
+def ray_resources(group: HeadGroup | WorkerGroup, options: Options) -> RayResources:
+    """What a group's Ray node offers: the model's resources, with CPU and memory of the operator's default
+    container resources when the Ray container declares none. The autoscaler config must use the same values."""
+    kind = KIND_HEAD if isinstance(group, HeadGroup) else KIND_WORKER
+    _, container = _template_ray_container(group.template, kind)
+    res = group.resources
+    if _has_resources(container):
+        return res
+    defaults = options.head_resources if kind == KIND_HEAD else options.worker_resources
+    limits = defaults.get("limits") or defaults.get("requests") or {}
+    cpu = res.cpu if res.cpu is not None else _default_quantity(limits.get("cpu"))
+    memory = res.memory if res.memory is not None else _default_quantity(limits.get("memory"))
+    return RayResources(cpu=cpu, gpu=res.gpu, memory=memory, custom=res.custom)
+
+
+def _flag(key: str, value: str) -> str:
+    return f"--{key}" if value == "" else f"--{key}={value}"
+
+
+def ray_start_args(model: ClusterModel, group: HeadGroup | WorkerGroup, options: Options) -> list[str]:
+    """The `ray start` argv of a group's pods: managed flags, resource flags, then the user's other params."""
+    params = dict(group.ray_start_params)
+    resources = ray_resources(group, options)
+    if isinstance(group, HeadGroup):
+        args = ["ray", "start", "--head", "--block"]
+        if model.autoscaling.enabled:
+            args.append("--no-monitor")  # the sidecar runs the monitor
+        ports = {k: params.pop(k, v) for k, v in _HEAD_PORT_FLAGS.items()}
+        args.append(_flag("dashboard-host", ports["dashboard-host"]))
+        args.append(f"--port={GCS_PORT}")
+        args += [_flag(k, ports[k]) for k in ("dashboard-port", "ray-client-server-port", "metrics-export-port")]
+    else:
+        args = ["ray", "start", "--block", f"--address={head_address(model, options)}",
+                _flag("metrics-export-port", params.pop("metrics-export-port", str(METRICS_PORT)))]
+    if resources.cpu is not None:
+        args.append(f"--num-cpus={resources.cpu}")
+    if resources.gpu is not None:
+        args.append(f"--num-gpus={resources.gpu}")
+    if resources.memory is not None:
+        args.append(f"--memory={resources.memory}")
+    if resources.custom:
+        args.append("--resources=" + json.dumps(dict(resources.custom), sort_keys=True, separators=(",", ":")))
+    args += [_flag(k, v) for k, v in params.items() if k not in _RESOURCE_FLAGS]
+    return args
+
+
+def ray_start_script(model: ClusterModel, group: HeadGroup | WorkerGroup, options: Options) -> str:
+    """The shell script of the Ray container: raise the open-files limit, run setup commands, exec `ray start`."""
+    start = " ".join(shlex.quote(a) for a in ray_start_args(model, group, options))
+    steps = [*group.setup_commands, f"exec {start}"]
+    return "ulimit -n 65536 2>/dev/null || true; " + " && ".join(steps)
+
+
+# -- pods ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupPods:
+    """The pod every member of a group is created from, and how many the group wants now."""
+
+    group: str
+    kind: str
+    manifest: Mapping[str, Any]
+    template_hash: str
+    desired: int
+
+
+def _env_var(name: str, value: str | None = None, field_path: str | None = None) -> JSON:
+    if field_path is not None:
+        return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+    return {"name": name, "value": value}
+
+
+def _merge_env(container: JSON, ours: Sequence[JSON]) -> None:
+    """Our variables first (they win over the user's of the same name), then the user's others in their order."""
+    names = {e["name"] for e in ours}
+    theirs = [e for e in container.get("env") or [] if not (isinstance(e, Mapping) and e.get("name") in names)]
+    container["env"] = [*ours, *theirs]
+
+
+def _merge_ports(container: JSON, ours: Sequence[JSON]) -> None:
+    existing = [p for p in container.get("ports") or [] if isinstance(p, Mapping)]
+    taken_ports = {p.get("containerPort") for p in existing}
+    taken_names = {p.get("name") for p in existing}
+    container["ports"] = existing + [p for p in ours
+                                     if p["containerPort"] not in taken_ports and p["name"] not in taken_names]
+
+
+def _add_volume(spec: JSON, container: JSON, *, name: str, path: str, source: JSON, read_only: bool = False,
+                others: Iterable[JSON] = ()) -> None:
+    """Mount `source` at `path` in `container` (and `others`) unless something is mounted there already."""
+    mounts = container.setdefault("volumeMounts", [])
+    if any(isinstance(m, Mapping) and m.get("mountPath") == path for m in mounts):
+        return
+    volumes = spec.setdefault("volumes", [])
+    taken = {v.get("name") for v in volumes if isinstance(v, Mapping)}
+    unique, n = name, 1
+    while unique in taken:
+        n += 1
+        unique = f"{name}-{n}"
+    volumes.append({"name": unique, **source})
+    mount: JSON = {"name": unique, "mountPath": path}
+    if read_only:
+        mount["readOnly"] = True
+    mounts.append(mount)
+    for other in others:
+        other.setdefault("volumeMounts", []).append(dict(mount))
+
+
+def _probe(kind: str, image: str, params: Mapping[str, str], *, liveness: bool) -> JSON:
+    agent_port = int(params.get("dashboard-agent-listen-port", AGENT_PORT))
+    version = image_ray_version(image)
+    timeout = 5 if kind == KIND_HEAD else 2
+    probe: JSON
+    if version is not None and version >= UNIFIED_HEALTH_SINCE:
+        probe = {"httpGet": {"path": HEALTH_PATH, "port": agent_port}}
+    else:
+        check = f"wget --tries 1 -T {timeout} -q -O- http://localhost:%d/%s | grep success"
+        commands = [check % (agent_port, "api/local_raylet_healthz")]
+        if kind == KIND_HEAD:
+            dashboard = int(params.get("dashboard-port", DASHBOARD_PORT))
+            commands.append(check % (dashboard, "api/gcs_healthz"))
+        probe = {"exec": {"command": ["bash", "-c", " && ".join(commands)]}}
+    if liveness:
+        probe.update(initialDelaySeconds=30, periodSeconds=5, timeoutSeconds=timeout, successThreshold=1,
+                     failureThreshold=120)
+    else:
+        probe.update(initialDelaySeconds=5, periodSeconds=5, timeoutSeconds=timeout, successThreshold=1,
+                     failureThreshold=10)
+    return probe
+
+
+def _pod_fingerprint(model: ClusterModel, group: HeadGroup | WorkerGroup, kind: str, image: str,
+                     options: Options) -> Any:
+    used: JSON = {"pull": options.image_pull_policy, "probes": options.probes}
+    _, container = _template_ray_container(group.template, kind)
+    if not _has_resources(container):
+        used["resources"] = options.head_resources if kind == KIND_HEAD else options.worker_resources
+    value: JSON = {
+        "v": HASH_VERSION,
+        "kind": kind,
+        "template": group.template,
+        "image": image,
+        "params": group.ray_start_params,
+        "resources": group.resources,
+        "setup": group.setup_commands,
+        "options": used,
+    }
+    if kind == KIND_HEAD:
+        value["autoscaler"] = options.autoscaler_resources if model.autoscaling.enabled else None
+    else:
+        value["address"] = head_address(model, options)
+    return value
+
+
+def _build_pod(owner: Owner, model: ClusterModel, group: HeadGroup | WorkerGroup, options: Options) -> GroupPods:
+    is_head = isinstance(group, HeadGroup)
+    kind = KIND_HEAD if is_head else KIND_WORKER
+    name = group.name
+    image = group.image or model.image or options.image
+    template = group.template or {}
+    index, _ = _template_ray_container(template, kind)
+    template_hash = stable_hash(_pod_fingerprint(model, group, kind, image, options))
+
+    raw_spec = template.get("spec")
+    spec: JSON = _clone(raw_spec) if isinstance(raw_spec, Mapping) else {}
+    containers = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
+    if not containers:
+        containers = [{"name": HEAD_CONTAINER if is_head else WORKER_CONTAINER, "imagePullPolicy":
+                       options.image_pull_policy}]
+        index = 0
+    spec["containers"] = containers
+    for c in containers:
+        if not c.get("image"):
+            c["image"] = image
+    ray = containers[index]
+    if not ray.get("name"):
+        ray["name"] = HEAD_CONTAINER if is_head else WORKER_CONTAINER
+    if not _has_resources(ray):
+        ray["resources"] = _clone(options.head_resources if is_head else options.worker_resources)
+
+    env = [_env_var("RAY_CLOUD_INSTANCE_ID", field_path="metadata.name"), _env_var("RAY_NODE_TYPE_NAME", name)]
+    if is_head:
+        env += [dict(e) for e in HEAD_ENV]
+    script = ray_start_script(model, group, options)
+    if ray.get("command") or ray.get("args"):
+        # The user's command is kept as given; it can start Ray with `eval "exec $RAYOP_RAY_START_COMMAND"`.
+        env.append(_env_var("RAYOP_RAY_START_COMMAND", script))
+    else:
+        ray["command"] = ["/bin/bash", "-lc", "--"]
+        ray["args"] = [script]
+    _merge_env(ray, env)
+
+    params = group.ray_start_params
+    if is_head:
+        ports = [
+            {"name": "gcs", "containerPort": GCS_PORT, "protocol": "TCP"},
+            {"name": "dashboard", "containerPort": int(params.get("dashboard-port", DASHBOARD_PORT)),
+             "protocol": "TCP"},
+            {"name": "client", "containerPort": int(params.get("ray-client-server-port", CLIENT_PORT)),
+             "protocol": "TCP"},
+        ]
+    else:
+        ports = []
+    ports.append({"name": "metrics", "containerPort": int(params.get("metrics-export-port", METRICS_PORT)),
+                  "protocol": "TCP"})
+    _merge_ports(ray, ports)
+
+    if options.probes:
+        if not ray.get("readinessProbe"):
+            ray["readinessProbe"] = _probe(kind, ray["image"], params, liveness=False)
+        if not ray.get("livenessProbe"):
+            ray["livenessProbe"] = _probe(kind, ray["image"], params, liveness=True)
+
+    if "plasma-directory" not in params:
+        _add_volume(spec, ray, name=SHM_VOLUME, path="/dev/shm", source={"emptyDir": {"medium": "Memory"}})
+
+    sidecar: JSON | None = None
+    if is_head:
+        if model.autoscaling.enabled:
+            sidecar = {
+                "name": AUTOSCALER_CONTAINER,
+                "image": ray["image"],
+                "imagePullPolicy": ray.get("imagePullPolicy") or options.image_pull_policy,
+                "command": monitor_command(),
+                "env": monitor_env(model.name),
+                "resources": _clone(options.autoscaler_resources),
+            }
+            _add_volume(spec, ray, name=LOG_VOLUME, path=RAY_TMP, source={"emptyDir": {}}, others=[sidecar])
+        _add_volume(spec, ray, name=CONFIG_VOLUME, path=CONFIG_DIR, read_only=True,
+                    source={"configMap": {"name": config_map_name(model.name)}},
+                    others=[sidecar] if sidecar else [])
+        if sidecar is not None:
+            containers.append(sidecar)
+            spec.setdefault("serviceAccountName", autoscaler_name(model.name))
+            spec["automountServiceAccountToken"] = True  # the sidecar talks to the API server
+    if "automountServiceAccountToken" not in spec:
+        spec["automountServiceAccountToken"] = False
+
+    raw_meta = template.get("metadata")
+    meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
+    labels = {**(meta.get("labels") or {}), **child_labels(model.name, kind, name),
+              LABEL_TEMPLATE_HASH: template_hash}
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(owner, None, labels, generate_name=pod_prefix(model.name, name),
+                              annotations=meta.get("annotations")),
+        "spec": spec,
+    }
+    desired = group.desired_workers if isinstance(group, WorkerGroup) else 1
+    return GroupPods(group=name, kind=kind, manifest=manifest, template_hash=template_hash, desired=desired)
+
+
+def build_head_pod(owner: Owner, model: ClusterModel, options: Options) -> GroupPods:
+    """The head pod: `ray start --head`, the head's ports, and the autoscaler sidecar when autoscaling is on."""
+    return _build_pod(owner, model, model.head, options)
+
+
+def build_worker_pod(owner: Owner, model: ClusterModel, group: WorkerGroup, options: Options) -> GroupPods:
+    """The pod of one worker group: `ray start --address=<head FQDN>:6379`."""
+    return _build_pod(owner, model, group, options)
+
+
+def with_replacements(manifest: Mapping[str, Any], count: int) -> JSON:
+    """A copy of a pod manifest (sharing its spec) marked as the `count`-th refill of a failed pod's slot."""
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), ANNOTATION_REPLACEMENTS: str(count)}
+    return {**manifest, "metadata": meta}
+
+
+# -- Service, ConfigMap, RBAC, launcher -------------------------------------------------------------------------
+
+
+def build_head_service(owner: Owner, model: ClusterModel, head: GroupPods) -> JSON:
+    """A headless Service `<name>-head` in front of the head pod (GCS, dashboard, client, metrics and any other
+    named port of the head's Ray container). Not-ready addresses are published so workers can resolve the head
+    while it starts."""
+    spec = head.manifest["spec"]
+    ray = next((c for c in spec["containers"] if c.get("name") != AUTOSCALER_CONTAINER), spec["containers"][0])
+    ports = [
+        {"name": p["name"], "port": p["containerPort"], "targetPort": p["containerPort"],
+         "protocol": p.get("protocol", "TCP")}
+        for p in ray.get("ports") or [] if isinstance(p, Mapping) and p.get("name") and p.get("containerPort")
+    ]
+    selector = {LABEL_CLUSTER: model.name, LABEL_NODE_KIND: KIND_HEAD, LABEL_MANAGED_BY: MANAGED_BY}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, head_service_name(model.name), child_labels(model.name, KIND_HEAD, HEAD_GROUP)),
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": selector, "ports": ports},
+    }
+
+
+def autoscaler_config_text(config: Mapping[str, Any] | str) -> str:
+    """The `autoscaler.yaml` text: a string is kept; a mapping is written as sorted, indented JSON (valid YAML)."""
+    if isinstance(config, str):
+        return config
+    return json.dumps(config, sort_keys=True, indent=2, default=_json_default) + "\n"
+
+
+def build_config_map(owner: Owner, model: ClusterModel, *, autoscaler_config: Mapping[str, Any] | str,
+                     configuration: str | None, programs: Mapping[str, str]) -> JSON:
+    """ConfigMap `<name>-ray`: the effective autoscaler config, the user's configuration as given, the in-pod
+    programs. Mounted read-only at /etc/rayop in the head, the autoscaler sidecar and the launcher."""
+    data = {**programs, AUTOSCALER_CONFIG_KEY: autoscaler_config_text(autoscaler_config)}
+    if configuration is not None:
+        data[CONFIGURATION_KEY] = configuration
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, config_map_name(model.name), child_labels(model.name, KIND_CONFIG, KIND_CONFIG)),
+        "data": data,
+    }
+
+
+def build_autoscaler_rbac(owner: Owner, model: ClusterModel, head: GroupPods) -> tuple[JSON, JSON, JSON]:
+    """ServiceAccount, Role and RoleBinding `<name>-autoscaler`. The binding names the account the head pod runs
+    as (ours, or the one the user's head template names)."""
+    name = autoscaler_name(model.name)
+    labels = child_labels(model.name, KIND_AUTOSCALER, HEAD_GROUP)
+    account = head.manifest["spec"].get("serviceAccountName") or name
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(owner, name, dict(labels))}
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": _metadata(owner, name, dict(labels)), "rules": autoscaler_role_rules(model.name)}
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(owner, name, dict(labels)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": owner.namespace}],
+    }
+    return sa, role, binding
+
+
+def build_launcher_job(owner: Owner, model: ClusterModel, options: Options, head: GroupPods, *, head_uid: str,
+                       config_hash: str) -> JSON:
+    """The launcher Job of one launch (one head pod, one effective config): validates the config with Ray's own
+    validator, waits for the GCS and the initial workers, completes. One pod, never restarted in place."""
+    name = launcher_job_name(model.name, head_uid, config_hash)
+    head_spec = head.manifest["spec"]
+    image = next((c["image"] for c in head_spec["containers"] if c.get("name") != AUTOSCALER_CONTAINER),
+                 options.image)
+    labels = child_labels(model.name, KIND_LAUNCHER, KIND_LAUNCHER)
+    container = {
+        "name": LAUNCHER_CONTAINER,
+        "image": image,
+        "imagePullPolicy": options.image_pull_policy,
+        # The launcher gives up a minute before the Job's deadline, so its own summary says why.
+        "command": launcher_command(model, head_address(model, options),
+                                    timeout_seconds=max(60, options.launcher_deadline_seconds - 60)),
+        "env": [_env_var("PYTHONPATH", CONFIG_DIR), _env_var("RAY_CLUSTER_NAME", model.name)],
+        "resources": _clone(options.launcher_resources),
+        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}],
+    }
+    pod_spec: JSON = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "containers": [container],
+        "volumes": [{"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(model.name)}}],
+    }
+    if head_spec.get("imagePullSecrets"):
+        pod_spec["imagePullSecrets"] = _clone(head_spec["imagePullSecrets"])
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(owner, name, labels,
+                              annotations={ANNOTATION_HEAD_UID: head_uid, ANNOTATION_CONFIG_HASH: config_hash}),
+        "spec": {
+            "backoffLimit": options.launcher_backoff_limit,
+            "activeDeadlineSeconds": options.launcher_deadline_seconds,
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        },
+    }
+
+
+# -- everything at once -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Every child the cluster should have, built once per reconcile. The launcher Job is built by
+    `launcher_job(head_uid)` because its name depends on the live head pod."""
+
+    model: ClusterModel
+    owner: Owner
+    options: Options
+    head: GroupPods
+    workers: tuple[GroupPods, ...]
+    service: Mapping[str, Any]
+    config_map: Mapping[str, Any]
+    # Hash of the effective autoscaler config: a change starts a new launch.
+    config_hash: str
+    # ServiceAccount, Role, RoleBinding when autoscaling is on, else ().
+    autoscaler: tuple[Mapping[str, Any], ...] = ()
+    _by_group: Mapping[str, GroupPods] = field(default_factory=dict, compare=False, repr=False)
+
+    def worker(self, group: str) -> GroupPods | None:
+        return self._by_group.get(group)
+
+    def template_hashes(self) -> dict[str, str]:
+        """Group name -> template hash, the head included (as `head`)."""
+        return {self.head.group: self.head.template_hash, **{w.group: w.template_hash for w in self.workers}}
+
+    def launcher_job(self, head_uid: str) -> JSON:
+        return build_launcher_job(self.owner, self.model, self.options, self.head, head_uid=head_uid,
+                                  config_hash=self.config_hash)
+
+    def launcher_name(self, head_uid: str) -> str:
+        return launcher_job_name(self.model.name, head_uid, self.config_hash)
+
+    def singletons(self) -> tuple[Mapping[str, Any], ...]:
+        """The named children in creation order: RBAC, ConfigMap, Service."""
+        return (*self.autoscaler, self.config_map, self.service)
+
+
+def build_children(ray: Mapping[str, Any], model: ClusterModel, options: Options, *,
+                   autoscaler_config: Mapping[str, Any] | str, programs: Mapping[str, str]) -> Desired:
+    """Build every child of `ray` (decoded JSON) from its model. `autoscaler_config` is the effective Ray autoscaler
+    config (built elsewhere, passed through); `programs` the in-pod program files for the ConfigMap."""
+    owner = Owner.of(ray)
+    spec = ray.get("spec") or {}
+    configuration = spec.get("configuration") if isinstance(spec.get("configuration"), str) else None
+    head = build_head_pod(owner, model, options)
+    workers = tuple(build_worker_pod(owner, model, g, options) for g in model.worker_groups)
+    config_text = autoscaler_config_text(autoscaler_config)
+    config_map = build_config_map(owner, model, autoscaler_config=config_text, configuration=configuration,
+                                  programs=programs)
+    rbac = build_autoscaler_rbac(owner, model, head) if model.autoscaling.enabled else ()
+    return Desired(
+        model=model,
+        owner=owner,
+        options=options,
+        head=head,
+        workers=workers,
+        service=build_head_service(owner, model, head),
+        config_map=config_map,
+        config_hash=stable_hash(config_text),
+        autoscaler=tuple(rbac),
+        _by_group={w.group: w for w in workers},
+    )

@@ -1,0 +1,134 @@
+"""The operator's defaults for what a `Ray` leaves unsaid, as one frozen `Options` value.
+
+Guarantees:
+- Every builder, the planner and the status computation take their defaults from an `Options` argument, never from
+  globals, the environment or the clock; `Options()` is the documented default and is what `rayop render` and the
+  tests use.
+- `DEFAULT_RAY_IMAGE` is a pinned Ray release; the seed's examples (no pod templates at all) run with it as
+  written. The image and the default container resources can be changed per operator with command-line flags
+  (`add_option_arguments` / `options_from_args`), and per cluster with `spec.image` or a pod template.
+- Changing an option that shapes pods (the default image, default resources, probes) changes the template hash of
+  the groups that use it, so their pods are rolled like any other template change; options that only steer the
+  planner (surge, back-off, thresholds) never restart pods.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+DEFAULT_RAY_IMAGE = "rayproject/ray:2.60.0"
+
+
+def _frozen(**values: Any) -> Mapping[str, Any]:
+    return MappingProxyType(dict(values))
+
+
+def _resources(cpu: str, memory: str, limit_memory: str | None = None) -> Mapping[str, Any]:
+    return _frozen(
+        requests=_frozen(cpu=cpu, memory=memory),
+        limits=_frozen(cpu=cpu, memory=limit_memory or memory),
+    )
+
+
+@dataclass(frozen=True)
+class Options:
+    """Operator-wide defaults. Immutable; compare by value."""
+
+    # -- pods ----------------------------------------------------------------------------------------------------
+    # The Ray image of every container that names none and of the operator's default containers.
+    image: str = DEFAULT_RAY_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    # Resources of a Ray container that declares none (no requests and no limits): Ray is told the same CPUs and
+    # memory (`--num-cpus`, `--memory`), so the autoscaler can plan with them.
+    head_resources: Mapping[str, Any] = field(default_factory=lambda: _resources("1", "2Gi"))
+    worker_resources: Mapping[str, Any] = field(default_factory=lambda: _resources("1", "2Gi"))
+    # The autoscaler sidecar (Ray's monitor) in the head pod and the launcher Job's container.
+    autoscaler_resources: Mapping[str, Any] = field(
+        default_factory=lambda: _frozen(
+            requests=_frozen(cpu="200m", memory="256Mi"), limits=_frozen(cpu="500m", memory="512Mi")
+        )
+    )
+    launcher_resources: Mapping[str, Any] = field(
+        default_factory=lambda: _frozen(requests=_frozen(cpu="100m", memory="256Mi"), limits=_frozen(memory="1Gi"))
+    )
+    # Readiness and liveness probes on Ray's own health check, added when the Ray container declares none.
+    probes: bool = True
+    # Kubernetes' cluster DNS domain, for the head's address `<name>-head.<namespace>.svc.<domain>:6379`.
+    cluster_domain: str = "cluster.local"
+
+    # -- the launcher Job ----------------------------------------------------------------------------------------
+    launcher_backoff_limit: int = 2
+    launcher_deadline_seconds: int = 900
+
+    # -- the planner ---------------------------------------------------------------------------------------------
+    # Pods above the desired count a rolling update may create (per group, one group at a time).
+    max_surge: int = 1
+    # A Ray container waiting in CrashLoopBackOff with at least this many restarts makes its pod failed.
+    crash_loop_restarts: int = 5
+    # Failed pods are replaced after base * 2**n seconds (n: how often this slot was replaced already), capped.
+    replace_backoff_seconds: float = 10.0
+    replace_backoff_max_seconds: float = 300.0
+    # A pod that ran at least this long before it failed resets the back-off.
+    replace_backoff_reset_seconds: float = 600.0
+    # A worker Running but not Ready this long never joined Ray (or left it): the autoscaler will not remove it,
+    # so it counts as failed and is replaced.
+    join_timeout_seconds: float = 300.0
+
+    # -- status --------------------------------------------------------------------------------------------------
+    # lastReconcileTime is refreshed when something else in the status changed, or when it is older than this.
+    status_refresh_seconds: float = 600.0
+
+
+def add_option_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """Add the flags that override `Options` to an argparse parser (used by `rayop run` and `rayop render`)."""
+    d = Options()
+    parser.add_argument("--ray-image", default=d.image,
+                        help=f"Ray image for containers that name none (default {d.image})")
+    parser.add_argument("--ray-image-pull-policy", default=d.image_pull_policy,
+                        choices=("Always", "IfNotPresent", "Never"), help="pull policy of the operator's containers")
+    parser.add_argument("--default-head-cpu", default=None, help="CPU of a head container that declares none (default 1)")
+    parser.add_argument("--default-head-memory", default=None,
+                        help="memory of a head container that declares none (default 2Gi)")
+    parser.add_argument("--default-worker-cpu", default=None,
+                        help="CPU of a worker container that declares none (default 1)")
+    parser.add_argument("--default-worker-memory", default=None,
+                        help="memory of a worker container that declares none (default 2Gi)")
+    parser.add_argument("--ray-probes", action=argparse.BooleanOptionalAction, default=d.probes,
+                        help="add readiness/liveness probes on Ray's health check (default on)")
+    parser.add_argument("--cluster-domain", default=d.cluster_domain, help="cluster DNS domain (default cluster.local)")
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    """The `Options` the flags of `add_option_arguments` describe (missing attributes keep their defaults)."""
+    d = Options()
+
+    def resources(base: Mapping[str, Any], cpu: str | None, memory: str | None) -> Mapping[str, Any]:
+        if cpu is None and memory is None:
+            return base
+        req = dict(base["requests"])
+        lim = dict(base["limits"])
+        if cpu is not None:
+            req["cpu"] = lim["cpu"] = cpu
+        if memory is not None:
+            req["memory"] = lim["memory"] = memory
+        return _frozen(requests=MappingProxyType(req), limits=MappingProxyType(lim))
+
+    return Options(
+        image=getattr(args, "ray_image", None) or d.image,
+        image_pull_policy=getattr(args, "ray_image_pull_policy", None) or d.image_pull_policy,
+        head_resources=resources(
+            d.head_resources, getattr(args, "default_head_cpu", None), getattr(args, "default_head_memory", None)
+        ),
+        worker_resources=resources(
+            d.worker_resources, getattr(args, "default_worker_cpu", None), getattr(args, "default_worker_memory", None)
+        ),
+        probes=bool(getattr(args, "ray_probes", d.probes)),
+        cluster_domain=getattr(args, "cluster_domain", None) or d.cluster_domain,
+    )
+
+
+__all__ = ["DEFAULT_RAY_IMAGE", "Options", "add_option_arguments", "options_from_args"]

@@ -1,0 +1,426 @@
+"""The pure status computation: a `Ray`, its model (or why there is none) and its observed children in, the
+`status` to write out.
+
+Guarantees:
+- No I/O and no clock: `now` is an argument; times are written as RFC 3339 in UTC with a `Z` and whole seconds.
+- Idempotent: for an unchanged cluster the result equals the stored status, so the caller writes nothing. A
+  condition keeps its `lastTransitionTime` while its status is unchanged (reason and message may change without
+  a transition); `startTime` is set once; `lastReconcileTime` is refreshed only when something else in the status
+  changed or when it is older than `Options.status_refresh_seconds` (10 minutes by default) — so an idle cluster
+  costs at most one status write per period.
+- Honest readiness: `Ready` is True only when the head pod is Ready and every group has at least its desired
+  number of Ready worker pods; pending, terminating or failed pods never count. A `Ray` whose configuration is
+  invalid is never Ready (`InvalidConfiguration`), but its pods are still counted.
+- Replica counts follow the proposal's ReplicaStatus: replicas (pods not terminated and not terminating),
+  updatedReplicas (those with the group's current template hash), readyReplicas, availableReplicas (ready; the
+  operator uses minReadySeconds 0) and unavailableReplicas (desired - available, never negative). The launcher's
+  counts come from its Job (desired 1 until the Job finished).
+- Conditions: ConfigurationValid, HeadReady, WorkersReady, Ready, SuccessfulLaunch, ReplicaFailure, each with
+  type/status/reason (CamelCase)/message/observedGeneration/lastTransitionTime. Conditions of other types that
+  someone else set are kept as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Union
+
+from rayop.api.model import ClusterModel, ConfigurationError, Conversion, ConfigWarning
+from rayop.api.types import (
+    CONDITION_CONFIGURATION_VALID,
+    CONDITION_HEAD_READY,
+    CONDITION_READY,
+    CONDITION_SUCCESSFUL_LAUNCH,
+    CONDITION_WORKERS_READY,
+    LABEL_GROUP,
+    LABEL_MANAGED_BY,
+    LABEL_NODE_KIND,
+)
+from rayop.build import (
+    ANNOTATION_HEAD_UID,
+    CLIENT_PORT,
+    DASHBOARD_PORT,
+    GCS_PORT,
+    HEAD_GROUP,
+    KIND_HEAD,
+    KIND_LAUNCHER,
+    KIND_WORKER,
+    MANAGED_BY,
+    METRICS_PORT,
+    Desired,
+    head_service_name,
+)
+from rayop.defaults import Options
+from rayop.plan import (
+    Observed,
+    condition,
+    is_active,
+    is_ready,
+    is_scheduled,
+    is_terminating,
+    labels,
+    meta,
+    name_of,
+    parse_time,
+    phase,
+    pod_failure,
+    template_hash,
+    uid_of,
+)
+
+CONDITION_REPLICA_FAILURE = "ReplicaFailure"
+MANAGED_CONDITIONS = (
+    CONDITION_CONFIGURATION_VALID,
+    CONDITION_HEAD_READY,
+    CONDITION_WORKERS_READY,
+    CONDITION_READY,
+    CONDITION_SUCCESSFUL_LAUNCH,
+    CONDITION_REPLICA_FAILURE,
+)
+MAX_MESSAGE = 4096
+_MAX_LISTED = 3
+
+ModelOrError = Union[Conversion, ClusterModel, ConfigurationError]
+
+
+@dataclass(frozen=True)
+class WriteFailure:
+    """A write the apply step attempted and the API server refused (`message` is the server's message)."""
+
+    verb: str  # create, delete, patch
+    kind: str
+    name: str  # the object's name, or the generateName prefix of a pod
+    message: str
+    reason: str = ""  # the server's reason (Forbidden, Invalid, ...), if any
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339, UTC, whole seconds, `Z`."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+# -- pods -----------------------------------------------------------------------------------------------------------
+
+
+def replica_status(pods: Sequence[Mapping[str, Any]], desired: int, want_hash: str | None,
+                   previous_updated: int = 0) -> dict[str, int]:
+    """ReplicaStatus of some pods. Without a template hash (invalid configuration) updatedReplicas keeps its last
+    value, bounded by replicas."""
+    active = [p for p in pods if is_active(p)]
+    ready = sum(1 for p in active if is_ready(p))
+    if want_hash is None:
+        updated = min(previous_updated, len(active))
+    else:
+        updated = sum(1 for p in active if template_hash(p) == want_hash)
+    return {
+        "replicas": len(active),
+        "updatedReplicas": updated,
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "unavailableReplicas": max(0, desired - ready),
+    }
+
+
+def pod_problem(pod: Mapping[str, Any], options: Options, now: datetime | None = None) -> tuple[str, str]:
+    """(CamelCase reason, message) for a pod that is not ready (`now`: for workers, see `pod_failure`)."""
+    name = name_of(pod)
+    if is_terminating(pod):
+        return "Terminating", f"{name} is terminating"
+    failure = pod_failure(pod, options, now)
+    if failure is not None:
+        return "Failed", f"{name} failed: {failure.reason}: {failure.message}"
+    if not is_scheduled(pod):
+        c = condition(pod, "PodScheduled") or {}
+        why = c.get("message") or c.get("reason") or "waiting for a node"
+        return "Unschedulable", f"{name} is not scheduled: {why}"
+    status = pod.get("status") or {}
+    for cs in [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]:
+        waiting = ((cs or {}).get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason and reason not in ("ContainerCreating", "PodInitializing"):
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            return "ContainerWaiting", f"{name}: container {cs.get('name')}: {reason}{detail}"
+    if phase(pod) == "Pending":
+        return "Pending", f"{name} is starting"
+    return "NotReady", f"{name} is running; Ray's health check does not pass yet"
+
+
+def _best_head(pods: Sequence[Mapping[str, Any]], want_hash: str | None) -> Mapping[str, Any] | None:
+    active = [p for p in pods if not is_terminating(p)]
+    if not active:
+        return None
+    active.sort(key=lambda p: (not is_ready(p), template_hash(p) != want_hash, str(meta(p).get("creationTimestamp")
+                                                                                   or ""), name_of(p)))
+    return active[0]
+
+
+# -- conditions -----------------------------------------------------------------------------------------------------
+
+
+def _condition(kind: str, status: str, reason: str, message: str) -> dict[str, Any]:
+    return {"type": kind, "status": status, "reason": reason, "message": _clip(message)}
+
+
+def _configuration(model_or_error: ModelOrError) -> dict[str, Any]:
+    if isinstance(model_or_error, ConfigurationError):
+        return _condition(CONDITION_CONFIGURATION_VALID, "False", "InvalidConfiguration", model_or_error.describe())
+    warnings: Sequence[ConfigWarning] = model_or_error.warnings if isinstance(model_or_error, Conversion) else ()
+    if warnings:
+        listed = "; ".join(str(w) for w in warnings)
+        return _condition(CONDITION_CONFIGURATION_VALID, "True", "KeysIgnored",
+                          f"{len(warnings)} key(s) not honoured: {listed}")
+    return _condition(CONDITION_CONFIGURATION_VALID, "True", "Valid", "the configuration is valid")
+
+
+def _head_condition(head: Mapping[str, Any] | None, any_head: bool, options: Options) -> dict[str, Any]:
+    if head is None:
+        message = "the head pod is being re-created" if any_head else "there is no head pod yet"
+        return _condition(CONDITION_HEAD_READY, "False", "HeadPodMissing", message)
+    if is_ready(head):
+        return _condition(CONDITION_HEAD_READY, "True", "HeadPodReady", f"head pod {name_of(head)} is ready")
+    reason, message = pod_problem(head, options)
+    return _condition(CONDITION_HEAD_READY, "False", f"HeadPod{reason}", f"head pod {message}")
+
+
+@dataclass(frozen=True)
+class _GroupView:
+    name: str
+    desired: int
+    min_workers: int
+    max_workers: int
+    pods: tuple[Mapping[str, Any], ...]
+    want_hash: str | None
+    previous_updated: int
+
+
+def _workers_condition(groups: Sequence[_GroupView], options: Options, valid: bool,
+                       now: datetime) -> tuple[dict[str, Any], bool]:
+    if not valid:
+        return _condition(CONDITION_WORKERS_READY, "Unknown", "InvalidConfiguration",
+                          "the desired workers are unknown while the configuration is invalid"), False
+    desired = sum(g.desired for g in groups)
+    ready_total = 0
+    lacking: list[str] = []
+    for g in groups:
+        ready = sum(1 for p in g.pods if is_active(p) and is_ready(p))
+        ready_total += min(ready, g.desired)
+        if ready < g.desired:
+            problems = [pod_problem(p, options, now)[1] for p in g.pods if not is_ready(p)][:_MAX_LISTED]
+            detail = f" ({'; '.join(problems)})" if problems else ""
+            lacking.append(f"group {g.name}: {ready}/{g.desired} ready{detail}")
+    if lacking:
+        return _condition(CONDITION_WORKERS_READY, "False", "WorkersNotReady",
+                          f"{ready_total}/{desired} workers ready; " + "; ".join(lacking)), False
+    return _condition(CONDITION_WORKERS_READY, "True", "AllWorkersReady", f"{desired}/{desired} workers ready"), True
+
+
+def _launch(job: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, int]]:
+    if job is None:
+        return (_condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "WaitingForHead",
+                           "the launcher starts once the head pod exists"),
+                {"replicas": 0, "updatedReplicas": 0, "readyReplicas": 0, "availableReplicas": 0,
+                 "unavailableReplicas": 0})
+    status = job.get("status") or {}
+    complete = condition(job, "Complete") or condition(job, "SuccessCriteriaMet")
+    failed = condition(job, "Failed") or condition(job, "FailureTarget")
+    active = int(status.get("active") or 0)
+    ready = int(status.get("ready") or 0)
+    finished = (complete or {}).get("status") == "True" or (failed or {}).get("status") == "True"
+    counts = {"replicas": active, "updatedReplicas": active, "readyReplicas": ready, "availableReplicas": ready,
+              "unavailableReplicas": 0 if finished else max(0, 1 - ready)}
+    name = name_of(job)
+    if (complete or {}).get("status") == "True":
+        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "True", "Launched", f"launcher Job {name} completed")
+    elif (failed or {}).get("status") == "True":
+        reason = str((failed or {}).get("reason") or "LaunchFailed")
+        message = str((failed or {}).get("message") or "the launcher failed")
+        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", reason, f"launcher Job {name}: {message}")
+    else:
+        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "Launching", f"launcher Job {name} is running")
+    return cond, counts
+
+
+def _replica_failure(failures: Sequence[WriteFailure] | None,
+                     previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    if failures is None:
+        if previous is not None:
+            return {k: previous[k] for k in ("type", "status", "reason", "message") if k in previous}
+        return _condition(CONDITION_REPLICA_FAILURE, "False", "NoFailures", "")
+    if not failures:
+        return _condition(CONDITION_REPLICA_FAILURE, "False", "NoFailures", "")
+    first = failures[0]
+    listed = "; ".join(f"{f.verb} {f.kind} {f.name}: {f.message}" for f in failures[:_MAX_LISTED])
+    more = f" (and {len(failures) - _MAX_LISTED} more)" if len(failures) > _MAX_LISTED else ""
+    return _condition(CONDITION_REPLICA_FAILURE, "True", f"Failed{first.verb.capitalize()}", listed + more)
+
+
+def _stamp(conditions: Sequence[dict[str, Any]], old: Sequence[Any], generation: int | None,
+           now: str) -> list[dict[str, Any]]:
+    previous = {c.get("type"): c for c in old if isinstance(c, Mapping)}
+    out = []
+    for c in conditions:
+        before = previous.get(c["type"])
+        stamped = dict(c)
+        if generation is not None:
+            stamped["observedGeneration"] = generation
+        same = before is not None and before.get("status") == c["status"] and before.get("lastTransitionTime")
+        stamped["lastTransitionTime"] = before["lastTransitionTime"] if same and before else now
+        out.append(stamped)
+    managed = {c["type"] for c in conditions}
+    out += [dict(c) for c in old if isinstance(c, Mapping) and c.get("type") not in managed]
+    return out
+
+
+# -- the status -------------------------------------------------------------------------------------------------------
+
+
+def compute_status(ray: Mapping[str, Any], model_or_error: ModelOrError, observed: Observed, now: datetime, *,
+                   desired: Desired | None = None, failures: Sequence[WriteFailure] | None = None,
+                   options: Options | None = None) -> dict[str, Any]:
+    """The status of `ray` (decoded JSON). `desired` gives the template hashes (updatedReplicas) and the current
+    launch; `failures` are this reconcile's refused writes (None: no write was attempted, keep ReplicaFailure as
+    it was; empty: every write succeeded). Compare the result with `ray["status"]` and write only on a change."""
+    opts = options or (desired.options if desired is not None else Options())
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    old: Mapping[str, Any] = ray.get("status") or {}
+    metadata = ray.get("metadata") or {}
+    generation = metadata.get("generation")
+    name = str(metadata.get("name") or "")
+    namespace = str(metadata.get("namespace") or "default")
+    now_text = format_time(now)
+    model = model_or_error.cluster if isinstance(model_or_error, Conversion) else (
+        model_or_error if isinstance(model_or_error, ClusterModel) else None)
+    hashes = desired.template_hashes() if desired is not None else {}
+
+    pods = [p for p in observed.pods if labels(p).get(LABEL_MANAGED_BY) == MANAGED_BY]
+    head_pods = [p for p in pods if labels(p).get(LABEL_NODE_KIND) == KIND_HEAD]
+    worker_pods = [p for p in pods if labels(p).get(LABEL_NODE_KIND) == KIND_WORKER]
+    by_group: dict[str, list[Mapping[str, Any]]] = {}
+    for p in sorted(worker_pods, key=name_of):  # stable messages whatever order the cache returns
+        by_group.setdefault(str(labels(p).get(LABEL_GROUP) or ""), []).append(p)
+
+    old_groups = {g.get("name"): g for g in old.get("workerGroups") or () if isinstance(g, Mapping)}
+    groups: list[_GroupView] = []
+    if model is not None:
+        for g in model.worker_groups:
+            groups.append(_GroupView(g.name, g.desired_workers, g.min_workers, g.max_workers,
+                                     tuple(by_group.get(g.name, ())), hashes.get(g.name),
+                                     int(old_groups.get(g.name, {}).get("updatedReplicas") or 0)))
+    else:
+        for gname, g in old_groups.items():
+            groups.append(_GroupView(str(gname), int(g.get("desiredWorkers") or 0), int(g.get("minWorkers") or 0),
+                                     int(g.get("maxWorkers") or 0), tuple(by_group.get(str(gname), ())), None,
+                                     int(g.get("updatedReplicas") or 0)))
+
+    head_hash = hashes.get(HEAD_GROUP)
+    head = _best_head(head_pods, head_hash)
+    head_counts = replica_status(head_pods, 1, head_hash, int((old.get("head") or {}).get("updatedReplicas") or 0))
+    group_status: list[dict[str, Any]] = []
+    updated_total = unavailable_total = 0
+    for g in groups:
+        counts = replica_status(g.pods, g.desired, g.want_hash, g.previous_updated)
+        updated_total += counts["updatedReplicas"]
+        unavailable_total += counts["unavailableReplicas"]
+        group_status.append({"name": g.name, "desiredWorkers": g.desired, "minWorkers": g.min_workers,
+                             "maxWorkers": g.max_workers, **counts})
+    desired_total = sum(g.desired for g in groups)
+    active_workers = [p for p in worker_pods if is_active(p)]
+    ready_workers = sum(1 for p in active_workers if is_ready(p))
+    worker_counts = {
+        "replicas": len(active_workers),
+        "updatedReplicas": updated_total,
+        "readyReplicas": ready_workers,
+        "availableReplicas": ready_workers,
+        "unavailableReplicas": unavailable_total,
+    }
+
+    job = _current_launch(observed.jobs, head, desired)
+    launch_condition, launcher_counts = _launch(job)
+
+    head_condition = _head_condition(head, bool(head_pods), opts)
+    workers_condition, workers_ready = _workers_condition(groups, opts, model is not None, now)
+    head_ready = head_condition["status"] == "True"
+    if model is None:
+        error = model_or_error.describe() if isinstance(model_or_error, ConfigurationError) else "invalid"
+        ready = _condition(CONDITION_READY, "False", "InvalidConfiguration", error)
+    elif not head_ready:
+        ready = _condition(CONDITION_READY, "False", "HeadNotReady", head_condition["message"])
+    elif not workers_ready:
+        ready = _condition(CONDITION_READY, "False", "WorkersNotReady", workers_condition["message"])
+    else:
+        ready = _condition(CONDITION_READY, "True", "ClusterReady",
+                           f"the head and {desired_total} worker(s) are ready")
+    old_conditions = [c for c in old.get("conditions") or () if isinstance(c, Mapping)]
+    previous_failure = next((c for c in old_conditions if c.get("type") == CONDITION_REPLICA_FAILURE), None)
+    conditions = _stamp(
+        [_configuration(model_or_error), head_condition, workers_condition, ready, launch_condition,
+         _replica_failure(failures, previous_failure)],
+        old_conditions, generation if isinstance(generation, int) else None, now_text)
+
+    service = head_service_name(name)
+    host = f"{service}.{namespace}.svc"
+    params = model.head.ray_start_params if model is not None else {}
+    status: dict[str, Any] = {
+        "launcher": launcher_counts,
+        "head": head_counts,
+        "worker": worker_counts,
+        "workerGroups": group_status,
+        "desiredWorkers": desired_total,
+        "conditions": conditions,
+        "startTime": old.get("startTime") or now_text,
+        "headServiceName": service,
+        "endpoints": {
+            "gcs": f"{host}:{GCS_PORT}",
+            "client": f"ray://{host}:{params.get('ray-client-server-port', CLIENT_PORT)}",
+            "dashboard": f"http://{host}:{params.get('dashboard-port', DASHBOARD_PORT)}",
+            "metrics": f"http://{host}:{params.get('metrics-export-port', METRICS_PORT)}/metrics",
+        },
+    }
+    if isinstance(generation, int):
+        status["observedGeneration"] = generation
+    if head is not None:
+        status["headPodName"] = name_of(head)
+        ip = (head.get("status") or {}).get("podIP")
+        if ip:
+            status["headPodIP"] = ip
+    status["lastReconcileTime"] = _reconcile_time(old, status, now, now_text, opts)
+    return status
+
+
+def _current_launch(jobs: Sequence[Mapping[str, Any]], head: Mapping[str, Any] | None,
+                    desired: Desired | None) -> Mapping[str, Any] | None:
+    """The launch of the current head (and config, when `desired` is known), else the newest launcher Job."""
+    launches = [j for j in jobs if labels(j).get(LABEL_NODE_KIND) == KIND_LAUNCHER and not is_terminating(j)]
+    if not launches:
+        return None
+    if head is not None:
+        head_uid = uid_of(head)
+        if desired is not None:
+            wanted = desired.launcher_name(head_uid)
+            match = next((j for j in launches if name_of(j) == wanted), None)
+            if match is not None:
+                return match
+        mine = [j for j in launches if (meta(j).get("annotations") or {}).get(ANNOTATION_HEAD_UID) == head_uid]
+        if mine:
+            launches = mine
+    return max(launches, key=lambda j: (str(meta(j).get("creationTimestamp") or ""), name_of(j)))
+
+
+def _reconcile_time(old: Mapping[str, Any], new: Mapping[str, Any], now: datetime, now_text: str,
+                    options: Options) -> str:
+    previous = old.get("lastReconcileTime")
+    last = parse_time(previous)
+    if last is None or not isinstance(previous, str):
+        return now_text
+    unchanged = {k: v for k, v in old.items() if k != "lastReconcileTime"} == dict(new)
+    fresh = 0 <= (now - last).total_seconds() < options.status_refresh_seconds
+    return previous if unchanged and fresh else now_text

@@ -1,0 +1,422 @@
+"""The pure plan: creation, scaling, failure replacement with back-off, rolling updates, drift, launches."""
+
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from rayop.build import ANNOTATION_REPLACEMENTS
+from rayop.defaults import Options
+from rayop.plan import (
+    REASON_DUPLICATE_HEAD,
+    REASON_GROUP_REMOVED,
+    REASON_HEAD_CHANGED,
+    REASON_LAUNCH,
+    REASON_NOT_NEEDED,
+    REASON_REPLACE_FAILED,
+    REASON_ROLLING_UPDATE,
+    REASON_SCALE_DOWN,
+    REASON_SCALE_UP,
+    REASON_STALE_LAUNCH,
+    REASON_WORKERS_TO_DELETE,
+    Create,
+    Delete,
+    Observed,
+    Plan,
+    plan_cluster,
+)
+from tests.unit.test_plan_fixtures import (
+    NOW,
+    autoscaling,
+    desired_for,
+    healthy,
+    pod,
+    ray,
+    static,
+    stored,
+    with_pods,
+)
+
+
+def kinds(plan: Plan) -> list[tuple[str, str, str]]:
+    out = []
+    for a in plan.actions:
+        if isinstance(a, Create):
+            out.append(("create", a.kind, a.group or a.manifest["metadata"].get("name", "")))
+        elif isinstance(a, Delete):
+            out.append(("delete", a.kind, a.name))
+        else:
+            out.append(("patch", a.kind, a.name))
+    return out
+
+
+def deleted(plan: Plan) -> list[str]:
+    return [a.name for a in plan.deletes]
+
+
+def created(plan: Plan, group: str) -> int:
+    return sum(1 for a in plan.creates if a.group == group)
+
+
+def test_a_new_cluster_gets_named_children_then_the_head() -> None:
+    d = desired_for(ray(autoscaling()))
+    plan = plan_cluster(d, Observed(), NOW)
+    assert kinds(plan) == [
+        ("create", "ServiceAccount", "demo-autoscaler"),
+        ("create", "Role", "demo-autoscaler"),
+        ("create", "RoleBinding", "demo-autoscaler"),
+        ("create", "ConfigMap", "demo-ray"),
+        ("create", "Service", "demo-head"),
+        ("create", "Pod", "head"),
+    ]
+    assert "wait for the head pod" in " ".join(plan.notes)
+    assert plan.requeue_after is None
+
+
+@pytest.mark.parametrize("head_phase, workers", [("Pending", 0), ("Running", 2)], ids=["pending", "running"])
+def test_workers_are_created_once_the_head_runs_and_the_launch_starts(head_phase: str, workers: int) -> None:
+    d = desired_for(ray(autoscaling(initial=2)))
+    full = healthy(d, workers=0)
+    head = pod("demo-head-abcde", kind="head", group="head", hash=d.head.template_hash, phase=head_phase,
+               ready=False, node="n1")
+    plan = plan_cluster(d, Observed(pods=[head], services=full.services, config_maps=full.config_maps,
+                                    service_accounts=full.service_accounts, roles=full.roles,
+                                    role_bindings=full.role_bindings), NOW)
+    assert created(plan, "worker") == workers
+    launches = [a for a in plan.creates if a.kind == "Job"]
+    assert [a.reason for a in launches] == [REASON_LAUNCH]
+    assert launches[0].manifest["metadata"]["name"] == d.launcher_name("uid-demo-head-abcde")
+
+
+def test_an_unchanged_cluster_needs_nothing() -> None:
+    for spec in (autoscaling(), static(3)):
+        d = desired_for(ray(spec))
+        observed = healthy(d)
+        before = copy.deepcopy(observed)
+        plan = plan_cluster(d, observed, NOW)
+        assert plan.actions == () and plan.requeue_after is None
+        assert observed == before
+
+
+@pytest.mark.parametrize("spec, want", [(static(2, desiredWorkers={"worker": 5}), 5), (static(4), 4)],
+                         ids=["desiredWorkers", "initialWorkers"])
+def test_scale_up(spec: dict[str, Any], want: int) -> None:
+    d = desired_for(ray(spec))
+    plan = plan_cluster(d, healthy(d, workers=2), NOW)
+    assert created(plan, "worker") == want - 2
+    assert {a.reason for a in plan.creates} == {REASON_SCALE_UP}
+
+
+def _mixed(d: Any) -> list[dict[str, Any]]:
+    h = d.workers[0].template_hash
+    return [
+        pod("demo-head-abcde", kind="head", group="head", hash=d.head.template_hash),
+        pod("old-ready", hash=h, age=5000),
+        pod("new-ready", hash=h, age=100),
+        pod("unready", hash=h, ready=False, age=200),
+        pod("pending", hash=h, phase="Pending", age=50),
+        pod("unscheduled", hash=h, phase="Pending", node=None, age=40),
+    ]
+
+
+@pytest.mark.parametrize(
+    "want, gone",
+    [
+        (4, ["unscheduled"]),
+        (3, ["unscheduled", "pending"]),
+        (2, ["unscheduled", "pending", "unready"]),
+        (1, ["unscheduled", "pending", "unready", "new-ready"]),
+        (0, ["unscheduled", "pending", "unready", "new-ready", "old-ready"]),
+    ],
+    ids=["to-4", "to-3", "to-2", "to-1", "to-0"],
+)
+def test_scale_down_removes_unscheduled_then_pending_then_unready_then_newest(want: int, gone: list[str]) -> None:
+    d = desired_for(ray(static(want)))
+    plan = plan_cluster(d, with_pods(healthy(d), _mixed(d)), NOW)
+    assert deleted(plan) == gone
+    assert {a.reason for a in plan.deletes} == {REASON_SCALE_DOWN}
+    assert not plan.creates
+
+
+def test_with_the_autoscaler_busy_workers_are_kept_unless_above_max() -> None:
+    d = desired_for(ray(autoscaling(minimum=0, maximum=4, initial=0)))
+    pods = _mixed(d)
+    plan = plan_cluster(d, with_pods(healthy(d), pods), NOW)
+    assert deleted(plan) == ["unscheduled", "pending", "unready"]
+    assert "autoscaler removes idle ones by name" in " ".join(plan.notes)
+    lowered = desired_for(ray(autoscaling(minimum=0, maximum=1, initial=0)))
+    pods = [pod("demo-head-abcde", kind="head", group="head", hash=lowered.head.template_hash),
+            *(pod(f"w{i}", hash=lowered.workers[0].template_hash, age=1000 - i) for i in range(3))]
+    plan = plan_cluster(lowered, with_pods(healthy(lowered), pods), NOW)
+    assert deleted(plan) == ["w2", "w1"]  # down to maxWorkers, newest first
+
+
+def test_workers_to_delete_go_first_and_are_not_replaced_when_the_count_drops() -> None:
+    spec = autoscaling(initial=3, desiredWorkers={"worker": 2}, workersToDelete=["demo-worker-00001", "gone"])
+    d = desired_for(ray(spec))
+    observed = healthy(desired_for(ray(autoscaling(initial=3))))  # three pods of the same template
+    plan = plan_cluster(d, observed, NOW)
+    assert [(a.name, a.reason) for a in plan.deletes] == [("demo-worker-00001", REASON_WORKERS_TO_DELETE)]
+    assert not plan.creates
+
+
+def test_failed_pods_are_replaced_after_their_back_off() -> None:
+    d = desired_for(ray(static(2)))
+    h = d.workers[0].template_hash
+    failed = pod("demo-worker-00001", hash=h, phase="Failed", finished_ago=3)
+    pods = [*healthy(d, workers=1).pods, failed]
+    early = plan_cluster(d, with_pods(healthy(d), pods), NOW)
+    assert early.actions == ()
+    assert early.requeue_after == pytest.approx(7.0)
+    later = plan_cluster(d, with_pods(healthy(d), pods), NOW + timedelta(seconds=8))
+    assert [(a.name, a.reason) for a in later.deletes] == [("demo-worker-00001", REASON_REPLACE_FAILED)]
+    (create,) = later.creates
+    assert create.reason == REASON_REPLACE_FAILED
+    assert create.manifest["metadata"]["annotations"][ANNOTATION_REPLACEMENTS] == "1"
+
+
+@pytest.mark.parametrize(
+    "replaced_before, wait",
+    [(0, 10.0), (1, 20.0), (3, 80.0), (10, 300.0)],
+    ids=["first", "second", "fourth", "capped"],
+)
+def test_back_off_doubles_per_replacement(replaced_before: int, wait: float) -> None:
+    d = desired_for(ray(static(1)))
+    failed = pod("w", hash=d.workers[0].template_hash, phase="Failed", finished_ago=0, age=60,
+                 annotations={ANNOTATION_REPLACEMENTS: str(replaced_before)})
+    plan = plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], failed]), NOW)
+    assert plan.requeue_after == pytest.approx(wait)
+
+
+def test_back_off_resets_after_a_long_run() -> None:
+    d = desired_for(ray(static(1)))
+    failed = pod("w", hash=d.workers[0].template_hash, phase="Failed", finished_ago=0, age=3600,
+                 annotations={ANNOTATION_REPLACEMENTS: "6"})
+    plan = plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], failed]), NOW)
+    assert plan.requeue_after == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("restarts, replaced", [(4, False), (5, True)], ids=["below-threshold", "crash-looping"])
+def test_crash_looping_workers_are_replaced_past_a_restart_threshold(restarts: int, replaced: bool) -> None:
+    d = desired_for(ray(static(1)))
+    looping = pod("w", hash=d.workers[0].template_hash, ready=False, restarts=restarts, waiting="CrashLoopBackOff",
+                  finished_ago=60, ready_since=60)
+    plan = plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], looping]), NOW)
+    assert (deleted(plan) == ["w"]) is replaced
+    assert created(plan, "worker") == (1 if replaced else 0)
+
+
+def test_a_worker_that_never_becomes_ready_is_replaced_after_the_join_timeout() -> None:
+    d = desired_for(ray(static(1)))
+    # Not ready for the join timeout (300 s) plus the first back-off (10 s).
+    stuck = pod("w", hash=d.workers[0].template_hash, ready=False, age=311, ready_since=311)
+    assert deleted(plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], stuck]), NOW)) == ["w"]
+    young = pod("w", hash=d.workers[0].template_hash, ready=False, age=100, ready_since=100)
+    assert plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], young]), NOW).actions == ()
+
+
+def _rolled(spec: dict[str, Any]) -> tuple[Any, Any]:
+    """(desired with a new worker image, observed cluster running the old one)."""
+    old = desired_for(ray(spec))
+    new_spec = copy.deepcopy(spec)
+    new_spec["image"] = "rayproject/ray:2.61.0"
+    new_spec["head"] = {"spec": {"containers": [{"name": "ray-head", "image": "rayproject/ray:2.60.0"}]}}
+    new = desired_for(ray(new_spec))
+    observed = healthy(old)
+    head = pod("demo-head-abcde", kind="head", group="head", hash=new.head.template_hash, age=3600)
+    return new, with_pods(observed, [head, *observed.pods[1:]])
+
+
+def test_rolling_update_surges_one_pod_then_replaces_old_ones_as_new_ones_get_ready() -> None:
+    new, observed = _rolled(static(3))
+    h = new.workers[0].template_hash
+    step1 = plan_cluster(new, observed, NOW)
+    assert not step1.deletes and created(step1, "worker") == 1
+    assert {a.reason for a in step1.creates} == {REASON_ROLLING_UPDATE}
+    surge_pending = pod("n1", hash=h, phase="Pending", age=1)
+    step2 = plan_cluster(new, with_pods(observed, [*observed.pods, surge_pending]), NOW)
+    assert step2.actions == ()
+    surge_ready = pod("n1", hash=h, age=1)
+    step3 = plan_cluster(new, with_pods(observed, [*observed.pods, surge_ready]), NOW)
+    assert len(step3.deletes) == 1 and created(step3, "worker") == 1
+    assert {a.reason for a in step3.actions} == {REASON_ROLLING_UPDATE}
+
+
+def test_rolling_update_never_deletes_the_last_ready_old_pod_first() -> None:
+    new, observed = _rolled(static(1))
+    h = new.workers[0].template_hash
+    plan = plan_cluster(new, with_pods(observed, [*observed.pods, pod("n1", hash=h, ready=False, age=10)]), NOW)
+    assert plan.actions == ()
+    plan = plan_cluster(new, with_pods(observed, [*observed.pods, pod("n1", hash=h, age=10)]), NOW)
+    assert deleted(plan) == ["demo-worker-00000"] and not plan.creates
+
+
+def test_unready_old_pods_are_replaced_without_waiting() -> None:
+    new, observed = _rolled(static(2))
+    pods = [observed.pods[0], *(pod(p["metadata"]["name"], hash="old", ready=False, age=100)
+                                for p in observed.pods[1:])]
+    plan = plan_cluster(new, with_pods(observed, pods), NOW)
+    assert len(plan.deletes) == 2 and created(plan, "worker") == 2
+
+
+def test_rolling_updates_go_one_group_at_a_time() -> None:
+    def spec(image: str) -> dict[str, Any]:
+        tpl = {"spec": {"containers": [{"name": "ray-worker", "image": image}]}}
+        return {"autoScalingMode": "disabled", "workerGroups": [
+            {"name": "a", "minWorkers": 1, "maxWorkers": 1, "template": tpl},
+            {"name": "b", "minWorkers": 1, "maxWorkers": 1, "template": tpl}]}
+
+    old = desired_for(ray(spec("rayproject/ray:2.60.0")))
+    new = desired_for(ray(spec("rayproject/ray:2.61.0")))
+    observed = healthy(old)
+    plan = plan_cluster(new, observed, NOW)
+    assert created(plan, "a") == 1 and created(plan, "b") == 0
+    assert "b waits for the rolling update of a" in " ".join(plan.notes)
+
+
+def test_head_is_recreated_only_when_its_own_template_changes() -> None:
+    base = static(2)
+    d = desired_for(ray(base))
+    worker_changed = desired_for(ray({**base, "worker": {"metadata": {"labels": {"x": "y"}}}}))
+    assert worker_changed.head.template_hash == d.head.template_hash
+    head_changed = desired_for(ray({**base, "head": {"metadata": {"labels": {"x": "y"}}}}))
+    plan = plan_cluster(head_changed, healthy(d), NOW)
+    assert [(a.name, a.reason) for a in plan.deletes] == [("demo-head-abcde", REASON_HEAD_CHANGED)]
+    assert not [a for a in plan.creates if a.group == "head"]
+    assert created(plan, "worker") == 0
+    # While the old head terminates nothing new starts; once it is gone the new head is created.
+    terminating = pod("demo-head-abcde", kind="head", group="head", hash=d.head.template_hash, terminating=True)
+    pods = [terminating, *healthy(d).pods[1:]]
+    plan = plan_cluster(head_changed, with_pods(healthy(d), pods), NOW)
+    assert not plan.creates and not plan.deletes
+    plan = plan_cluster(head_changed, with_pods(healthy(d), healthy(d).pods[1:]), NOW)
+    assert [a.group for a in plan.creates] == ["head"]
+
+
+def test_a_failed_head_is_replaced_at_once_after_back_off() -> None:
+    d = desired_for(ray(static(1)))
+    failed = pod("demo-head-abcde", kind="head", group="head", hash=d.head.template_hash, phase="Failed",
+                 finished_ago=60)
+    plan = plan_cluster(d, with_pods(healthy(d), [failed, *healthy(d).pods[1:]]), NOW)
+    assert [a.reason for a in plan.deletes] == [REASON_REPLACE_FAILED]
+    assert [a.group for a in plan.creates] == ["head"]
+
+
+def test_extra_heads_are_deleted_keeping_the_ready_current_one() -> None:
+    d = desired_for(ray(static(0)))
+    keep = pod("demo-head-aaaaa", kind="head", group="head", hash=d.head.template_hash, age=100)
+    extra = pod("demo-head-bbbbb", kind="head", group="head", hash=d.head.template_hash, ready=False, age=10)
+    plan = plan_cluster(d, with_pods(healthy(d), [extra, keep]), NOW)
+    assert [(a.name, a.reason) for a in plan.deletes if a.kind == "Pod"] == [("demo-head-bbbbb",
+                                                                              REASON_DUPLICATE_HEAD)]
+
+
+def test_paused_groups_are_left_alone() -> None:
+    d = desired_for(ray(static(3)))
+    observed = healthy(d, workers=1)
+    assert created(plan_cluster(d, observed, NOW), "worker") == 2
+    assert created(plan_cluster(d, observed, NOW, paused={"worker"}), "worker") == 0
+    no_head = with_pods(observed, observed.pods[1:])
+    assert not plan_cluster(d, no_head, NOW, paused={"head"}).creates
+
+
+def test_pods_of_a_removed_group_are_deleted() -> None:
+    d = desired_for(ray(static(1)))
+    pods = [*healthy(d).pods, pod("demo-old-00000", group="old")]
+    plan = plan_cluster(d, with_pods(healthy(d), pods), NOW)
+    assert [(a.name, a.reason, a.group) for a in plan.deletes] == [("demo-old-00000", REASON_GROUP_REMOVED, "old")]
+
+
+def test_config_change_patches_the_config_map_with_removed_keys_as_null() -> None:
+    d = desired_for(ray(autoscaling(maximum=4)))
+    observed = healthy(d)
+    cm = copy.deepcopy(observed.config_maps[0])
+    cm["data"]["stale.py"] = "x"
+    changed = desired_for(ray(autoscaling(maximum=8)))
+    plan = plan_cluster(changed, Observed(**{**observed.__dict__, "config_maps": [cm]}), NOW)
+    patches = plan.patches
+    assert [(p.kind, p.name) for p in patches] == [("ConfigMap", "demo-ray")]
+    assert set(patches[0].patch["data"]) == {"autoscaler.yaml", "stale.py"} and patches[0].patch["data"][
+        "stale.py"] is None
+    # A new config is a new launch; the earlier launcher Job goes.
+    assert [a.reason for a in plan.creates] == [REASON_LAUNCH]
+    assert [(a.reason, a.propagation) for a in plan.deletes] == [(REASON_STALE_LAUNCH, "Background")]
+    # Scaling knobs do not roll pods.
+    assert not [a for a in plan.actions if getattr(a, "kind", "") == "Pod"]
+
+
+def test_drifted_labels_service_and_role_are_patched() -> None:
+    d = desired_for(ray(autoscaling()))
+    observed = healthy(d)
+    svc = copy.deepcopy(observed.services[0])
+    svc["metadata"]["labels"]["ray.k8s.io/cluster"] = "other"
+    svc["spec"]["ports"] = svc["spec"]["ports"][:1]
+    role = copy.deepcopy(observed.roles[0])
+    role["rules"] = role["rules"][:1]
+    plan = plan_cluster(d, Observed(**{**observed.__dict__, "services": [svc], "roles": [role]}), NOW)
+    by_kind = {p.kind: p.patch for p in plan.patches}
+    assert by_kind["Service"]["metadata"]["labels"] == {"ray.k8s.io/cluster": "demo"}
+    assert by_kind["Service"]["spec"]["ports"] == d.service["spec"]["ports"]
+    assert by_kind["Role"] == {"rules": d.autoscaler[1]["rules"]}
+
+
+def test_server_defaulted_fields_are_not_drift() -> None:
+    d = desired_for(ray(static(1)))
+    observed = healthy(d)
+    svc = copy.deepcopy(observed.services[0])
+    svc["spec"].update(type="ClusterIP", sessionAffinity="None", clusterIPs=["None"], ipFamilies=["IPv4"])
+    assert plan_cluster(d, Observed(**{**observed.__dict__, "services": [svc]}), NOW).actions == ()
+
+
+def test_immutable_drift_recreates() -> None:
+    d = desired_for(ray(static(1)))
+    observed = healthy(d)
+    svc = copy.deepcopy(observed.services[0])
+    svc["spec"]["clusterIP"] = "10.0.0.9"
+    plan = plan_cluster(d, Observed(**{**observed.__dict__, "services": [svc]}), NOW)
+    assert [(a.kind, a.name) for a in plan.deletes] == [("Service", "demo-head")]
+
+
+def test_autoscaler_rbac_goes_when_autoscaling_is_turned_off() -> None:
+    on = desired_for(ray(autoscaling()))
+    off = desired_for(ray(static(2)))
+    observed = healthy(on)
+    plan = plan_cluster(off, observed, NOW)
+    gone = [(a.kind, a.reason) for a in plan.deletes if a.kind != "Pod" and a.kind != "Job"]
+    assert gone == [("ServiceAccount", REASON_NOT_NEEDED), ("Role", REASON_NOT_NEEDED),
+                    ("RoleBinding", REASON_NOT_NEEDED)]
+    # The head changes (no sidecar), so it is recreated.
+    assert [a.reason for a in plan.deletes if a.kind == "Pod"] == [REASON_HEAD_CHANGED]
+
+
+def test_objects_of_another_owner_are_never_touched() -> None:
+    d = desired_for(ray(static(0)))
+    observed = healthy(d)
+    foreign = pod("demo-worker-zzzzz", owner_uid="someone-else")
+    svc = stored(d.service)
+    svc["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+    svc["spec"]["ports"] = []
+    plan = plan_cluster(d, Observed(**{**observed.__dict__, "pods": [*observed.pods, foreign], "services": [svc]}),
+                        NOW)
+    assert plan.actions == ()
+    assert "belongs to another owner" in " ".join(plan.notes)
+
+
+def test_a_new_head_starts_a_new_launch() -> None:
+    d = desired_for(ray(static(1)))
+    observed = healthy(d)
+    new_head = pod("demo-head-fffff", kind="head", group="head", hash=d.head.template_hash, age=5)
+    plan = plan_cluster(d, with_pods(observed, [new_head, *observed.pods[1:]]), NOW)
+    assert [a.manifest["metadata"]["name"] for a in plan.creates] == [d.launcher_name("uid-demo-head-fffff")]
+    assert [a.reason for a in plan.deletes] == [REASON_STALE_LAUNCH]
+
+
+def test_options_steer_the_planner() -> None:
+    d = desired_for(ray(static(1)), Options(replace_backoff_seconds=1, crash_loop_restarts=1))
+    looping = pod("w", hash=d.workers[0].template_hash, ready=False, restarts=1, waiting="CrashLoopBackOff",
+                  finished_ago=0)
+    plan = plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], looping]), NOW)
+    assert plan.requeue_after == pytest.approx(1.0)
