@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the node agent.
 
-Usage: localcluster.py up [--process] [--nodes N] | down | status | env | restart COMPONENT | logs COMPONENT
+Usage: localcluster.py up [--process] [--nodes N] | down | status | env | restart COMPONENT | logs COMPONENT |
+       exec POD [-n NAMESPACE] [-c CONTAINER] -- COMMAND...
 
 Guarantees:
 - Everything listens on 127.0.0.1, on ports picked free at `up`; state (PKI, etcd data, kubeconfigs, logs, pid
@@ -10,6 +11,13 @@ Guarantees:
 - `down` stops every process group it started, waits for their ports to close and removes the state folder.
 - Only the standard library and the `openssl` command are used, so it runs before any virtualenv exists; the node
   agent runs with the project's virtualenv Python.
+- Process mode (`up --process`, root only): the node agent runs pods as processes on a bridge `rayop<i>` with
+  subnet 10.(244+i).0.0/16 (the first free i, 0 normally) and network namespaces `rayop-*` (`rayop<i>-*` for
+  i > 0). The API server stays on 127.0.0.1 but advertises the bridge address (lease endpoint reconciler), where
+  the agent forwards to it, so the `kubernetes` Service and KUBERNETES_SERVICE_HOST lead pods to it; it reaches the
+  agent's kubelet endpoint for `kubectl logs` with a client certificate. `down` also removes the bridge, every
+  namespace of that prefix, the mounts under the state folder and the mount points the agent created.
+  `exec` runs a command inside a pod container's network, mount and UTS namespaces with its environment.
 """
 
 from __future__ import annotations
@@ -95,6 +103,22 @@ def openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
+def issue_cert(pki: Path, name: str, subject: str, sans: str | None = None, server: bool = False) -> None:
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(pki / f"{name}.key"), "-out",
+            str(pki / f"{name}.csr"), "-subj", subject)
+    ext = pki / f"{name}.ext"
+    lines = ["basicConstraints=CA:FALSE", "keyUsage=digitalSignature,keyEncipherment",
+             f"extendedKeyUsage={'serverAuth,clientAuth' if server else 'clientAuth'}"]
+    if sans:
+        lines.append(f"subjectAltName={sans}")
+    ext.write_text("\n".join(lines) + "\n")
+    openssl("x509", "-req", "-in", str(pki / f"{name}.csr"), "-CA", str(pki / "ca.crt"), "-CAkey",
+            str(pki / "ca.key"), "-CAcreateserial", "-out", str(pki / f"{name}.crt"), "-days", "3650",
+            "-extfile", str(ext))
+    (pki / f"{name}.csr").unlink()
+    ext.unlink()
+
+
 def make_pki(pki: Path) -> None:
     if (pki / "admin.crt").exists():
         return
@@ -103,19 +127,7 @@ def make_pki(pki: Path) -> None:
             str(pki / "ca.crt"), "-days", "3650", "-subj", "/CN=rayop-local-ca")
 
     def issue(name: str, subject: str, sans: str | None = None, server: bool = False) -> None:
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(pki / f"{name}.key"), "-out",
-                str(pki / f"{name}.csr"), "-subj", subject)
-        ext = pki / f"{name}.ext"
-        lines = ["basicConstraints=CA:FALSE", "keyUsage=digitalSignature,keyEncipherment",
-                 f"extendedKeyUsage={'serverAuth,clientAuth' if server else 'clientAuth'}"]
-        if sans:
-            lines.append(f"subjectAltName={sans}")
-        ext.write_text("\n".join(lines) + "\n")
-        openssl("x509", "-req", "-in", str(pki / f"{name}.csr"), "-CA", str(pki / "ca.crt"), "-CAkey",
-                str(pki / "ca.key"), "-CAcreateserial", "-out", str(pki / f"{name}.crt"), "-days", "3650",
-                "-extfile", str(ext))
-        (pki / f"{name}.csr").unlink()
-        ext.unlink()
+        issue_cert(pki, name, subject, sans, server)
 
     issue("apiserver", "/CN=kube-apiserver",
           f"IP:127.0.0.1,IP:{SERVICE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
@@ -126,6 +138,15 @@ def make_pki(pki: Path) -> None:
     issue("node-agent", "/O=system:masters/CN=rayop-node-agent")
     openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
     openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
+
+
+def make_process_pki(pki: Path) -> None:
+    """Process mode: the agent's kubelet serving certificate and the API server's client certificate for it."""
+    if not (pki / "kubelet.crt").exists():
+        issue_cert(pki, "kubelet", "/O=system:nodes/CN=system:node:rayop-node-agent", "IP:127.0.0.1,DNS:localhost",
+                   server=True)
+    if not (pki / "apiserver-kubelet-client.crt").exists():
+        issue_cert(pki, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client")
 
 
 def extra_sans() -> str:
@@ -157,7 +178,7 @@ def commands(state: dict, bindir: Path) -> dict[str, list[str]]:
     apiserver = f"https://127.0.0.1:{p['apiserver']}"
     etcd_url = f"http://127.0.0.1:{p['etcd']}"
     bind = state.get("bind_address", "127.0.0.1")
-    return {
+    cmds = {
         "etcd": [
             str(bindir / "etcd"), "--name", "default", "--data-dir", str(d / "etcd"),
             "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
@@ -209,6 +230,16 @@ def commands(state: dict, bindir: Path) -> dict[str, list[str]]:
             "--state-dir", str(d / "nodeagent"),
         ],
     }
+    if state["mode"] == "process":
+        api = cmds["kube-apiserver"]
+        api[api.index("--endpoint-reconciler-type") + 1] = "lease"
+        api += ["--kubelet-client-certificate", str(pki / "apiserver-kubelet-client.crt"),
+                "--kubelet-client-key", str(pki / "apiserver-kubelet-client.key"),
+                "--kubelet-preferred-address-types", "InternalIP"]
+        cmds["node-agent"] += ["--bridge", state["bridge"], "--pod-cidr", state["pod_cidr"],
+                               "--netns-prefix", state["netns_prefix"], "--kubelet-port", str(p["kubelet"]),
+                               "--pki-dir", str(pki)]
+    return cmds
 
 
 def start(name: str, state: dict, bindir: Path) -> None:
@@ -352,6 +383,10 @@ def cmd_up(args: argparse.Namespace) -> None:
     t0 = time.monotonic()
     if not Path(PYTHON).exists():
         raise SystemExit(f"local-cluster: {PYTHON} missing; run `make venv` first")
+    if mode == "process":
+        problem = process_mode_problem()
+        if problem:
+            raise SystemExit(f"local-cluster: process mode is not available here: {problem}")
     bindir = bin_dir()
     STATE.mkdir(parents=True, exist_ok=True)
     state = {
@@ -359,9 +394,22 @@ def cmd_up(args: argparse.Namespace) -> None:
         "ports": {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler",
                                            "node_agent")},
     }
+    if mode == "process":
+        index = free_bridge_index()
+        state.update({"bridge": f"rayop{index}", "pod_cidr": f"10.{244 + index}.0.0/16",
+                      "gateway": f"10.{244 + index}.0.1", "netns_prefix": "rayop-" if index == 0 else f"rayop{index}-",
+                      "advertise_address": f"10.{244 + index}.0.1"})
+        state["ports"]["kubelet"] = free_port()
+        os.environ["RAYOP_APISERVER_EXTRA_IP"] = state["gateway"]
     save_state(state)
     pki = STATE / "pki"
     make_pki(pki)
+    if mode == "process":
+        make_process_pki(pki)
+        subprocess.run(["ip", "link", "add", state["bridge"], "type", "bridge"], check=True, capture_output=True)
+        subprocess.run(["ip", "addr", "add", f"{state['gateway']}/16", "dev", state["bridge"]], check=True,
+                       capture_output=True)
+        subprocess.run(["ip", "link", "set", state["bridge"], "up"], check=True, capture_output=True)
     server = f"https://127.0.0.1:{state['ports']['apiserver']}"
     kubeconfig(STATE / "admin.kubeconfig", server, pki, "admin")
     kubeconfig(STATE / "controller-manager.kubeconfig", server, pki, "controller-manager")
@@ -395,6 +443,8 @@ def cmd_down(args: argparse.Namespace) -> None:
         return
     for name in reversed(COMPONENTS):
         stop(name, state)
+    if state.get("mode") == "process":
+        clean_process_mode(state)
     ports = state.get("ports", {})
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(port_open(p) for p in ports.values()):
@@ -404,6 +454,94 @@ def cmd_down(args: argparse.Namespace) -> None:
         log(f"warning: ports still open after down: {', '.join(still)}")
     shutil.rmtree(STATE, ignore_errors=True)
     log("down")
+
+
+def process_mode_problem() -> str | None:
+    """Why process mode cannot run on this machine, or None."""
+    if os.geteuid() != 0:
+        return "it needs root (network namespaces, veth, bind mounts)"
+    for tool in ("ip", "nsenter", "unshare", "mount", "umount"):
+        if not shutil.which(tool):
+            return f"`{tool}` is missing"
+    probe = f"rayop-probe-{os.getpid()}"
+    out = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if out.returncode != 0:
+        return f"`ip netns add` fails: {out.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def link_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
+
+
+def free_bridge_index() -> int:
+    for index in range(10):
+        if not link_exists(f"rayop{index}"):
+            return index
+    raise SystemExit("local-cluster: bridges rayop0..rayop9 all exist; bring other process-mode clusters down")
+
+
+def clean_process_mode(state: dict) -> None:
+    """After the agent stopped: nothing of the pods may remain (processes, namespaces, mounts, links)."""
+    prefix = state.get("netns_prefix")
+    if prefix:
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for name in [ln.split()[0] for ln in listing.splitlines() if ln.split() and ln.split()[0].startswith(prefix)]:
+            for _ in range(100):
+                pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+                if not pids:
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.05)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    base = str(Path(state["dir"]))
+    points = [ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()]
+    for point in sorted((p for p in points if p == base or p.startswith(base + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+    created = Path(state["dir"]) / "nodeagent" / "created-paths"
+    if created.exists():
+        for line in sorted(set(created.read_text().split("\n")) - {""}, key=len, reverse=True):
+            p = Path(line)
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    p.rmdir()
+                elif p.is_file() and p.stat().st_size == 0:
+                    p.unlink()
+            except OSError:
+                pass
+    if state.get("bridge") and link_exists(state["bridge"]):
+        subprocess.run(["ip", "link", "del", state["bridge"]], capture_output=True)
+
+
+def cmd_exec(args: argparse.Namespace) -> None:
+    """Run a command in a pod container's namespaces (network, mount, UTS) with its environment."""
+    state = load_state()
+    if not state or state.get("mode") != "process":
+        raise SystemExit("local-cluster: exec needs a cluster up in process mode")
+    command = list(args.cmd)
+    if not command:
+        raise SystemExit("local-cluster: exec: no command given (exec POD [-n NS] [-c CONTAINER] -- CMD...)")
+    code, body = https_get(state, f"/api/v1/namespaces/{args.namespace}/pods/{args.pod}")
+    if code != 200:
+        raise SystemExit(f"local-cluster: pod {args.namespace}/{args.pod}: {body.strip()[:200]}")
+    pod = json.loads(body)
+    names = [c["name"] for c in pod["spec"]["containers"]]
+    default = (pod["metadata"].get("annotations") or {}).get("kubectl.kubernetes.io/default-container")
+    container = args.container or (default if default in names else names[0])
+    pid_file = Path(state["dir"]) / "nodeagent" / "pods" / pod["metadata"]["uid"] / "containers" / container / "pid"
+    try:
+        pid = int(pid_file.read_text())
+        env_raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except (OSError, ValueError):
+        raise SystemExit(f"local-cluster: container {container} of pod {args.namespace}/{args.pod} is not running")
+    env = dict(item.split("=", 1) for item in env_raw.decode(errors="replace").split("\0") if "=" in item)
+    nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
+    os.execve(nsenter, [nsenter, "-t", str(pid), "-n", "-m", "-u", "--wd", "--", *command], env)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -417,6 +555,9 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(f"{'api server':26s} {'ready' if api_ready(state) else 'not ready':8s} "
           f"https://127.0.0.1:{state['ports']['apiserver']}")
     print(f"{'mode':26s} {state['mode']} ({state['nodes']} node(s))")
+    if state.get("bridge"):
+        print(f"{'bridge':26s} {state['bridge']} {state['pod_cidr']} (API server for pods: "
+              f"{state['gateway']}:{state['ports']['apiserver']})")
     print(f"{'state':26s} {state['dir']}")
     if not is_up(state):
         raise SystemExit(1)
@@ -485,7 +626,18 @@ def main(argv: list[str] | None = None) -> None:
     lg.add_argument("component", choices=COMPONENTS)
     lg.add_argument("-n", "--lines", type=int, default=50)
     lg.set_defaults(func=cmd_logs)
+    ex = sub.add_parser("exec", help="process mode: run a command in a pod container's namespaces")
+    ex.add_argument("pod")
+    ex.add_argument("-n", "--namespace", default="default")
+    ex.add_argument("-c", "--container", default=None)
+    ex.set_defaults(func=cmd_exec)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if argv[:1] == ["exec"] and "--" in argv:
+        command = argv[argv.index("--") + 1:]
+        argv = argv[:argv.index("--")]
     args = parser.parse_args(argv)
+    args.cmd = command
     args.func(args)
 
 

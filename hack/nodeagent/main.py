@@ -7,7 +7,8 @@ Guarantees:
 - Every pod bound to one of its nodes is driven like a kubelet would: Pending -> Running with container statuses,
   the Ready condition and a pod IP; pods whose containers exit run to Succeeded or Failed as their restartPolicy
   says; crash-looping containers back off. The container runtime is pluggable (`--mode sim`: containers as
-  timelines, see sim.py; `--mode process` runs them as local processes and is added by process mode).
+  timelines, see sim.py; `--mode process` runs them as local processes in their own network and mount
+  namespaces, see process.py, and serves `kubectl logs` on the Node's kubelet port, see kubelet.py).
 - A pod status is written only when it differs from the last one written, and each pod is re-synced exactly when
   its timeline next changes (delayed work-queue adds), never by polling.
 - A pod with a deletionTimestamp has its containers stopped and is then deleted with grace period 0 and a UID
@@ -29,6 +30,7 @@ import datetime
 import ipaddress
 import json
 import logging
+import platform
 import signal
 import sys
 import threading
@@ -62,18 +64,27 @@ def now_micro() -> str:
 
 
 class Node:
-    def __init__(self, name: str, index: int, capacity: dict[str, str]):
+    def __init__(self, name: str, index: int, capacity: dict[str, str],
+                 cidr: ipaddress.IPv4Network = POD_CIDR):
         self.name = name
         self.index = index
         self.capacity = capacity
         self.ready = True
-        self.subnet = list(POD_CIDR.subnets(new_prefix=24))[index + 1]
+        self.subnet = list(cidr.subnets(new_prefix=24))[index + 1]
         self._free = list(self.subnet.hosts())[1:]  # .1 is the node's gateway
         self._lock = threading.Lock()
 
     def allocate_ip(self) -> str:
         with self._lock:
             return str(self._free.pop(0))
+
+    def reserve_ip(self, ip: str) -> bool:
+        with self._lock:
+            addr = ipaddress.ip_address(ip)
+            if addr in self._free:
+                self._free.remove(addr)  # type: ignore[arg-type]
+                return True
+            return False
 
     def release_ip(self, ip: str) -> None:
         with self._lock:
@@ -83,7 +94,8 @@ class Node:
 
 
 class Agent:
-    def __init__(self, client: KubeClient, nodes: list[Node], runtime: SimRuntime, workers: int = 4):
+    def __init__(self, client: KubeClient, nodes: list[Node], runtime: Any, workers: int = 4,
+                 kubelet_port: int = 10250):
         self.client = client
         self.nodes = {n.name: n for n in nodes}
         self.runtime = runtime
@@ -95,6 +107,9 @@ class Agent:
         self.stopping = threading.Event()
         self.workers = workers
         self.threads: list[threading.Thread] = []
+        self.kubelet_port = kubelet_port
+        # Process mode: a pod keeps the IP in its status across agent restarts (its namespace is rebuilt with it).
+        self.keep_ips = getattr(runtime, "scheme", "sim") == "process"
 
     # -- nodes ----------------------------------------------------------------------------------------------------
 
@@ -114,10 +129,12 @@ class Agent:
         return {
             "capacity": node.capacity, "allocatable": node.capacity, "conditions": conditions,
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": node.name}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {
-                "machineID": node.name, "systemUUID": node.name, "bootID": node.name, "kernelVersion": "sim",
-                "osImage": "rayop node agent", "containerRuntimeVersion": "rayop-sim://1",
+                "machineID": node.name, "systemUUID": node.name, "bootID": node.name,
+                "kernelVersion": "sim" if not self.keep_ips else platform.release(),
+                "osImage": "rayop node agent",
+                "containerRuntimeVersion": f"rayop-{getattr(self.runtime, 'scheme', 'sim')}://1",
                 "kubeletVersion": KUBELET_VERSION, "kubeProxyVersion": "", "operatingSystem": "linux",
                 "architecture": "amd64",
             },
@@ -290,6 +307,7 @@ class Agent:
             return
         if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             return
+        self.ip_for(pod, node)
         now = time.time()
         view = self.runtime.observe(pod, now)
         status = self.pod_status(pod, node, view)
@@ -299,15 +317,25 @@ class Agent:
         if view.next_change is not None and view.phase not in ("Succeeded", "Failed"):
             self.queue.add_after(key, max(0.0, view.next_change - time.time()) + 0.01)
 
+    def ip_for(self, pod: dict[str, Any], node: Node) -> str:
+        uid = pod["metadata"]["uid"]
+        if uid not in self.ips:
+            old = (pod.get("status") or {}).get("podIP")
+            if pod["spec"].get("hostNetwork", False):
+                self.ips[uid] = "127.0.0.1"
+            elif self.keep_ips and old and node.reserve_ip(old):
+                self.ips[uid] = old
+            else:
+                self.ips[uid] = node.allocate_ip()
+        return self.ips[uid]
+
     def pod_status(self, pod: dict[str, Any], node: Node, view: PodView) -> dict[str, Any]:
         uid = pod["metadata"]["uid"]
-        host_network = pod["spec"].get("hostNetwork", False)
-        if uid not in self.ips:
-            self.ips[uid] = "127.0.0.1" if host_network else node.allocate_ip()
-        ip = self.ips[uid]
+        scheme = getattr(self.runtime, "scheme", "sim")
+        ip = self.ip_for(pod, node)
         start = pod.get("status", {}).get("startTime") or now_iso()
-        containers = [_status_of(c, uid) for c in view.containers]
-        inits = [_status_of(c, uid) for c in view.init_containers]
+        containers = [_status_of(c, uid, scheme) for c in view.containers]
+        inits = [_status_of(c, uid, scheme) for c in view.init_containers]
         all_ready = bool(containers) and all(c["ready"] for c in containers) and view.phase == "Running"
         initialized = all("terminated" in c["state"] for c in inits)
         old = {c["type"]: c for c in pod.get("status", {}).get("conditions") or []}
@@ -385,10 +413,10 @@ class Agent:
         self.queue.shutdown(drain=True, timeout=5)
 
 
-def _status_of(view: ContainerView, uid: str) -> dict[str, Any]:
+def _status_of(view: ContainerView, uid: str, scheme: str = "sim") -> dict[str, Any]:
     return {
-        "name": view.name, "image": view.image, "imageID": f"sim://{view.image}",
-        "containerID": f"sim://{uid}/{view.name}/{view.restart_count}", "ready": view.ready,
+        "name": view.name, "image": view.image, "imageID": f"{scheme}://{view.image}",
+        "containerID": f"{scheme}://{uid}/{view.name}/{view.restart_count}", "ready": view.ready,
         "started": view.started, "restartCount": view.restart_count, "state": view.state,
         "lastState": view.last_state,
     }
@@ -439,12 +467,51 @@ def control_server(agent: Agent, port: int) -> ThreadingHTTPServer:
     return server
 
 
+def process_agent(args: argparse.Namespace, client: KubeClient, nodes: list[Node], cidr: ipaddress.IPv4Network,
+                  capacity: dict[str, str]) -> tuple[Agent, list[Any]]:
+    """Process mode: the bridge, the runtime, the API server forwarder and the kubelet endpoint."""
+    from urllib.parse import urlsplit
+
+    from kubelet import kubelet_server
+    from process import ApiForwarder, ProcessRuntime, ensure_bridge
+
+    if not args.state_dir or not args.pki_dir or not args.kubelet_port:
+        raise SystemExit("node-agent: --mode process needs --state-dir, --pki-dir and --kubelet-port")
+    gateway = str(next(cidr.hosts()))
+    api = urlsplit(client.host)
+    api_port = api.port or 443
+    ensure_bridge(args.bridge, gateway, cidr.prefixlen)
+    runtime = ProcessRuntime(client, Path(args.state_dir), args.bridge, gateway, cidr.prefixlen, args.netns_prefix,
+                             api_port, allocatable=capacity)
+    agent = Agent(client, nodes, runtime, workers=args.workers, kubelet_port=args.kubelet_port)
+    runtime.notify = lambda ns, name: agent.queue.add((ns, name))
+
+    def ip_of(pod: dict[str, Any]) -> str:
+        node = agent.nodes[pod["spec"]["nodeName"]]
+        return agent.ip_for(pod, node)
+
+    runtime.ip_of = ip_of
+    runtime.start()
+    forwarder = ApiForwarder((gateway, api_port), ("127.0.0.1", api_port))
+    kubelet = kubelet_server(runtime, args.kubelet_port, Path(args.pki_dir))
+    return agent, [forwarder, _Closer(kubelet)]
+
+
+class _Closer:
+    def __init__(self, server: ThreadingHTTPServer):
+        self.server = server
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="rayop's node agent (plays kubelet)")
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--node-prefix", default="rayop-node-")
-    parser.add_argument("--mode", choices=["sim"], default="sim")
+    parser.add_argument("--mode", choices=["sim", "process"], default="sim")
     parser.add_argument("--control-port", type=int, required=True)
     parser.add_argument("--state-dir", default=None)
     parser.add_argument("--cpu", default="64")
@@ -452,13 +519,23 @@ def main() -> None:
     parser.add_argument("--pods", default="5000")
     parser.add_argument("--gpus", default="8")
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--pod-cidr", default=str(POD_CIDR), help="process mode: the bridge's subnet")
+    parser.add_argument("--bridge", default="rayop0", help="process mode: the bridge pods are plugged into")
+    parser.add_argument("--netns-prefix", default="rayop-", help="process mode: pod network namespace prefix")
+    parser.add_argument("--kubelet-port", type=int, default=0, help="process mode: the kubelet HTTPS port")
+    parser.add_argument("--pki-dir", default=None, help="process mode: the cluster PKI (ca.crt, kubelet.crt)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     capacity = {"cpu": args.cpu, "memory": args.memory, "pods": args.pods, "ephemeral-storage": "1Ti",
                 "nvidia.com/gpu": args.gpus}
-    nodes = [Node(f"{args.node_prefix}{i + 1}", i, capacity) for i in range(args.nodes)]
+    cidr = ipaddress.ip_network(args.pod_cidr)
+    nodes = [Node(f"{args.node_prefix}{i + 1}", i, capacity, cidr) for i in range(args.nodes)]
     client = KubeClient.load(args.kubeconfig, qps=0, user_agent="rayop-node-agent")
-    agent = Agent(client, nodes, SimRuntime(), workers=args.workers)
+    extra: list[Any] = []
+    if args.mode == "process":
+        agent, extra = process_agent(args, client, nodes, cidr, capacity)
+    else:
+        agent = Agent(client, nodes, SimRuntime(), workers=args.workers)
     server = control_server(agent, args.control_port)
     agent.start()
     log.info("node agent up: %s (%s mode), control on 127.0.0.1:%d", ", ".join(agent.nodes), args.mode,
@@ -469,6 +546,10 @@ def main() -> None:
     done.wait()
     agent.stop()
     server.shutdown()
+    for thing in extra:
+        thing.close()
+    if args.mode == "process":
+        agent.runtime.shutdown()
     log.info("node agent stopped")
 
 

@@ -99,3 +99,37 @@ def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.2, mes
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
+
+
+@dataclass
+class PrivateCluster(LocalCluster):
+    """A control plane of a test's own, in its own state folder (e.g. in process mode), always brought down by
+    `stop()`; `script()` runs hack/local-cluster.sh against it."""
+
+    state_dir: Path = Path()
+
+    @classmethod
+    def start(cls, state_dir: Path, *up_args: str) -> PrivateCluster:
+        env = dict(os.environ, RAYOP_CLUSTER_DIR=str(state_dir))
+        subprocess.run([str(SCRIPT), "up", *up_args], check=True, env=env, timeout=600)
+        out = subprocess.run([str(SCRIPT), "env"], check=True, capture_output=True, text=True, env=env).stdout
+        exports = {}
+        for line in out.splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            exports[name] = value.strip("'").replace(':"$PATH"', ":" + os.environ.get("PATH", ""))
+        exports["RAYOP_CLUSTER_DIR"] = str(state_dir)
+        return cls(env=exports, started_here=True, state_dir=state_dir)
+
+    def script(self, *args: str, check: bool = True,  # type: ignore[override]
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, RAYOP_CLUSTER_DIR=str(self.state_dir))
+        return subprocess.run([str(SCRIPT), *args], check=check, capture_output=True, text=True, env=env,
+                              timeout=timeout)
+
+    def state(self) -> dict[str, Any]:
+        return dict(json.loads((self.state_dir / "state.json").read_text()))
+
+    def stop(self) -> None:
+        for client in self._clients:
+            client.close()
+        self.script("down", check=False)
