@@ -550,10 +550,11 @@ def build_head_service(owner: Owner, model: ClusterModel, head: GroupPods) -> JS
 
 
 def autoscaler_config_text(config: Mapping[str, Any] | str) -> str:
-    """The `autoscaler.yaml` text: a string is kept; a mapping is written as sorted, indented JSON (valid YAML)."""
+    """The `autoscaler.yaml` text: a string is kept; a mapping is written as sorted, compact JSON (valid YAML, and
+    written by the C encoder: cheap enough to run on every reconcile)."""
     if isinstance(config, str):
         return config
-    return json.dumps(config, sort_keys=True, indent=2, default=_json_default) + "\n"
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), default=_json_default) + "\n"
 
 
 def build_config_map(owner: Owner, model: ClusterModel, *, autoscaler_config: Mapping[str, Any] | str,
