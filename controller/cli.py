@@ -5,8 +5,8 @@ by the label `app.kubernetes.io/managed-by=rayop`, mapped to their owner through
 kind `Ray`), one controller whose reconcile function is pluggable (`--reconciler module:factory`), leader election,
 and the health/metrics port. SIGTERM or SIGINT drains and exits 0; losing the lease exits 1.
 
-Until the Ray reconciler exists, the default reconciler (`observe`) only reads the caches and logs what it sees;
-it writes nothing.
+The default reconciler is the Ray reconciler (`rayop.reconciler`); `--reconciler observe` only reads the caches
+and logs what it sees (it writes nothing), for debugging the watch loop alone.
 
 Other subcommands (e.g. `rayop render`) register themselves in `SUBCOMMANDS`.
 """
@@ -25,29 +25,24 @@ from typing import Any
 
 import structlog
 
+from rayop.defaults import Options, add_option_arguments, options_from_args
+from rayop.reconciler import CHILDREN as CHILD_RESOURCES
+from rayop.reconciler import MANAGED_BY_SELECTOR, RAY, RayReconciler, child_informers
 from rayop.render import add_render_parser
 from rayop.runtime.handlers import controller_owner_key, generation_changed
 from rayop.runtime.kube import KubeClient, Resource
 from rayop.runtime.leaderelection import LeaderElectionConfig, default_identity
 from rayop.runtime.logging import FORMATS, LEVELS, configure_logging
 from rayop.runtime.manager import Manager, Reconcile, Result
-from rayop.runtime.store import INDEX_OWNER_UID, ObjectKey, make_trimmer
+from rayop.runtime.store import INDEX_OWNER_UID, ObjectKey
 
 log = structlog.get_logger("rayop.cli")
 
-RAY_GROUP = "ray.k8s.io"
-RAY = Resource(RAY_GROUP, "v1alpha1", "rays", "Ray")
-MANAGED_BY = "app.kubernetes.io/managed-by=rayop"
-CHILDREN: tuple[Resource, ...] = (
-    Resource("", "v1", "pods", "Pod"),
-    Resource("", "v1", "configmaps", "ConfigMap"),
-    Resource("", "v1", "services", "Service"),
-    Resource("", "v1", "serviceaccounts", "ServiceAccount"),
-    Resource("batch", "v1", "jobs", "Job"),
-    Resource("rbac.authorization.k8s.io", "v1", "roles", "Role"),
-    Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
-)
+RAY_GROUP = RAY.group
+MANAGED_BY = MANAGED_BY_SELECTOR
+CHILDREN: tuple[Resource, ...] = tuple(CHILD_RESOURCES.values())
 CONTROLLER_NAME = "ray"
+DEFAULT_RECONCILER = "rayop.reconciler:ray_reconciler"
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 ReconcilerFactory = Callable[[Manager], Reconcile]
@@ -76,9 +71,11 @@ def observe_only(manager: Manager) -> Reconcile:
     return reconcile
 
 
-def load_reconciler(spec: str) -> ReconcilerFactory:
+def load_reconciler(spec: str, options: Options | None = None) -> ReconcilerFactory:
     if spec == "observe":
         return observe_only
+    if spec == DEFAULT_RECONCILER:
+        return lambda manager: RayReconciler(manager, options)
     module_name, _, attr = spec.partition(":")
     if not attr:
         raise SystemExit(f"--reconciler must be 'observe' or 'module:factory', got {spec!r}")
@@ -95,17 +92,8 @@ def wire(manager: Manager, factory: ReconcilerFactory, workers: int) -> None:
     controller = manager.controller(CONTROLLER_NAME, reconcile, workers=workers)
     controller.watch_primary(manager.informer(RAY), predicate=generation_changed)
     to_owner = controller_owner_key("Ray", RAY_GROUP)
-    for resource in CHILDREN:
-        transform = POD_TRIM if resource.plural == "pods" else None
-        kwargs: dict[str, Any] = {"transform": transform} if transform else {}
-        controller.watch(manager.informer(resource, label_selector=MANAGED_BY, **kwargs), to_owner)
-
-
-# Fields of pods the operator never reads; dropping them keeps the pod cache small.
-POD_TRIM = make_trimmer(
-    ["spec.volumes", "spec.containers.*.volumeMounts", "spec.containers.*.env", "spec.tolerations",
-     "spec.initContainers.*.volumeMounts", "spec.initContainers.*.env"]
-)
+    for informer in child_informers(manager).values():
+        controller.watch(informer, to_owner)
 
 
 def default_lease_namespace() -> str:
@@ -145,8 +133,10 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--kube-api-burst", type=int, default=100, help="client burst (default 100)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds to let reconciles in flight finish on SIGTERM (default 30)")
-    p.add_argument("--reconciler", default="observe",
-                   help="'observe' (log only) or module:factory, factory(manager) -> reconcile(key)")
+    p.add_argument("--reconciler", default=DEFAULT_RECONCILER,
+                   help="module:factory, factory(manager) -> reconcile(key) (default: the Ray reconciler); "
+                        "'observe' only reads the caches and logs")
+    add_option_arguments(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -169,7 +159,7 @@ def build_manager(args: argparse.Namespace) -> Manager:
         leader_election=election,
         shutdown_timeout=args.shutdown_timeout,
     )
-    wire(manager, load_reconciler(args.reconciler), args.workers)
+    wire(manager, load_reconciler(args.reconciler, options_from_args(args)), args.workers)
     return manager
 
 

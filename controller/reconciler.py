@@ -1,0 +1,315 @@
+"""The Ray reconciler: one `Ray` key in, its children and status brought to what the `Ray` says.
+
+Guarantees:
+- Level-triggered: each call reads the `Ray` and its children from the informers' caches (children found through
+  the owner-UID index, so only objects this `Ray` controls are seen), converts the `Ray` to the effective model,
+  builds the desired children, plans against what is observed, applies the plan and writes the status. It never
+  branches on what event caused it.
+- No duplicate pods from a stale cache: every pod create and delete is recorded as an expectation of its worker
+  group (or the head); a group whose expectations the cache has not confirmed yet is left out of the plan
+  (`paused`) until it has. A create answered AlreadyExists and a delete answered NotFound count as done; deletes
+  carry a UID precondition so a newer object of the same name is never removed.
+- Invalid configuration (`ConfigurationError`) is not retried: the status says why (`ConfigurationValid=False`), a
+  Warning Event is recorded once per generation, and nothing is created, changed or deleted — running pods stay.
+- A write the API server refuses does not stop the others of other kinds or groups; creates for a pod group stop
+  at the group's first refusal (the rest would fail alike). Refusals are reported in the status
+  (`ReplicaFailure`, with the server's message) and as Warning Events; the key is retried with back-off.
+- Status goes through the `/status` subresource as a JSON merge patch, and only when it differs from the stored one.
+- Events: Normal for every create and delete, Warning for every refused write.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from rayop.api.convert import effective_cluster
+from rayop.api.model import ConfigurationError, Conversion
+from rayop.api.types import GROUP, KIND, LABEL_GROUP, LABEL_NODE_KIND, PLURAL, VERSION
+from rayop.autoscaler import build_autoscaler_config, inpod_files
+from rayop.build import HEAD_GROUP, KIND_HEAD, KIND_WORKER, build_children
+from rayop.defaults import Options
+from rayop.expectations import Expectations
+from rayop.plan import Create, Delete, Observed, Patch, Plan, plan_cluster
+from rayop.runtime.events import NORMAL, WARNING
+from rayop.runtime.informer import Informer
+from rayop.runtime.kube import CONTENT_MERGE_PATCH, ApiError, KubeClient, Resource
+from rayop.runtime.manager import Manager, Reconcile, ReconcileError, Result
+from rayop.runtime.store import INDEX_OWNER_UID, ObjectKey, make_trimmer
+from rayop.status import WriteFailure, compute_status
+
+log = structlog.get_logger("rayop.reconciler")
+
+RAY = Resource(GROUP, VERSION, PLURAL, KIND)
+MANAGED_BY_SELECTOR = "app.kubernetes.io/managed-by=rayop"
+CHILDREN: dict[str, Resource] = {
+    "Pod": Resource("", "v1", "pods", "Pod"),
+    "ConfigMap": Resource("", "v1", "configmaps", "ConfigMap"),
+    "Service": Resource("", "v1", "services", "Service"),
+    "ServiceAccount": Resource("", "v1", "serviceaccounts", "ServiceAccount"),
+    "Job": Resource("batch", "v1", "jobs", "Job"),
+    "Role": Resource("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    "RoleBinding": Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+}
+# Fields of pods the operator never reads (the plan compares pods by their template-hash label); dropping them
+# keeps the pod cache small.
+POD_TRIM = make_trimmer(
+    ["spec.volumes", "spec.containers.*.volumeMounts", "spec.containers.*.env", "spec.containers.*.args",
+     "spec.containers.*.command", "spec.containers.*.readinessProbe", "spec.containers.*.livenessProbe",
+     "spec.tolerations", "spec.initContainers.*.volumeMounts", "spec.initContainers.*.env"]
+)
+# The data of our ConfigMaps (the autoscaler config and in-pod programs, tens of KiB) is compared by the plan, so
+# it stays; other children are cached whole (minus managedFields).
+
+# Test hook: exit the process right after the Nth successful write, to prove that a crash at any point of a
+# reconcile is repaired by the next run. Never set outside tests.
+EXIT_AFTER_WRITES_ENV = "RAYOP_TEST_EXIT_AFTER_WRITES"
+
+
+def child_informers(manager: Manager) -> dict[str, Informer]:
+    """The shared informers of every child kind (label-selected, pods trimmed)."""
+    out = {}
+    for kind, resource in CHILDREN.items():
+        kwargs: dict[str, Any] = {"transform": POD_TRIM} if kind == "Pod" else {}
+        out[kind] = manager.informer(resource, label_selector=MANAGED_BY_SELECTOR, **kwargs)
+    return out
+
+
+@dataclass
+class _WriteCounter:
+    """Counts successful writes for the crash test hook."""
+
+    limit: int
+    count: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wrote(self) -> None:
+        with self.lock:
+            self.count += 1
+            if self.count >= self.limit:
+                log.warning("test hook: exiting after write", writes=self.count)
+                os._exit(17)
+
+
+class RayReconciler:
+    def __init__(self, manager: Manager, options: Options | None = None,
+                 now: Callable[[], datetime] | None = None):
+        self.options = options or Options()
+        self.client: KubeClient = manager.client
+        self.recorder = manager.recorder
+        self.rays = manager.informer(RAY)
+        self.children = child_informers(manager)
+        self.expectations = Expectations()
+        self.programs = inpod_files()
+        self._now = now or (lambda: datetime.now(timezone.utc))
+        self._invalid_generation: dict[str, int] = {}
+        limit = os.environ.get(EXIT_AFTER_WRITES_ENV)
+        self._writes = _WriteCounter(int(limit)) if limit else None
+
+    # -- reconcile ------------------------------------------------------------------------------------------------
+
+    def __call__(self, key: ObjectKey) -> Result | None:
+        ray = self.rays.store.get(key)
+        if ray is None:
+            # Deleted: the garbage collector removes the children through their ownerReferences.
+            self.expectations.forget(lambda scope: isinstance(scope, tuple) and scope[0] == key)
+            return None
+        meta = ray["metadata"]
+        if meta.get("deletionTimestamp"):
+            return None
+        observed = self.observe(str(meta["uid"]))
+        now = self._now()
+        try:
+            conversion = effective_cluster(ray)
+        except ConfigurationError as error:
+            self.invalid(ray, error)
+            self.write_status(ray, compute_status(ray, error, observed, now, options=self.options))
+            return None
+        self._invalid_generation.pop(str(meta["uid"]), None)
+        self.warn_ignored(ray, conversion)
+        desired = build_children(ray, conversion.cluster, self.options,
+                                 autoscaler_config=build_autoscaler_config(conversion.cluster),
+                                 programs=self.programs)
+        paused = self.paused_groups(key, observed, [HEAD_GROUP, *(w.group for w in desired.workers)])
+        plan = plan_cluster(desired, observed, now, paused=paused)
+        failures = self.apply(ray, key, plan)
+        status = compute_status(ray, conversion, observed, now, desired=desired, failures=failures,
+                                options=self.options)
+        self.write_status(ray, status)
+        if failures:
+            # Retried with back-off; the status already tells what the server refused.
+            raise ReconcileError("; ".join(f"{f.verb} {f.kind} {f.name}: {f.message}" for f in failures[:3]))
+        return Result(requeue_after=plan.requeue_after) if plan.requeue_after else None
+
+    def observe(self, uid: str) -> Observed:
+        def owned(kind: str) -> list[dict[str, Any]]:
+            return self.children[kind].store.by_index(INDEX_OWNER_UID, uid)
+
+        return Observed(
+            pods=owned("Pod"), services=owned("Service"), config_maps=owned("ConfigMap"), jobs=owned("Job"),
+            service_accounts=owned("ServiceAccount"), roles=owned("Role"), role_bindings=owned("RoleBinding"),
+        )
+
+    def paused_groups(self, key: ObjectKey, observed: Observed, groups: list[str]) -> set[str]:
+        """Groups (the head as `head`) whose last creates or deletes the cache does not show yet."""
+        by_group: dict[str, list[tuple[str, str, bool]]] = {}
+        for pod in observed.pods:
+            m = pod["metadata"]
+            labels = m.get("labels") or {}
+            if labels.get(LABEL_NODE_KIND) not in (KIND_HEAD, KIND_WORKER):
+                continue
+            group = HEAD_GROUP if labels.get(LABEL_NODE_KIND) == KIND_HEAD else str(labels.get(LABEL_GROUP, ""))
+            by_group.setdefault(group, []).append((m["name"], m["uid"], bool(m.get("deletionTimestamp"))))
+        return {group for group in {*groups, *by_group}
+                if not self.expectations.satisfied((key, group), by_group.get(group, []))}
+
+    # -- apply ----------------------------------------------------------------------------------------------------
+
+    def apply(self, ray: Mapping[str, Any], key: ObjectKey, plan: Plan) -> list[WriteFailure]:
+        failures: list[WriteFailure] = []
+        refused_groups: set[str] = set()
+        namespace = key.namespace
+        for action in plan.actions:
+            if isinstance(action, Create):
+                if action.group is not None and action.group in refused_groups:
+                    continue
+                failure = self.create(ray, key, namespace, action)
+                if failure:
+                    failures.append(failure)
+                    if action.group is not None:
+                        refused_groups.add(action.group)
+            elif isinstance(action, Delete):
+                failure = self.delete(ray, key, namespace, action)
+                if failure:
+                    failures.append(failure)
+            elif isinstance(action, Patch):
+                failure = self.patch(ray, namespace, action)
+                if failure:
+                    failures.append(failure)
+        return failures
+
+    def create(self, ray: Mapping[str, Any], key: ObjectKey, namespace: str, action: Create) -> WriteFailure | None:
+        resource = CHILDREN[action.kind]
+        meta = action.manifest.get("metadata") or {}
+        name = str(meta.get("name") or meta.get("generateName") or "")
+        try:
+            created = self.client.create(resource.collection(namespace), dict(action.manifest))
+        except ApiError as e:
+            if e.already_exists:
+                return None
+            self.recorder.record(ray, WARNING, f"FailedCreate{action.kind}", f"{name}: {e.message}")
+            log.warning("create refused", key=str(key), kind=action.kind, name=name, status=e.status,
+                        message=e.message)
+            return WriteFailure("create", action.kind, name, e.message, e.reason)
+        self._wrote()
+        created_name = created["metadata"]["name"]
+        if action.group is not None:
+            self.expectations.expect_created((key, action.group), created_name)
+        self.recorder.record(ray, NORMAL, f"Created{action.kind}",
+                             f"{created_name}" + (f": {action.message}" if action.message else ""))
+        return None
+
+    def delete(self, ray: Mapping[str, Any], key: ObjectKey, namespace: str, action: Delete) -> WriteFailure | None:
+        resource = CHILDREN[action.kind]
+        scope = (key, action.group) if action.group is not None else None
+        if scope:
+            self.expectations.expect_deleted(scope, action.uid)
+        body: dict[str, Any] = {"preconditions": {"uid": action.uid}}
+        if action.propagation:
+            body["propagationPolicy"] = action.propagation
+        try:
+            self.client.delete(resource.object(namespace, action.name), body)
+        except ApiError as e:
+            if e.not_found or e.conflict:
+                return None  # already gone, or a newer object of that name: not ours to delete
+            if scope:
+                self.expectations.deletion_failed(scope, action.uid)
+            self.recorder.record(ray, WARNING, f"FailedDelete{action.kind}", f"{action.name}: {e.message}")
+            return WriteFailure("delete", action.kind, action.name, e.message, e.reason)
+        self._wrote()
+        self.recorder.record(ray, NORMAL, f"Deleted{action.kind}",
+                             f"{action.name}" + (f": {action.message}" if action.message else ""))
+        return None
+
+    def patch(self, ray: Mapping[str, Any], namespace: str, action: Patch) -> WriteFailure | None:
+        resource = CHILDREN[action.kind]
+        try:
+            self.client.patch(resource.object(namespace, action.name), dict(action.patch), CONTENT_MERGE_PATCH)
+        except ApiError as e:
+            if e.not_found:
+                return None  # the next reconcile creates it
+            self.recorder.record(ray, WARNING, f"FailedUpdate{action.kind}", f"{action.name}: {e.message}")
+            return WriteFailure("patch", action.kind, action.name, e.message, e.reason)
+        self._wrote()
+        self.recorder.record(ray, NORMAL, f"Updated{action.kind}",
+                             f"{action.name}" + (f": {action.message}" if action.message else ""))
+        return None
+
+    def _wrote(self) -> None:
+        if self._writes is not None:
+            self._writes.wrote()
+
+    # -- status and events ----------------------------------------------------------------------------------------
+
+    def write_status(self, ray: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        old = ray.get("status") or {}
+        patch = merge_patch(old, status)
+        if not patch:
+            return
+        meta = ray["metadata"]
+        try:
+            self.client.patch(RAY.object(meta["namespace"], meta["name"]) + "/status", {"status": patch},
+                              CONTENT_MERGE_PATCH)
+        except ApiError as e:
+            if e.not_found:
+                return
+            raise
+        self._wrote()
+
+    def invalid(self, ray: Mapping[str, Any], error: ConfigurationError) -> None:
+        meta = ray["metadata"]
+        uid, generation = str(meta["uid"]), int(meta.get("generation") or 0)
+        if self._invalid_generation.get(uid) == generation:
+            return
+        self._invalid_generation[uid] = generation
+        log.warning("invalid configuration", key=f"{meta['namespace']}/{meta['name']}", error=error.describe())
+        self.recorder.record(ray, WARNING, "InvalidConfiguration", error.describe())
+
+    def warn_ignored(self, ray: Mapping[str, Any], conversion: Conversion) -> None:
+        if not conversion.warnings:
+            return
+        meta = ray["metadata"]
+        uid, generation = str(meta["uid"]) + "/warnings", int(meta.get("generation") or 0)
+        if self._invalid_generation.get(uid) == generation:
+            return
+        self._invalid_generation[uid] = generation
+        self.recorder.record(ray, WARNING, "IgnoredConfiguration",
+                             "; ".join(str(w) for w in conversion.warnings))
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: changed keys, removed keys as null."""
+    patch: dict[str, Any] = {}
+    for k, v in new.items():
+        before = old.get(k)
+        if isinstance(v, Mapping) and isinstance(before, Mapping):
+            sub = merge_patch(before, v)
+            if sub:
+                patch[k] = sub
+        elif before != v or k not in old:
+            patch[k] = v
+    for k in old:
+        if k not in new:
+            patch[k] = None
+    return patch
+
+
+def ray_reconciler(manager: Manager) -> Reconcile:
+    """The `--reconciler` factory `rayop run` uses by default."""
+    return RayReconciler(manager)

@@ -1,0 +1,241 @@
+"""The operator end to end against the real API server and the node agent (sim mode)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rayop.api.types import LABEL_CLUSTER, LABEL_GROUP, LABEL_NODE_KIND
+from rayop.runtime.kube import ApiError, KubeClient
+from tests.support.cluster import LocalCluster, wait_until
+from tests.support.operator import OperatorProcess, install_crd, load_sample, rays_path
+
+CHILD_KINDS = [
+    ("/api/v1", "pods"), ("/api/v1", "services"), ("/api/v1", "configmaps"), ("/api/v1", "serviceaccounts"),
+    ("/apis/batch/v1", "jobs"), ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+]
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: LocalCluster) -> None:
+    install_crd(cluster.client())
+
+
+@pytest.fixture
+def operator(cluster: LocalCluster, namespace: str, crd: None, tmp_path: Path) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster, [namespace], tmp_path / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+    log = op.log()
+    assert "Traceback" not in log, log[-5000:]
+
+
+def pods(kube: KubeClient, namespace: str, cluster_name: str, kind: str | None = None) -> list[dict[str, Any]]:
+    selector = f"{LABEL_CLUSTER}={cluster_name}"
+    if kind:
+        selector += f",{LABEL_NODE_KIND}={kind}"
+    return list(kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector)["items"])
+
+
+def live(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")
+            and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
+
+
+def condition(ray: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for c in (ray.get("status") or {}).get("conditions") or []:
+        if c["type"] == kind:
+            return dict(c)
+    return None
+
+
+def is_true(ray: dict[str, Any], kind: str) -> bool:
+    c = condition(ray, kind)
+    return c is not None and c["status"] == "True"
+
+
+def wait_ready(kube: KubeClient, namespace: str, name: str, timeout: float = 90) -> dict[str, Any]:
+    result: dict[str, Any] = wait_until(
+        lambda: (r := kube.get(rays_path(namespace, name))) and is_true(r, "Ready")
+        and r["status"].get("observedGeneration") == r["metadata"]["generation"] and r,
+        timeout, 0.3, message=f"Ray {namespace}/{name} Ready")
+    return result
+
+
+def worker_count(kube: KubeClient, namespace: str, name: str) -> int:
+    return len(live(pods(kube, namespace, name, "worker")))
+
+
+@pytest.mark.parametrize("sample", ["seed-structured.yaml", "seed-configuration.yaml"])
+def test_seed_samples_reach_ready(kube: KubeClient, namespace: str, operator: OperatorProcess,
+                                  sample: str) -> None:
+    ray = load_sample(sample, namespace)
+    kube.create(rays_path(namespace), ray)
+    name = ray["metadata"]["name"]
+    ready = wait_ready(kube, namespace, name)
+    expected_workers = 1 if sample == "seed-structured.yaml" else 0
+    assert len(live(pods(kube, namespace, name, "head"))) == 1
+    assert worker_count(kube, namespace, name) == expected_workers
+    status = ready["status"]
+    assert status["head"]["readyReplicas"] == 1
+    assert status["worker"].get("readyReplicas", 0) == expected_workers
+    assert is_true(ready, "HeadReady")
+    wait_until(lambda: is_true(kube.get(rays_path(namespace, name)), "SuccessfulLaunch"), 60,
+               message="SuccessfulLaunch")
+    services = kube.get(f"/api/v1/namespaces/{namespace}/services")["items"]
+    assert [s["metadata"]["name"] for s in services] == [f"{name}-head"]
+
+
+def test_scale_by_editing_the_spec(kube: KubeClient, namespace: str, operator: OperatorProcess) -> None:
+    ray = load_sample("static.yaml", namespace)
+    kube.create(rays_path(namespace), ray)
+    wait_ready(kube, namespace, "static")
+    assert worker_count(kube, namespace, "static") == 3
+
+    kube.patch(rays_path(namespace, "static"), {"spec": {"desiredWorkers": {"worker": 5}}})
+    ready = wait_ready(kube, namespace, "static")
+    wait_until(lambda: worker_count(kube, namespace, "static") == 5, 60, message="5 workers")
+    assert ready["status"]["worker"]["readyReplicas"] == 5
+
+    kube.patch(rays_path(namespace, "static"), {"spec": {"desiredWorkers": {"worker": 1}}})
+    wait_until(lambda: worker_count(kube, namespace, "static") == 1, 60, message="1 worker")
+    wait_ready(kube, namespace, "static")
+
+
+def test_out_of_band_deletions_are_repaired(kube: KubeClient, namespace: str, operator: OperatorProcess) -> None:
+    ray = load_sample("static.yaml", namespace)
+    kube.create(rays_path(namespace), ray)
+    wait_ready(kube, namespace, "static")
+    victim = live(pods(kube, namespace, "static", "worker"))[0]["metadata"]["name"]
+    kube.delete(f"/api/v1/namespaces/{namespace}/pods/{victim}")
+    wait_until(lambda: victim not in {p["metadata"]["name"] for p in pods(kube, namespace, "static")}
+               and worker_count(kube, namespace, "static") == 3, 60, message="worker replaced")
+
+    head = live(pods(kube, namespace, "static", "head"))[0]
+    launched_for = {j["metadata"]["name"] for j in kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]}
+    kube.delete(f"/api/v1/namespaces/{namespace}/pods/{head['metadata']['name']}")
+    wait_until(lambda: (h := live(pods(kube, namespace, "static", "head"))) and
+               h[0]["metadata"]["uid"] != head["metadata"]["uid"], 60, message="head recreated")
+    wait_ready(kube, namespace, "static")
+    # A new head is a new launch: a new launcher Job runs and succeeds.
+    wait_until(lambda: {j["metadata"]["name"] for j in kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")[
+        "items"]} - launched_for, 60, message="a new launcher Job")
+    wait_until(lambda: is_true(kube.get(rays_path(namespace, "static")), "SuccessfulLaunch"), 60,
+               message="relaunched")
+
+
+def test_deleting_the_ray_leaves_no_children(kube: KubeClient, namespace: str, operator: OperatorProcess) -> None:
+    kube.create(rays_path(namespace), load_sample("worker-groups.yaml", namespace))
+    wait_ready(kube, namespace, "groups")
+    kube.delete(rays_path(namespace, "groups"))
+
+    def leftovers() -> list[str]:
+        out = []
+        for prefix, plural in CHILD_KINDS:
+            for item in kube.get(f"{prefix}/namespaces/{namespace}/{plural}")["items"]:
+                name = item["metadata"]["name"]
+                if plural in ("serviceaccounts", "configmaps") and name in ("default", "kube-root-ca.crt"):
+                    continue
+                out.append(f"{plural}/{name}")
+        return out
+
+    wait_until(lambda: not leftovers(), 90, message="no children left")
+
+
+def test_many_clusters_never_overshoot(cluster: LocalCluster, kube: KubeClient, crd: None, tmp_path: Path,
+                                       request: pytest.FixtureRequest) -> None:
+    """20 clusters in 5 namespaces at once; a watch records every pod ever created."""
+    namespaces = [f"t-many-{i}-{int(time.time()) % 100000}" for i in range(5)]
+    for ns in namespaces:
+        kube.create("/api/v1/namespaces", {"metadata": {"name": ns, "labels": {"rayop.dev/test": "true"}}})
+    created: dict[tuple[str, str], set[str]] = {}
+    stop = threading.Event()
+    rv = kube.get("/api/v1/pods", limit=1)["metadata"]["resourceVersion"]
+
+    def record() -> None:
+        watcher = cluster.client()
+        while not stop.is_set():
+            for event in watcher.watch("/api/v1/pods", {"resourceVersion": rv, "labelSelector": LABEL_CLUSTER,
+                                                        "timeoutSeconds": 5}, timeout=15):
+                meta = event["object"]["metadata"]
+                if event["type"] == "ADDED" and meta["namespace"] in namespaces:
+                    labels = meta.get("labels", {})
+                    key = (meta["namespace"], labels.get(LABEL_CLUSTER, ""))
+                    created.setdefault(key, set()).add(f"{labels.get(LABEL_NODE_KIND)}/{meta['name']}")
+
+    op = OperatorProcess(cluster, namespaces, tmp_path / "operator.log")
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    op.start()
+    try:
+        for i in range(20):
+            ns = namespaces[i % 5]
+            ray = load_sample("static.yaml", ns)
+            ray["metadata"]["name"] = f"c{i}"
+            kube.create(rays_path(ns), ray)
+        for i in range(20):
+            wait_ready(kube, namespaces[i % 5], f"c{i}", timeout=240)
+        time.sleep(2)  # let the recorder see the last events
+    finally:
+        stop.set()
+        op.stop()
+        thread.join(20)
+        for ns in namespaces:
+            try:
+                kube.delete(f"/api/v1/namespaces/{ns}")
+            except ApiError:
+                pass
+    assert len(created) == 20
+    for key, names in created.items():
+        heads = [n for n in names if n.startswith("head/")]
+        workers = [n for n in names if n.startswith("worker/")]
+        assert len(heads) == 1, (key, sorted(names))
+        assert len(workers) == 3, (key, sorted(names))
+    assert "Traceback" not in op.log()
+
+
+def test_bad_inputs_give_conditions_not_crashes(kube: KubeClient, namespace: str,
+                                                operator: OperatorProcess) -> None:
+    ray = load_sample("static.yaml", namespace)
+    kube.create(rays_path(namespace), ray)
+    good = wait_ready(kube, namespace, "static")
+    running = {p["metadata"]["uid"] for p in live(pods(kube, namespace, "static"))}
+
+    # Malformed configuration YAML: accepted by the API server, reported by the operator; pods untouched.
+    broken = load_sample("seed-configuration.yaml", namespace)
+    broken["metadata"]["name"] = "broken"
+    broken["spec"]["configuration"] = "cluster_name: x\nmax_workers: [1,\n"
+    kube.create(rays_path(namespace), broken)
+    invalid = wait_until(lambda: (c := condition(kube.get(rays_path(namespace, "broken")), "ConfigurationValid"))
+                         and c["status"] == "False" and c, 60, message="ConfigurationValid False")
+    assert "line" in invalid["message"]
+    events = kube.get(f"/api/v1/namespaces/{namespace}/events",
+                      fieldSelector="involvedObject.name=broken,type=Warning")["items"]
+    assert events
+
+    # An invalid image pull policy in the worker template on a running cluster.
+    kube.patch(rays_path(namespace, "static"), {"spec": {"worker": {"spec": {"containers": [
+        {"name": "ray-worker", "imagePullPolicy": "Sometimes"}]}}}})
+    wait_until(lambda: is_true(kube.get(rays_path(namespace, "static")), "ReplicaFailure")
+               or (condition(kube.get(rays_path(namespace, "static")), "ConfigurationValid") or {}).get(
+                   "status") == "False", 60, message="the failure reported")
+    reconciles_before = operator.log().count('"reconciled"')
+    time.sleep(60)
+    reconciles = operator.log().count('"reconciled"') - reconciles_before
+    assert reconciles < 40, f"{reconciles} reconciles in 60 s: a hot loop"
+    still = {p["metadata"]["uid"] for p in live(pods(kube, namespace, "static"))}
+    assert running <= still
+
+    # Restoring the previous spec restores the previous state.
+    previous = kube.get(rays_path(namespace, "static"))
+    previous["spec"] = good["spec"]
+    kube.replace(rays_path(namespace, "static"), previous)
+    wait_ready(kube, namespace, "static")
+    assert worker_count(kube, namespace, "static") == 3

@@ -1,0 +1,113 @@
+"""Run the operator as a real process against the local control plane, as `make run` does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rayop.api.types import GROUP, PLURAL, VERSION
+from rayop.runtime.kube import ApiError, KubeClient
+from tests.support.cluster import REPO, LocalCluster, wait_until
+
+CRD_PATH = REPO / "manifests" / "crd.yaml"
+SAMPLES = REPO / "manifests" / "samples"
+
+
+def install_crd(kube: KubeClient) -> None:
+    """Create or update the `Ray` CRD from manifests/ and wait until it is served."""
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    name = crd["metadata"]["name"]
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+    try:
+        current = kube.get(path)
+        crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        kube.replace(path, crd)
+    except ApiError as e:
+        if not e.not_found:
+            raise
+        kube.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+
+    def established() -> bool:
+        conditions = kube.get(path).get("status", {}).get("conditions") or []
+        if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            return False
+        try:
+            kube.get(f"/apis/{GROUP}/{VERSION}/{PLURAL}")
+            return True
+        except ApiError:
+            return False
+
+    wait_until(established, 30, message="Ray CRD established")
+
+
+def rays_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
+def load_sample(name: str, namespace: str) -> dict[str, Any]:
+    obj = yaml.safe_load((SAMPLES / name).read_text())
+    obj["metadata"]["namespace"] = namespace
+    return dict(obj)
+
+
+class OperatorProcess:
+    """`rayop run` in a subprocess, watching the given namespaces; logs go to a file."""
+
+    def __init__(self, cluster: LocalCluster, namespaces: list[str], log_path: Path,
+                 extra_args: list[str] | None = None, env: dict[str, str] | None = None):
+        self.cluster = cluster
+        self.namespaces = namespaces
+        self.log_path = log_path
+        self.extra_args = extra_args or []
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
+        args = [sys.executable, "-m", "rayop.cli", "run", "--kubeconfig", self.cluster.kubeconfig,
+                "--no-leader-elect", "--metrics-bind-address", "127.0.0.1:0", "--log-format", "json",
+                "--kube-api-qps", "200", "--kube-api-burst", "400"]
+        for ns in self.namespaces:
+            args += ["--namespace", ns]
+        env = dict(os.environ, **self.env, **(extra_env or {}))
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args + self.extra_args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def metrics_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def now() -> float:
+    return time.monotonic()
