@@ -122,31 +122,40 @@ def wait_for_gcs(address: str, deadline: float | None, interval: float = 2.0) ->
 
 
 def alive_nodes(client: Any) -> list[dict[str, Any]]:
-    """The alive Ray nodes: [{"ip", "head", "resources"}]."""
+    """The alive Ray nodes: [{"ip", "head", "resources"}].
+
+    Asks the GCS for the cluster resource state (what the v1 monitor itself reads in recent Ray); where that API is
+    missing, reads the GCS node table (protobuf messages or, in some versions, plain dicts).
+    """
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_resource_state
+        from ray.core.generated.autoscaler_pb2 import NodeStatus  # type: ignore[attr-defined]
+    except ImportError:
+        return _alive_nodes_from_node_table(client)
     out: list[dict[str, Any]] = []
-    if hasattr(client, "get_all_node_info"):
-        from ray.core.generated import gcs_pb2
-
-        alive = gcs_pb2.GcsNodeInfo.ALIVE  # type: ignore[attr-defined]
-        infos = client.get_all_node_info(timeout=10)
-        for info in infos.values() if isinstance(infos, Mapping) else infos:
-            if info.state != alive:
-                continue
-            resources = dict(info.resources_total)
-            out.append({
-                "ip": info.node_manager_address,
-                "head": bool(getattr(info, "is_head_node", False)) or HEAD_RESOURCE in resources,
-                "resources": resources,
-            })
-        return out
-    from ray.autoscaler.v2.sdk import get_cluster_resource_state
-    from ray.core.generated.autoscaler_pb2 import NodeStatus  # type: ignore[attr-defined]
-
     for node in get_cluster_resource_state(client).node_states:
         if node.status == NodeStatus.DEAD:
             continue
         resources = dict(node.total_resources)
         out.append({"ip": node.node_ip_address, "head": HEAD_RESOURCE in resources, "resources": resources})
+    return out
+
+
+def _alive_nodes_from_node_table(client: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    infos = client.get_all_node_info(timeout=10)
+    for info in infos.values() if isinstance(infos, Mapping) else infos:
+        if isinstance(info, Mapping):
+            state, ip, resources = info.get("state"), info.get("node_manager_address"), info.get("resources")
+            ip = ip or info.get("node_name")
+        else:
+            state, ip, resources = info.state, info.node_manager_address, info.resources_total
+        if state != 0:  # GcsNodeInfo.ALIVE
+            continue
+        if isinstance(ip, bytes):
+            ip = ip.decode()
+        totals = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in dict(resources or {}).items()}
+        out.append({"ip": ip, "head": HEAD_RESOURCE in totals, "resources": totals})
     return out
 
 

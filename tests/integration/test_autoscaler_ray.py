@@ -40,11 +40,16 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 INPOD = REPO / "controller" / "inpod"
-RAY_BIN = str(Path(sys.executable).parent / "ray")
+# The Python (and so the Ray version) that runs the Ray nodes, the sidecar, the launcher and the driver: this venv's
+# by default; point RAYOP_TEST_RAY_PYTHON at another venv's python to check the in-pod programs with another Ray.
+RAY_PYTHON = os.environ.get("RAYOP_TEST_RAY_PYTHON") or sys.executable
+RAY_BIN = str(Path(RAY_PYTHON).parent / "ray")
 OBJECT_STORE_BYTES = "80000000"
-
-sys.path.insert(0, str(INPOD))
-import rayop_launcher  # noqa: E402  (the in-pod helpers: GCS client, alive nodes)
+MINIMAL_CONFIG = {
+    "cluster_name": "probe", "max_workers": 0, "provider": {"type": "external", "module": "x.Y"},
+    "available_node_types": {"head": {"resources": {}, "node_config": {}, "max_workers": 0}},
+    "head_node_type": "head", "cluster_synced_files": [], "file_mounts": {},
+}
 
 
 # -- helpers: Ray processes on loopback addresses, pods on a node nothing runs -------------------------------------
@@ -100,14 +105,21 @@ class LocalRay:
         )
         self.others.remove(proc)
         self.nodes[ip] = proc
+        expected_nodes = len(self.nodes)
+        probe = Path(self.temp_dir) / "probe.json"
+        probe.write_text(json.dumps(MINIMAL_CONFIG))
 
         def joined() -> bool:
+            # Asked through the launcher itself, in the Ray version under test.
             assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                client = rayop_launcher.wait_for_gcs(self.address, time.monotonic() + 1, 0.5)
-                return any(n["ip"] == ip for n in rayop_launcher.alive_nodes(client))
-            except Exception:
-                return False
+            result = subprocess.run(
+                [RAY_PYTHON, str(INPOD / "rayop_launcher.py"), "--config", str(probe), "--address", self.address,
+                 "--expect-workers", str(expected_nodes - 1), "--timeout", "10", "--poll", "0.5",
+                 "--termination-log", os.devnull],
+                capture_output=True, text=True, timeout=60,
+            )
+            lines = result.stdout.strip().splitlines()
+            return bool(lines) and result.returncode == 0 and json.loads(lines[-1]).get("nodes") == expected_nodes
 
         wait_until(joined, timeout, 0.5, message=f"Ray node {ip} to join")
 
@@ -336,7 +348,7 @@ def test_autoscaler_scales_up_on_demand_and_removes_only_idle_workers_by_name(
     # The sidecar program, as the head pod runs it.
     monitor_log = tmp_path / "monitor.log"
     monitor = local_ray.spawn(
-        [sys.executable, str(INPOD / "rayop_monitor.py"), "--config", str(config_path), "--address",
+        [RAY_PYTHON, str(INPOD / "rayop_monitor.py"), "--config", str(config_path), "--address",
          local_ray.address, "--ray-temp-dir", local_ray.temp_dir],
         env={**kube_env(cluster), "AUTOSCALER_UPDATE_INTERVAL_S": "1", "PYTHONPATH": str(INPOD),
              "RAY_CLUSTER_NAME": name, "RAY_CLUSTER_NAMESPACE": namespace},
@@ -349,7 +361,7 @@ def test_autoscaler_scales_up_on_demand_and_removes_only_idle_workers_by_name(
     driver_path = tmp_path / "driver.py"
     driver_path.write_text(textwrap.dedent(DRIVER))
     driver = local_ray.spawn(
-        [sys.executable, str(driver_path), local_ray.address, head_ip, str(flags)], log=tmp_path / "driver.log"
+        [RAY_PYTHON, str(driver_path), local_ray.address, head_ip, str(flags)], log=tmp_path / "driver.log"
     )
 
     def desired() -> dict[str, int]:
@@ -423,7 +435,7 @@ def test_launcher_reports_success_invalid_config_and_missing_workers(
     def launcher(config_path: Path, address: str, expect: int, timeout: float) -> tuple[int, dict[str, Any], str]:
         log = tmp_path / "termination-log"
         proc = subprocess.run(
-            [sys.executable, str(INPOD / "rayop_launcher.py"), "--config", str(config_path), "--address", address,
+            [RAY_PYTHON, str(INPOD / "rayop_launcher.py"), "--config", str(config_path), "--address", address,
              "--expect-workers", str(expect), "--timeout", str(timeout), "--poll", "0.5",
              "--termination-log", str(log)],
             capture_output=True, text=True, timeout=timeout + 60,

@@ -130,3 +130,26 @@ def test_monitor_defaults_and_giving_up_on_the_gcs(monkeypatch: pytest.MonkeyPat
 
     assert os.environ["RAY_enable_autoscaler_v2"] == "0"
     assert monitor.main(["--address", "127.0.0.1:1", "--wait-timeout", "0.5"]) == 1
+
+
+def test_the_node_table_fallback_reads_protobuf_and_dict_forms() -> None:
+    from types import SimpleNamespace
+
+    class Client:
+        def __init__(self, infos: Any) -> None:
+            self.infos = infos
+
+        def get_all_node_info(self, timeout: float) -> Any:
+            return self.infos
+
+    proto_head = SimpleNamespace(state=0, node_manager_address="10.0.0.1",
+                                 resources_total={"CPU": 1.0, "node:__internal_head__": 1.0})
+    proto_dead = SimpleNamespace(state=1, node_manager_address="10.0.0.2", resources_total={})
+    dict_worker = {"node_name": b"10.0.0.3", "state": 0, "resources": {b"CPU": 2, "GPU": 1}}
+    nodes = launcher._alive_nodes_from_node_table(Client({b"a": proto_head, b"b": proto_dead, b"c": dict_worker}))
+    assert nodes == [
+        {"ip": "10.0.0.1", "head": True, "resources": {"CPU": 1.0, "node:__internal_head__": 1.0}},
+        {"ip": "10.0.0.3", "head": False, "resources": {"CPU": 2.0, "GPU": 1.0}},
+    ]
+    assert launcher._totals(nodes) == {"CPU": 3.0, "GPU": 1.0}
+    assert launcher._alive_nodes_from_node_table(Client([proto_dead])) == []
