@@ -236,6 +236,11 @@ node_type = st.fixed_dictionaries(
      "node_config": st.just({})},
     optional={"min_workers": counts, "max_workers": counts, "idle_timeout_s": st.floats(0, 1000)},
 )
+def _with_head(config: dict[str, Any]) -> dict[str, Any]:
+    types = {**config["available_node_types"], "h": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0}}
+    return {**config, "available_node_types": types, "head_node_type": "h"}
+
+
 node_type_configs = st.fixed_dictionaries(
     {"available_node_types": st.dictionaries(st.sampled_from(["w1", "w2", "gpu-x"]), node_type, min_size=1, max_size=3)},
     optional={
@@ -243,9 +248,7 @@ node_type_configs = st.fixed_dictionaries(
         "upscaling_speed": st.floats(0, 100),
         "idle_timeout_minutes": st.floats(0, 100),
     },
-).map(lambda c: {**c, "available_node_types": {**c["available_node_types"],
-                                               "h": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0}},
-                 "head_node_type": "h"})
+).map(_with_head)
 
 
 def _check_model(model: ClusterModel) -> None:

@@ -4,8 +4,10 @@ cluster: config checks, addresses, the summary line, the monitor's arguments."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,15 @@ import rayop_monitor as monitor  # noqa: E402
 
 from rayop.api.convert import effective_cluster  # noqa: E402
 from rayop.autoscaler import build_autoscaler_config  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def keep_root_logging() -> Iterator[None]:
+    """The programs' main() configure the root logger for a container; undo that after each test."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
 
 
 def good_config() -> dict[str, Any]:
