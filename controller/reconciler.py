@@ -203,10 +203,13 @@ class RayReconciler:
         except ApiError as e:
             if e.already_exists:
                 return None
-            self.recorder.record(ray, WARNING, f"FailedCreate{action.kind}", f"{name}: {e.message}")
+            # The server names the pod it would have created; leave that random name out so repeats aggregate.
+            generated = str((e.body.get("details") or {}).get("name") or "")
+            message = e.message.replace(f'"{generated}"', f'"{name}*"') if generated else e.message
+            self.recorder.record(ray, WARNING, f"FailedCreate{action.kind}", f"{name}: {message}")
             log.warning("create refused", key=str(key), kind=action.kind, name=name, status=e.status,
-                        message=e.message)
-            return WriteFailure("create", action.kind, name, e.message, e.reason)
+                        message=message)
+            return WriteFailure("create", action.kind, name, message, e.reason)
         self._wrote()
         created_name = created["metadata"]["name"]
         if action.group is not None:

@@ -206,7 +206,10 @@ def test_bad_inputs_give_conditions_not_crashes(kube: KubeClient, namespace: str
     ray = load_sample("static.yaml", namespace)
     kube.create(rays_path(namespace), ray)
     good = wait_ready(kube, namespace, "static")
-    running = {p["metadata"]["uid"] for p in live(pods(kube, namespace, "static"))}
+    def ray_pods() -> set[str]:
+        return {p["metadata"]["uid"] for kind in ("head", "worker") for p in live(pods(kube, namespace, "static", kind))}
+
+    running = ray_pods()
 
     # Malformed configuration YAML: accepted by the API server, reported by the operator; pods untouched.
     broken = load_sample("seed-configuration.yaml", namespace)
@@ -230,8 +233,7 @@ def test_bad_inputs_give_conditions_not_crashes(kube: KubeClient, namespace: str
     time.sleep(60)
     reconciles = operator.log().count('"reconciled"') - reconciles_before
     assert reconciles < 40, f"{reconciles} reconciles in 60 s: a hot loop"
-    still = {p["metadata"]["uid"] for p in live(pods(kube, namespace, "static"))}
-    assert running <= still
+    assert ray_pods() == running
 
     # Restoring the previous spec restores the previous state.
     previous = kube.get(rays_path(namespace, "static"))
