@@ -41,6 +41,7 @@ from rayop.api.types import (
     NAME_LIMIT,
 )
 from rayop.autoscaler import (
+    build_autoscaler_config,
     CONFIG_FILE,
     HEAD_ENV,
     INPOD_DIR,
@@ -673,9 +674,13 @@ class Desired:
 
 
 def build_children(ray: Mapping[str, Any], model: ClusterModel, options: Options, *,
-                   autoscaler_config: Mapping[str, Any] | str, programs: Mapping[str, str]) -> Desired:
-    """Build every child of `ray` (decoded JSON) from its model. `autoscaler_config` is the effective Ray autoscaler
-    config (built elsewhere, passed through); `programs` the in-pod program files for the ConfigMap."""
+                   programs: Mapping[str, str], autoscaler_config: Mapping[str, Any] | str | None = None) -> Desired:
+    """Build every child of `ray` (decoded JSON) from its model. `programs` are the in-pod program files for the
+    ConfigMap. `autoscaler_config` overrides the effective Ray autoscaler config, which is otherwise built from the
+    model with the resources the built pods really get (`ray_resources`), so the autoscaler plans with them."""
+    if autoscaler_config is None:
+        autoscaler_config = build_autoscaler_config(
+            model, resources={g.name: ray_resources(g, options) for g in (model.head, *model.worker_groups)})
     owner = Owner.of(ray)
     spec = ray.get("spec") or {}
     configuration = spec.get("configuration") if isinstance(spec.get("configuration"), str) else None

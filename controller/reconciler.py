@@ -32,7 +32,7 @@ import structlog
 from rayop.api.convert import effective_cluster
 from rayop.api.model import ConfigurationError, Conversion
 from rayop.api.types import GROUP, KIND, LABEL_GROUP, LABEL_NODE_KIND, PLURAL, VERSION
-from rayop.autoscaler import build_autoscaler_config, inpod_files
+from rayop.autoscaler import inpod_files
 from rayop.build import HEAD_GROUP, KIND_HEAD, KIND_WORKER, build_children
 from rayop.defaults import Options
 from rayop.expectations import Expectations
@@ -133,9 +133,7 @@ class RayReconciler:
             return None
         self._invalid_generation.pop(str(meta["uid"]), None)
         self.warn_ignored(ray, conversion)
-        desired = build_children(ray, conversion.cluster, self.options,
-                                 autoscaler_config=build_autoscaler_config(conversion.cluster),
-                                 programs=self.programs)
+        desired = build_children(ray, conversion.cluster, self.options, programs=self.programs)
         paused = self.paused_groups(key, observed, [HEAD_GROUP, *(w.group for w in desired.workers)])
         plan = plan_cluster(desired, observed, now, paused=paused)
         failures = self.apply(ray, key, plan)

@@ -23,7 +23,7 @@ import yaml
 from rayop.api.convert import effective_cluster
 from rayop.api.model import ClusterModel, ConfigurationError
 from rayop.api.types import API_VERSION, KIND
-from rayop.autoscaler import build_autoscaler_config, inpod_files
+from rayop.autoscaler import inpod_files
 from rayop.build import build_children
 from rayop.defaults import Options, add_option_arguments, options_from_args
 
@@ -45,7 +45,7 @@ def render_ray(ray: Mapping[str, Any], options: Options, *,
                programs: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """The manifests for one `Ray` (decoded YAML). Raises ConfigurationError when it cannot be converted."""
     model = effective_cluster(ray).cluster
-    config = (autoscaler_config or build_autoscaler_config)(model)
+    config = autoscaler_config(model) if autoscaler_config else None
     desired = build_children(ray, model, options, autoscaler_config=config,
                              programs=inpod_files() if programs is None else programs)
     out: list[dict[str, Any]] = [dict(m) for m in desired.singletons()]

@@ -241,3 +241,81 @@ def test_bad_inputs_give_conditions_not_crashes(kube: KubeClient, namespace: str
     kube.replace(rays_path(namespace, "static"), previous)
     wait_ready(kube, namespace, "static")
     assert worker_count(kube, namespace, "static") == 3
+
+
+def summary(kube: KubeClient, namespace: str, name: str) -> dict[str, Any]:
+    """What a cluster consists of, with generated names and UIDs left out, for comparing two runs."""
+    out: dict[str, Any] = {}
+    for prefix, plural in CHILD_KINDS:
+        items = kube.get(f"{prefix}/namespaces/{namespace}/{plural}",
+                         labelSelector=f"{LABEL_CLUSTER}={name}")["items"]
+        if plural == "pods":
+            items = live(items)
+        out[plural] = sorted(
+            f"{i['metadata']['labels'].get(LABEL_NODE_KIND)}/{i['metadata']['labels'].get(LABEL_GROUP)}"
+            for i in items if not i["metadata"].get("deletionTimestamp"))
+    ray = kube.get(rays_path(namespace, name))
+    out["conditions"] = sorted(f"{c['type']}={c['status']}" for c in ray["status"]["conditions"])
+    out["replicas"] = {k: ray["status"][k] for k in ("head", "worker")}
+    return out
+
+
+def settled(kube: KubeClient, namespace: str, name: str) -> bool:
+    ray = kube.get(rays_path(namespace, name))
+    return is_true(ray, "Ready") and is_true(ray, "SuccessfulLaunch") and \
+        ray["status"].get("observedGeneration") == ray["metadata"]["generation"]
+
+
+def test_crash_after_every_write_converges(cluster: LocalCluster, kube: KubeClient, crd: None,
+                                           tmp_path: Path) -> None:
+    """The operator killed right after its Nth write, for every N, then restarted: same end state as no crash."""
+    stamp = int(time.time()) % 100000
+    made: list[str] = []
+
+    def fresh(label: str) -> str:
+        ns = f"t-crash-{label}-{stamp}"
+        kube.create("/api/v1/namespaces", {"metadata": {"name": ns, "labels": {"rayop.dev/test": "true"}}})
+        made.append(ns)
+        kube.create(rays_path(ns), load_sample("seed-structured.yaml", ns))
+        return ns
+
+    try:
+        reference_ns = fresh("ref")
+        reference = OperatorProcess(cluster, [reference_ns], tmp_path / "ref.log")
+        reference.start()
+        try:
+            wait_until(lambda: settled(kube, reference_ns, "ray-sample"), 90, message="reference settled")
+            expected = summary(kube, reference_ns, "ray-sample")
+        finally:
+            reference.stop()
+
+        n = 0
+        while True:
+            n += 1
+            assert n < 60, "the operator never finished without reaching its write limit"
+            ns = fresh(str(n))
+            crashing = OperatorProcess(cluster, [ns], tmp_path / f"crash-{n}.log",
+                                       env={"RAYOP_TEST_EXIT_AFTER_WRITES": str(n)})
+            crashing.start()
+            exited = wait_until(lambda: not crashing.running() or settled(kube, ns, "ray-sample"), 90,
+                                message=f"run {n} exits or settles")
+            if crashing.running():
+                crashing.stop()
+                break  # reached the fault-free end state in fewer than n writes: every N was covered
+            assert exited and crashing.wait_exit() == 17, crashing.log()[-3000:]
+            again = OperatorProcess(cluster, [ns], tmp_path / f"restart-{n}.log")
+            again.start()
+            try:
+                wait_until(lambda: settled(kube, ns, "ray-sample"), 90, message=f"run {n} settles after restart")
+                time.sleep(1)  # would a duplicate appear?
+                assert summary(kube, ns, "ray-sample") == expected, f"crash after write {n}"
+            finally:
+                again.stop()
+            assert "Traceback" not in again.log()
+        assert n > 5  # the loop really crashed the operator at several points
+    finally:
+        for ns in made:
+            try:
+                kube.delete(f"/api/v1/namespaces/{ns}")
+            except ApiError:
+                pass
