@@ -263,6 +263,8 @@ class RayReconciler:
         patch = merge_patch(old, status)
         if not patch:
             return
+        for condition in problems_raised(old, status):
+            self.recorder.record(ray, WARNING, str(condition["reason"]), str(condition.get("message", "")))
         meta = ray["metadata"]
         try:
             self.client.patch(RAY.object(meta["namespace"], meta["name"]) + "/status", {"status": patch},
@@ -292,6 +294,31 @@ class RayReconciler:
         self._invalid_generation[uid] = generation
         self.recorder.record(ray, WARNING, "IgnoredConfiguration",
                              "; ".join(str(w) for w in conversion.warnings))
+
+
+# Reasons of False conditions that say "in progress", not "something is wrong": no Warning Event for them.
+PROGRESS_REASONS = frozenset({
+    "HeadPodMissing", "HeadPodPending", "HeadPodNotReady", "HeadPodTerminating", "WorkersNotReady", "Launching",
+    "WaitingForHead", "HeadNotReady", "NotReady", "InvalidConfiguration",
+})
+# The aggregate Ready condition repeats what the others say.
+EVENT_CONDITIONS = frozenset({"HeadReady", "WorkersReady", "SuccessfulLaunch", "ReplicaFailure"})
+
+
+def problems_raised(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Conditions that newly report a problem: False (True for ReplicaFailure) with a reason that is not mere
+    progress, and a status or reason different from before. Each deserves one Warning Event."""
+    before = {c.get("type"): c for c in old.get("conditions") or []}
+    raised = []
+    for c in new.get("conditions") or []:
+        kind = c.get("type")
+        if kind not in EVENT_CONDITIONS or c.get("reason") in PROGRESS_REASONS:
+            continue
+        bad = c.get("status") == ("True" if kind == "ReplicaFailure" else "False")
+        prev = before.get(kind) or {}
+        if bad and (prev.get("status") != c.get("status") or prev.get("reason") != c.get("reason")):
+            raised.append(c)
+    return raised
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

@@ -319,3 +319,29 @@ def test_crash_after_every_write_converges(cluster: LocalCluster, kube: KubeClie
                 kube.delete(f"/api/v1/namespaces/{ns}")
             except ApiError:
                 pass
+
+
+def test_unsatisfiable_template_is_reported_and_recovers(kube: KubeClient, namespace: str,
+                                                         operator: OperatorProcess) -> None:
+    ray = load_sample("static.yaml", namespace)
+    good_head = ray["spec"]["head"]
+    ray["spec"]["head"] = {"spec": {**good_head["spec"], "nodeSelector": {"rayop.dev/no-such-node": "x"}}}
+    kube.create(rays_path(namespace), ray)
+    stuck = wait_until(lambda: (c := condition(kube.get(rays_path(namespace, "static")), "HeadReady"))
+                       and c["reason"] == "HeadPodUnschedulable" and c, 60, message="HeadPodUnschedulable")
+    assert "nodeSelector" in stuck["message"] or "node affinity" in stuck["message"] or "match" in stuck["message"]
+    assert not is_true(kube.get(rays_path(namespace, "static")), "Ready")
+    warnings = wait_until(lambda: kube.get(f"/api/v1/namespaces/{namespace}/events",
+                                           fieldSelector="involvedObject.name=static,type=Warning")["items"],
+                          30, message="a Warning Event on the Ray")
+    assert any(e["reason"] == "HeadPodUnschedulable" for e in warnings)
+    before = operator.log().count('"reconciled"')
+    time.sleep(30)
+    assert operator.log().count('"reconciled"') - before < 20, "a hot loop on an unschedulable head"
+    assert worker_count(kube, namespace, "static") == 0  # workers wait for a running head
+
+    current = kube.get(rays_path(namespace, "static"))
+    current["spec"]["head"] = good_head
+    kube.replace(rays_path(namespace, "static"), current)
+    wait_ready(kube, namespace, "static")
+    assert worker_count(kube, namespace, "static") == 3
