@@ -2,7 +2,7 @@
 """The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the node agent.
 
 Usage: localcluster.py up [--process] [--nodes N] | down | status | env | restart COMPONENT | logs COMPONENT |
-       exec POD [-n NAMESPACE] [-c CONTAINER] -- COMMAND...
+       exec POD [-n NAMESPACE] [-c CONTAINER] -- COMMAND... | can-process
 
 Guarantees:
 - Everything listens on 127.0.0.1, on ports picked free at `up`; state (PKI, etcd data, kubeconfigs, logs, pid
@@ -17,7 +17,8 @@ Guarantees:
   the agent forwards to it, so the `kubernetes` Service and KUBERNETES_SERVICE_HOST lead pods to it; it reaches the
   agent's kubelet endpoint for `kubectl logs` with a client certificate. `down` also removes the bridge, every
   namespace of that prefix, the mounts under the state folder and the mount points the agent created.
-  `exec` runs a command inside a pod container's network, mount and UTS namespaces with its environment.
+  `exec` runs a command inside a pod container's network, mount and UTS namespaces with its environment (the
+  container's configured one, as `kubectl exec` gives it). `can-process` says whether process mode can run here.
 """
 
 from __future__ import annotations
@@ -471,6 +472,15 @@ def process_mode_problem() -> str | None:
     return None
 
 
+def cmd_can_process(args: argparse.Namespace) -> None:
+    """Exit 0 when process mode can run here, else print why and exit 1 (`make run` picks its mode with it)."""
+    problem = process_mode_problem()
+    if problem:
+        print(problem)
+        raise SystemExit(1)
+    print("process mode is available")
+
+
 def link_exists(name: str) -> bool:
     return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
 
@@ -480,6 +490,31 @@ def free_bridge_index() -> int:
         if not link_exists(f"rayop{index}"):
             return index
     raise SystemExit("local-cluster: bridges rayop0..rayop9 all exist; bring other process-mode clusters down")
+
+
+def mount_points_elsewhere() -> set[str]:
+    """Every mount point of the machine's other mount namespaces (containers of another agent, say). Removing a
+    directory that is a mount point in another namespace succeeds and silently detaches that mount there (Linux
+    3.18+), so a mount point created on the host must stay while anyone else mounts on it."""
+    seen = set()
+    try:
+        seen.add(os.readlink("/proc/self/ns/mnt"))
+    except OSError:
+        pass
+    points: set[str] = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            ns = os.readlink(f"/proc/{entry.name}/ns/mnt")
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{entry.name}/mountinfo") as f:
+                points.update(line.split()[4].replace("\\040", " ") for line in f)
+        except OSError:
+            continue
+    return points
 
 
 def clean_process_mode(state: dict) -> None:
@@ -505,8 +540,11 @@ def clean_process_mode(state: dict) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True)
     created = Path(state["dir"]) / "nodeagent" / "created-paths"
     if created.exists():
+        busy = mount_points_elsewhere()  # another control plane's containers may mount on the same paths
         for line in sorted(set(created.read_text().split("\n")) - {""}, key=len, reverse=True):
             p = Path(line)
+            if line in busy or os.path.realpath(line) in busy:
+                continue
             try:
                 if p.is_dir() and not p.is_symlink():
                     p.rmdir()
@@ -539,7 +577,12 @@ def cmd_exec(args: argparse.Namespace) -> None:
         env_raw = Path(f"/proc/{pid}/environ").read_bytes()
     except (OSError, ValueError):
         raise SystemExit(f"local-cluster: container {container} of pod {args.namespace}/{args.pod} is not running")
-    env = dict(item.split("=", 1) for item in env_raw.decode(errors="replace").split("\0") if "=" in item)
+    # The container's configured environment, as `kubectl exec` gives it; the main process's own may have been
+    # changed by its command (a login shell's profile rewrites PATH, say).
+    try:
+        env = {str(k): str(v) for k, v in json.loads((pid_file.parent / "spec.json").read_text())["env"].items()}
+    except (OSError, ValueError, KeyError):
+        env = dict(item.split("=", 1) for item in env_raw.decode(errors="replace").split("\0") if "=" in item)
     nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
     os.execve(nsenter, [nsenter, "-t", str(pid), "-n", "-m", "-u", "--wd", "--", *command], env)
 
@@ -617,6 +660,8 @@ def main(argv: list[str] | None = None) -> None:
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop everything and remove the state").set_defaults(func=cmd_down)
     sub.add_parser("status", help="print what runs").set_defaults(func=cmd_status)
+    sub.add_parser("can-process", help="exit 0 if process mode can run on this machine, else say why and exit 1"
+                   ).set_defaults(func=cmd_can_process)
     sub.add_parser("env", help="print shell exports (KUBECONFIG, PATH)").set_defaults(func=cmd_env)
     for verb, func in (("restart", cmd_restart), ("stop", cmd_stop_component), ("start", cmd_start_component)):
         p = sub.add_parser(verb, help=f"{verb} one component")

@@ -55,6 +55,17 @@ INIT = Path(__file__).resolve().parent / "container_init.py"
 MAX_BACKOFF = 300.0
 GRACE_CAP = 10.0
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOST_PROFILE = Path("/etc/profile")
+
+
+def container_profile(host_profile: str) -> str:
+    """The /etc/profile a container sees: the host's, except that the container's PATH survives a login shell.
+
+    Debian's /etc/profile resets PATH; an image's (rayproject/ray's, Ubuntu's) does not, so `bash -lc 'ray start'`
+    (the operator's Ray command) finds the image's ray there. Here the image's PATH is the virtualenv's."""
+    return ("# /etc/profile of a container (rayop node agent, process mode): the host's, keeping the container's PATH\n"
+            "__rayop_path=$PATH\n" + host_profile.rstrip("\n") + "\n"
+            'PATH="$__rayop_path"; export PATH; unset __rayop_path\n')
 
 
 def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -360,8 +371,12 @@ class ProcessRuntime:
         env = resolve_env(pod, c.spec, st.ip, self.lookup, base, self.allocatable)
         argv = command_line(c.spec, env)
         mounts = container_mounts(pod, c.spec, st.dir, cdir)
+        if (st.dir / "profile").exists():
+            mounts.append(Mount(str(st.dir / "profile"), str(HOST_PROFILE), True))
         for m in mounts:
-            self._ensure_target(m)
+            # A target inside another mount (/tmp/ray in the private /tmp) is made there by container_init.
+            if not any(o is not m and m.target.startswith(o.target.rstrip("/") + "/") for o in mounts):
+                self._ensure_target(m)
         run_index = c.restart_count + (1 if c.runs else 0)
         spec = {
             "hostname": pod_hostname(pod)[0], "argv": argv, "env": env,
@@ -704,6 +719,8 @@ class ProcessRuntime:
                 os.chmod(path, mode)
         self.write_hosts(st)
         (st.dir / "resolv.conf").write_text(render_resolv(pod))
+        if HOST_PROFILE.exists():
+            (st.dir / "profile").write_text(container_profile(HOST_PROFILE.read_text(errors="replace")))
         if st.netns:
             self._set_up_network(st)
         for c in list(st.containers.values()) + st.inits:
@@ -900,13 +917,42 @@ def remove_netns(name: str) -> None:
     run("ip", "netns", "del", name, check=False)
 
 
+def mount_points_elsewhere() -> set[str]:
+    """Every mount point of the machine's other mount namespaces (containers of another agent, say). Removing a
+    directory that is a mount point in another namespace succeeds and silently detaches that mount there (Linux
+    3.18+), so a mount point created on the host must stay while anyone else mounts on it."""
+    seen = set()
+    try:
+        seen.add(os.readlink("/proc/self/ns/mnt"))
+    except OSError:
+        pass
+    points: set[str] = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            ns = os.readlink(f"/proc/{entry.name}/ns/mnt")
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{entry.name}/mountinfo") as f:
+                points.update(line.split()[4].replace("\\040", " ") for line in f)
+        except OSError:
+            continue
+    return points
+
+
 def remove_created(state_dir: Path) -> None:
-    """rmdir (or unlink, if empty) the mount points the runtime had to create on the host, deepest first."""
+    """rmdir (or unlink, if empty) the mount points the runtime had to create on the host, deepest first; not those
+    another mount namespace mounts on (another agent's containers)."""
     path = state_dir / "created-paths"
     if not path.exists():
         return
+    busy = mount_points_elsewhere()
     for line in sorted(set(path.read_text().split("\n")) - {""}, key=len, reverse=True):
         p = Path(line)
+        if line in busy or os.path.realpath(line) in busy:
+            continue
         try:
             if p.is_dir() and not p.is_symlink():
                 p.rmdir()
