@@ -52,6 +52,7 @@ run: venv controlplane
 
 bench: venv controlplane
 	@echo "benchmarks: see docs/benchmarks.md"
+	$(BIN)/python bench/reconcile_many.py --rays 100
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache build *.egg-info

@@ -1,0 +1,779 @@
+"""Benchmark of the whole operator: N `Ray`s of 1 head + 3 workers to Ready on a real control plane, against the
+API server's own limit (the same pods created by a bare client loop).
+
+    .venv/bin/python bench/reconcile_many.py --rays 100 [--namespaces 10] [--kubeconfig FILE] [--json FILE]
+
+Phases, in order:
+
+1. Control plane: `--kubeconfig` reuses a running one; otherwise the local control plane
+   (hack/local-cluster.sh, sim mode) is brought up in `--cluster-dir` (default /tmp/rayop-bench, never the shared
+   default state dir) with `--nodes` Nodes, reused if already up there, and brought down at the end only if this
+   run started it. The `Ray` CRD (manifests/crd.yaml) is installed.
+2. Operator: `rayop run` as a subprocess (JSON logs to a file, metrics on a free loopback port read from its
+   "manager started" line), watching the K benchmark namespaces, with `--kube-api-qps/--kube-api-burst/--workers`.
+3. Create: N static `Ray`s (autoScalingMode disabled, initialWorkers 3, requests 100m/256Mi) spread round-robin
+   over K fresh namespaces, as fast as `--create-threads` client threads can. A watch on the `rays` collection
+   (label selector of this run) records when each reaches Ready=True (for its current generation).
+   Reported: wall time from the first create to all Ready, p50/p90/max of each cluster's time from its create to
+   Ready, operator CPU seconds (utime+stime from /proc/<pid>/stat), API requests by verb (the operator's
+   `rayop_api_requests_total`), reconciles (`controller_runtime_reconcile_total`), and the CPU seconds of the
+   control-plane processes (when their pids are known from the state dir).
+4. Settle: until every `Ray` also has SuccessfulLaunch=True (the launcher Jobs completed); then an idle window of
+   `--idle-seconds` (default 60) in which the operator's writes (every verb but GET and WATCH) are counted: an
+   unchanged cluster should cost none.
+   Peak RSS is the operator's VmHWM (/proc/<pid>/status) at the end of the idle window.
+5. The operator is stopped and the namespaces deleted (the time until they are gone is reported).
+6. Baseline (the API server's limit): in K other fresh namespaces, the same pods (`--baseline-pods-per-ray`, default
+   4 = head + 3 workers; 5 adds the launcher Job's pod as a bare pod) rendered by the operator's own builders
+   (`rayop render`, ownerReferences removed) are created by a bare loop of `--baseline-threads` threads (default 4,
+   the operator's worker count) sharing one `KubeClient` with no rate limit. A watch on pods records when each is
+   Ready (the scheduler binds it, the node agent runs it). Reported: wall time from the first create to all Ready,
+   and per "cluster" (its pods) the time from its first create to its last pod Ready. Then those namespaces are
+   deleted as well.
+
+`--py-spy PATH` (a py-spy binary; not a project dependency) samples the operator from the first create to all
+Ready and writes collapsed stacks next to the log. Numbers are measurements, not assertions: nothing here fails
+when they move. The machine's load averages (`uptime`) are printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import yaml  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from rayop.api.types import GROUP, PLURAL, VERSION  # noqa: E402
+from rayop.defaults import Options  # noqa: E402
+from rayop.render import render_ray  # noqa: E402
+from rayop.runtime.kube import ApiError, KubeClient  # noqa: E402
+
+SCRIPT = REPO / "hack" / "local-cluster.sh"
+CRD_PATH = REPO / "manifests" / "crd.yaml"
+BENCH_LABEL = "rayop.dev/bench"
+BENCH_POD_LABEL = "rayop.dev/bench-pod"
+RAYS = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# -- processes ---------------------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process, in seconds (None when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat, after pid and comm
+
+
+def status_kib(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class ControlPlane:
+    """The local control plane in a state dir of its own (hack/local-cluster.sh), or a kubeconfig to reuse."""
+
+    def __init__(self, kubeconfig: str | None, cluster_dir: Path, nodes: int, keep: bool):
+        self.started_here = False
+        self.cluster_dir = cluster_dir
+        self.keep = keep
+        if kubeconfig is None:
+            env = self._env()
+            if subprocess.run([str(SCRIPT), "status"], env=env, capture_output=True).returncode != 0:
+                log(f"bringing up the local control plane in {cluster_dir} ({nodes} nodes)")
+                subprocess.run([str(SCRIPT), "up", "--nodes", str(nodes)], env=env, check=True, timeout=900,
+                               stdout=sys.stderr)
+                self.started_here = True
+            kubeconfig = str(cluster_dir / "admin.kubeconfig")
+        self.kubeconfig = kubeconfig
+        state = Path(kubeconfig).resolve().parent / "state.json"
+        self.pids: dict[str, int] = json.loads(state.read_text()).get("pids", {}) if state.exists() else {}
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ, RAYOP_CLUSTER_DIR=str(self.cluster_dir))
+
+    def cpu(self) -> dict[str, float]:
+        out = {}
+        for name, pid in self.pids.items():
+            value = cpu_seconds(pid)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def down(self) -> None:
+        if self.started_here and not self.keep:
+            log(f"bringing down the control plane in {self.cluster_dir}")
+            subprocess.run([str(SCRIPT), "down"], env=self._env(), check=False, stdout=sys.stderr)
+
+
+def install_crd(kube: KubeClient) -> None:
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+    try:
+        crd["metadata"]["resourceVersion"] = kube.get(path)["metadata"]["resourceVersion"]
+        kube.replace(path, crd)
+    except ApiError as e:
+        if not e.not_found:
+            raise
+        kube.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        conditions = kube.get(path).get("status", {}).get("conditions") or []
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            try:
+                kube.get(RAYS, limit=1)
+                return
+            except ApiError:
+                pass
+        time.sleep(0.2)
+    raise RuntimeError("the Ray CRD was not established within 60 s")
+
+
+class Operator:
+    """`rayop run` as a subprocess; JSON logs to a file; metrics port read from the log."""
+
+    def __init__(self, kubeconfig: str, namespaces: list[str], log_path: Path, qps: float, burst: int,
+                 workers: int):
+        args = [sys.executable, "-m", "rayop.cli", "run", "--kubeconfig", kubeconfig, "--no-leader-elect",
+                "--metrics-bind-address", "127.0.0.1:0", "--log-format", "json", "--kube-api-qps", str(qps),
+                "--kube-api-burst", str(burst), "--workers", str(workers)]
+        for ns in namespaces:
+            args += ["--namespace", ns]
+        env = dict(os.environ)
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        self.command = args
+        self.log_path = log_path
+        with open(log_path, "ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.pid = self.proc.pid
+        self.port = self._wait_port(60)
+        self._wait_ready(120)
+
+    def _wait_port(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rayop run exited with {self.proc.returncode}; see {self.log_path}")
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if '"manager started"' in line:
+                    port = json.loads(line).get("metrics_port")
+                    if port:
+                        return int(port)
+            time.sleep(0.1)
+        raise RuntimeError(f"no 'manager started' line in {self.log_path}")
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the operator's informers did not sync")
+
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+        return out
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid) or 0.0
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def requests_by_verb(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for labels, value in metrics.get("rayop_api_requests_total", []):
+        out[labels["verb"]] += int(value)
+    return out
+
+
+def error_codes(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for labels, value in metrics.get("rayop_api_requests_total", []):
+        if not labels["code"].startswith("2"):
+            out[f"{labels['verb']} {labels['code']}"] += int(value)
+    return out
+
+
+def metric_sum(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str, **match: str) -> float:
+    return sum(v for labels, v in metrics.get(name, []) if all(labels.get(k) == m for k, m in match.items()))
+
+
+def diff(after: Counter[str], before: Counter[str]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] - before.get(k, 0)}
+
+
+# -- watching a collection -----------------------------------------------------------------------------------------
+
+
+class CollectionWatch:
+    """List + watch of a collection (label selector), calling `on_object(obj, now)` for every object seen;
+    re-lists when the watch ends or fails."""
+
+    def __init__(self, kube: KubeClient, path: str, selector: str, on_object: Callable[[dict[str, Any], float],
+                                                                                          None]):
+        self.kube = kube
+        self.path = path
+        self.selector = selector
+        self.on_object = on_object
+        self.stop = threading.Event()
+        self.synced = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"watch {path}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                listed = self.kube.get(self.path, labelSelector=self.selector)
+                now = time.monotonic()
+                for obj in listed.get("items") or []:
+                    self.on_object(obj, now)
+                self.synced.set()
+                rv = listed["metadata"]["resourceVersion"]
+                for event in self.kube.watch(self.path, {"labelSelector": self.selector, "resourceVersion": rv,
+                                                         "allowWatchBookmarks": "true", "timeoutSeconds": 300},
+                                             timeout=330):
+                    if self.stop.is_set():
+                        return
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        self.on_object(event["object"], time.monotonic())
+                    elif event.get("type") == "ERROR":
+                        break
+            except Exception as e:  # noqa: BLE001 - a benchmark's watch re-lists on anything
+                if not self.stop.is_set():
+                    log(f"watch of {self.path} failed ({e}); re-listing")
+                    time.sleep(0.5)
+
+
+def condition_true(obj: dict[str, Any], kind: str) -> bool:
+    return any(c.get("type") == kind and c.get("status") == "True"
+               for c in (obj.get("status") or {}).get("conditions") or [])
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") == "Running" and condition_true(pod, "Ready")
+
+
+def key_of(obj: dict[str, Any]) -> str:
+    return f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+
+
+def percentiles(values: Iterable[float]) -> dict[str, float]:
+    data = sorted(values)
+    if not data:
+        return {}
+    q = statistics.quantiles(data, n=10, method="inclusive") if len(data) > 1 else [data[0]] * 9
+    return {"p50": statistics.median(data), "p90": q[8], "max": data[-1], "min": data[0]}
+
+
+# -- objects -------------------------------------------------------------------------------------------------------
+
+
+def ray_object(name: str, namespace: str, run: str) -> dict[str, Any]:
+    resources = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    # Spread the pods over the Nodes. Without it the scheduler's OpportunisticBatching (beta, on by default in
+    # v1.36) binds identical pods to the same Node until the Node is full (5,000 pods), while the node agent has a
+    # /24 of pod IPs per Node: pods beyond ~250 on one Node would stay Pending.
+    spread = [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+               "labelSelector": {"matchLabels": {BENCH_POD_LABEL: run}}}]
+
+    def template(container: str) -> dict[str, Any]:
+        return {"metadata": {"labels": {BENCH_POD_LABEL: run}},
+                "spec": {"topologySpreadConstraints": spread,
+                         "containers": [{"name": container, "resources": resources}]}}
+
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Ray",
+        "metadata": {"name": name, "namespace": namespace, "labels": {BENCH_LABEL: run}},
+        "spec": {
+            "autoScalingMode": "disabled",
+            "initialWorkers": 3,
+            "head": template("ray-head"),
+            "worker": template("ray-worker"),
+        },
+    }
+
+
+def baseline_pods(name: str, namespace: str, run: str, per_ray: int) -> list[dict[str, Any]]:
+    """The pods the operator would create for the same `Ray`, as bare pods (no owner), from its own builders."""
+    manifests = render_ray(ray_object(name, namespace, run), Options())
+    pods = [m for m in manifests if m["kind"] == "Pod"]
+    if per_ray >= 5:
+        job = next(m for m in manifests if m["kind"] == "Job")
+        template = job["spec"]["template"]
+        pods.append({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {**template.get("metadata", {}), "generateName": f"{name}-launcher-",
+                                  "namespace": namespace},
+                     "spec": {**template["spec"], "restartPolicy": "Always"}})
+    out = []
+    for pod in pods[:per_ray]:
+        metadata = dict(pod["metadata"])
+        metadata.pop("ownerReferences", None)
+        labels = {k: v for k, v in (metadata.get("labels") or {}).items() if k != "app.kubernetes.io/managed-by"}
+        labels[BENCH_LABEL] = run
+        metadata["labels"] = labels
+        metadata["namespace"] = namespace
+        out.append({**pod, "metadata": metadata})
+    return out
+
+
+def pods_per_node(kube: KubeClient, selector: str, namespace_prefix: str) -> dict[str, int]:
+    out: Counter[str] = Counter()
+    for pod in kube.get("/api/v1/pods", labelSelector=selector)["items"]:
+        if pod["metadata"]["namespace"].startswith(namespace_prefix):
+            out[pod["spec"].get("nodeName") or "(unscheduled)"] += 1
+    return dict(sorted(out.items()))
+
+
+def create_namespaces(kube: KubeClient, names: list[str], run: str) -> None:
+    for ns in names:
+        kube.create("/api/v1/namespaces", {"metadata": {"name": ns, "labels": {BENCH_LABEL: run}}})
+
+
+def delete_namespaces(kube: KubeClient, names: list[str], timeout: float) -> float | None:
+    """Delete the namespaces; seconds until all are gone (None on timeout)."""
+    t0 = time.monotonic()
+    for ns in names:
+        try:
+            kube.delete(f"/api/v1/namespaces/{ns}")
+        except ApiError as e:
+            if not e.not_found:
+                raise
+    remaining = set(names)
+    while remaining and time.monotonic() - t0 < timeout:
+        for ns in list(remaining):
+            try:
+                kube.get(f"/api/v1/namespaces/{ns}")
+            except ApiError as e:
+                if e.not_found:
+                    remaining.discard(ns)
+        if remaining:
+            time.sleep(1)
+    return None if remaining else time.monotonic() - t0
+
+
+def run_parallel(threads: int, jobs: list[Callable[[], None]]) -> None:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, progress: Callable[[], str], every: float = 10,
+             count: Callable[[], int] | None = None, stall: float = 180) -> bool:
+    """Wait until `predicate()`; give up after `timeout`, or after `stall` seconds in which `count()` did not move."""
+    deadline = time.monotonic() + timeout
+    next_report = time.monotonic() + every
+    last_count, last_move = (count() if count else 0), time.monotonic()
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if count is not None:
+            if count() != last_count:
+                last_count, last_move = count(), time.monotonic()
+            elif time.monotonic() - last_move > stall:
+                log(f"no progress for {stall:.0f} s, giving up: {progress()}")
+                return predicate()
+        if time.monotonic() >= next_report:
+            log(progress())
+            next_report += every
+        time.sleep(0.05)
+    return predicate()
+
+
+# -- the phases ------------------------------------------------------------------------------------------------------
+
+
+def operator_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClient, run: str,
+                   out_dir: Path) -> dict[str, Any]:
+    namespaces = [f"bench-{run}-r{i}" for i in range(args.namespaces)]
+    create_namespaces(kube, namespaces, run)
+    operator = Operator(plane.kubeconfig, namespaces, out_dir / "operator.log", args.kube_api_qps,
+                        args.kube_api_burst, args.workers)
+    log(f"operator pid {operator.pid}, metrics on 127.0.0.1:{operator.port}, log {operator.log_path}")
+    result: dict[str, Any] = {"operator_command": " ".join(operator.command[1:4]) + " ...",
+                              "namespaces": namespaces}
+    created: dict[str, float] = {}
+    ready: dict[str, float] = {}
+    launched: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def on_ray(obj: dict[str, Any], now: float) -> None:
+        key = key_of(obj)
+        status = obj.get("status") or {}
+        current = status.get("observedGeneration") == obj["metadata"].get("generation")
+        with lock:
+            if current and key not in ready and condition_true(obj, "Ready"):
+                ready[key] = now
+            if current and key not in launched and condition_true(obj, "SuccessfulLaunch"):
+                launched[key] = now
+
+    watch = CollectionWatch(kube, RAYS, f"{BENCH_LABEL}={run}", on_ray)
+    watch.synced.wait(30)
+    spy = None
+    try:
+        if args.py_spy:
+            spy = subprocess.Popen([args.py_spy, "record", "--pid", str(operator.pid), "--rate", "100",
+                                    "--format", "raw", "--threads", "--nonblocking", "-o",
+                                    str(out_dir / "operator.pyspy.txt")],
+                                   stdout=open(out_dir / "py-spy.log", "wb"), stderr=subprocess.STDOUT)
+            time.sleep(1)
+        m0 = operator.metrics()
+        cpu0, plane0, load0 = operator.cpu(), plane.cpu(), loadavg()
+        creator = kube.clone(qps=0, pool_maxsize=max(32, args.create_threads))
+        names = [(f"ray-{i:04d}", namespaces[i % len(namespaces)]) for i in range(args.rays)]
+
+        def create(name: str, ns: str) -> Callable[[], None]:
+            def job() -> None:
+                creator.create(f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}", ray_object(name, ns, run))
+                t = time.monotonic()
+                with lock:
+                    created[f"{ns}/{name}"] = t
+            return job
+
+        log(f"creating {args.rays} Rays in {len(namespaces)} namespaces (load {load0})")
+        t0 = time.monotonic()
+        run_parallel(args.create_threads, [create(n, ns) for n, ns in names])
+        t_created = time.monotonic()
+        log(f"created {args.rays} Rays in {t_created - t0:.1f} s")
+        all_ready = wait_for(lambda: len(ready) >= args.rays, args.timeout,
+                             lambda: f"{len(ready)}/{args.rays} Ready (load {loadavg()})",
+                             count=lambda: len(ready), stall=args.stall_seconds)
+        t_ready = time.monotonic()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+        m1 = operator.metrics()
+        cpu1, plane1, load1 = operator.cpu(), plane.cpu(), loadavg()
+        hwm_ready = status_kib(operator.pid, "VmHWM")
+        result["pods_per_node"] = pods_per_node(kube, "app.kubernetes.io/managed-by=rayop", f"bench-{run}-r")
+        log(f"{len(ready)}/{args.rays} Ready after {t_ready - t0:.1f} s (load {load1})")
+        per_cluster = [ready[k] - created[k] for k in ready if k in created]
+        result["create_to_ready"] = {
+            "all_ready": all_ready,
+            "rays_ready": len(ready),
+            "creates_seconds": t_created - t0,
+            "wall_seconds": t_ready - t0,
+            "per_cluster_seconds": percentiles(per_cluster),
+            "operator_cpu_seconds": cpu1 - cpu0,
+            "operator_peak_rss_mib": (hwm_ready or 0) / 1024,
+            "requests_by_verb": diff(requests_by_verb(m1), requests_by_verb(m0)),
+            "non_2xx": diff(error_codes(m1), error_codes(m0)),
+            "reconciles": int(metric_sum(m1, "controller_runtime_reconcile_total")
+                              - metric_sum(m0, "controller_runtime_reconcile_total")),
+            "reconcile_seconds_total": metric_sum(m1, "controller_runtime_reconcile_time_seconds_sum")
+            - metric_sum(m0, "controller_runtime_reconcile_time_seconds_sum"),
+            "queue_wait_seconds_mean": _mean_delta(m0, m1, "workqueue_queue_duration_seconds"),
+            "control_plane_cpu_seconds": {k: round(v - plane0.get(k, 0.0), 2) for k, v in plane1.items()},
+            "load_before": load0,
+            "load_after": load1,
+        }
+        # Settle: the launcher Jobs complete (SuccessfulLaunch) after Ready; then the idle window.
+        settled = wait_for(lambda: len(launched) >= args.rays, args.settle_timeout,
+                           lambda: f"{len(launched)}/{args.rays} SuccessfulLaunch",
+                           count=lambda: len(launched), stall=args.stall_seconds)
+        t_settled = time.monotonic()
+        m2 = operator.metrics()
+        cpu2 = operator.cpu()
+        log(f"settled ({len(launched)}/{args.rays} launched) {t_settled - t_ready:.1f} s after all Ready; "
+            f"idle window of {args.idle_seconds:.0f} s")
+        time.sleep(args.idle_seconds)
+        m3 = operator.metrics()
+        cpu3, load3 = operator.cpu(), loadavg()
+        idle = diff(requests_by_verb(m3), requests_by_verb(m2))
+        result["settle"] = {
+            "all_launched": settled,
+            "seconds_after_ready": t_settled - t_ready,
+            "requests_by_verb": diff(requests_by_verb(m2), requests_by_verb(m1)),
+            "reconciles": int(metric_sum(m2, "controller_runtime_reconcile_total")
+                              - metric_sum(m1, "controller_runtime_reconcile_total")),
+            "operator_cpu_seconds": cpu2 - cpu1,
+        }
+        result["idle"] = {
+            "seconds": args.idle_seconds,
+            "requests_by_verb": idle,
+            "writes": sum(n for v, n in idle.items() if v in WRITE_VERBS),
+            "reconciles": int(metric_sum(m3, "controller_runtime_reconcile_total")
+                              - metric_sum(m2, "controller_runtime_reconcile_total")),
+            "operator_cpu_seconds": cpu3 - cpu2,
+            "load_after": load3,
+        }
+        result["operator"] = {
+            "peak_rss_mib": (status_kib(operator.pid, "VmHWM") or 0) / 1024,
+            "rss_mib_at_end": (status_kib(operator.pid, "VmRSS") or 0) / 1024,
+            "cpu_seconds_total": cpu3,
+            "requests_by_verb_total": dict(requests_by_verb(m3)),
+            "informer_objects": {labels["informer"]: int(v) for labels, v in m3.get("rayop_informer_objects", [])},
+        }
+    finally:
+        if spy is not None and spy.poll() is None:
+            spy.kill()
+        watch.stop.set()
+        code = operator.stop()
+        log(f"operator stopped (exit {code})")
+        creator_gone = delete_namespaces(kube, namespaces, args.cleanup_timeout)
+        result["cleanup_seconds"] = creator_gone
+        log(f"namespaces of the operator phase gone after {creator_gone} s")
+    return result
+
+
+def _mean_delta(m0: dict[str, Any], m1: dict[str, Any], name: str) -> float | None:
+    total = metric_sum(m1, f"{name}_sum") - metric_sum(m0, f"{name}_sum")
+    count = metric_sum(m1, f"{name}_count") - metric_sum(m0, f"{name}_count")
+    return total / count if count else None
+
+
+def baseline_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClient, run: str) -> dict[str, Any]:
+    namespaces = [f"bench-{run}-p{i}" for i in range(args.namespaces)]
+    create_namespaces(kube, namespaces, run)
+    groups = {f"{namespaces[i % len(namespaces)]}/ray-{i:04d}":
+              baseline_pods(f"ray-{i:04d}", namespaces[i % len(namespaces)], run, args.baseline_pods_per_ray)
+              for i in range(args.rays)}
+    total = sum(len(p) for p in groups.values())
+    ready: dict[str, float] = {}
+    created: dict[str, tuple[str, float]] = {}  # pod key -> (group, time)
+    group_first: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def on_pod(pod: dict[str, Any], now: float) -> None:
+        if pod_ready(pod):
+            with lock:
+                ready.setdefault(key_of(pod), now)
+
+    watch = CollectionWatch(kube, "/api/v1/pods", f"{BENCH_LABEL}={run}", on_pod)
+    watch.synced.wait(30)
+    client = kube.clone(qps=0, pool_maxsize=max(32, args.baseline_threads))
+    result: dict[str, Any] = {"pods": total, "pods_per_ray": args.baseline_pods_per_ray,
+                              "threads": args.baseline_threads}
+    try:
+        def create(group: str, pod: dict[str, Any]) -> Callable[[], None]:
+            ns = pod["metadata"]["namespace"]
+
+            def job() -> None:
+                with lock:
+                    group_first.setdefault(group, time.monotonic())
+                made = client.create(f"/api/v1/namespaces/{ns}/pods", pod)
+                with lock:
+                    created[key_of(made)] = (group, time.monotonic())
+            return job
+
+        plane0, load0 = plane.cpu(), loadavg()
+        log(f"baseline: creating {total} pods with {args.baseline_threads} threads (load {load0})")
+        t0 = time.monotonic()
+        # Cluster by cluster, as the operator's workers would take them.
+        run_parallel(args.baseline_threads, [create(g, p) for g, pods in groups.items() for p in pods])
+        t_created = time.monotonic()
+        log(f"baseline: created {total} pods in {t_created - t0:.1f} s")
+        all_ready = wait_for(lambda: len(ready) >= total, args.timeout,
+                             lambda: f"baseline: {len(ready)}/{total} pods Ready (load {loadavg()})",
+                             count=lambda: len(ready), stall=args.stall_seconds)
+        t_ready = time.monotonic()
+        plane1, load1 = plane.cpu(), loadavg()
+        result["pods_per_node"] = pods_per_node(kube, f"{BENCH_LABEL}={run}", f"bench-{run}-p")
+        log(f"baseline: {len(ready)}/{total} pods Ready after {t_ready - t0:.1f} s (load {load1})")
+        group_ready: dict[str, float] = {}
+        for key, (group, _) in created.items():
+            if key in ready:
+                group_ready[group] = max(group_ready.get(group, 0.0), ready[key])
+        complete = [g for g in groups if sum(1 for grp, _ in created.values() if grp == g) == len(groups[g])]
+        per_group = [group_ready[g] - group_first[g] for g in complete if g in group_ready]
+        per_pod = [ready[k] - t for k, (_, t) in created.items() if k in ready]
+        result.update({
+            "all_ready": all_ready,
+            "pods_ready": len(ready),
+            "creates_seconds": t_created - t0,
+            "create_rate_per_second": total / (t_created - t0),
+            "wall_seconds": t_ready - t0,
+            "per_cluster_seconds": percentiles(per_group),
+            "per_pod_seconds": percentiles(per_pod),
+            "client_requests": {f"{v} {c}": n for (v, c), n in sorted(client.request_counts().items())},
+            "control_plane_cpu_seconds": {k: round(v - plane0.get(k, 0.0), 2) for k, v in plane1.items()},
+            "load_before": load0,
+            "load_after": load1,
+        })
+    finally:
+        watch.stop.set()
+        client.close()
+        gone = delete_namespaces(kube, namespaces, args.cleanup_timeout)
+        result["cleanup_seconds"] = gone
+        log(f"baseline namespaces gone after {gone} s")
+    return result
+
+
+# -- report --------------------------------------------------------------------------------------------------------
+
+
+def fmt_verbs(verbs: dict[str, int]) -> str:
+    return ", ".join(f"{v} {n}" for v, n in sorted(verbs.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def fmt_p(p: dict[str, float]) -> str:
+    return f"p50 {p['p50']:.1f} s, p90 {p['p90']:.1f} s, max {p['max']:.1f} s" if p else "n/a"
+
+
+def report(results: dict[str, Any]) -> str:
+    op = results["operator_phase"]
+    ready = op["create_to_ready"]
+    lines = [
+        f"rays: {results['rays']} (1 head + 3 workers each) in {results['namespaces']} namespaces; "
+        f"operator --workers {results['workers']} --kube-api-qps {results['kube_api_qps']:g} "
+        f"--kube-api-burst {results['kube_api_burst']}",
+        f"machine: {results['cpus']} CPUs, Kubernetes {results['kubernetes']}, Python {results['python']}",
+        "",
+        "operator phase (first create -> every Ray Ready=True):",
+        f"  creates took           {ready['creates_seconds']:.1f} s",
+        f"  wall time to all Ready {ready['wall_seconds']:.1f} s ({ready['rays_ready']}/{results['rays']} Ready)",
+        f"  per cluster            {fmt_p(ready['per_cluster_seconds'])}",
+        f"  operator CPU           {ready['operator_cpu_seconds']:.1f} s "
+        f"({100 * ready['operator_cpu_seconds'] / max(ready['wall_seconds'], 1e-9):.0f}% of one core)",
+        f"  operator peak RSS      {op['operator']['peak_rss_mib']:.0f} MiB (VmHWM; "
+        f"{op['operator']['rss_mib_at_end']:.0f} MiB at the end)",
+        f"  API requests           {fmt_verbs(ready['requests_by_verb'])} "
+        f"(total {sum(ready['requests_by_verb'].values())}; non-2xx: {fmt_verbs(ready['non_2xx'])})",
+        f"  reconciles             {ready['reconciles']} ({ready['reconcile_seconds_total']:.1f} s in reconcile; "
+        f"mean queue wait {(ready['queue_wait_seconds_mean'] or 0):.2f} s)",
+        f"  control plane CPU      {fmt_cpu(ready['control_plane_cpu_seconds'])}",
+        f"  load                   {ready['load_before']} -> {ready['load_after']}",
+        f"settle (all SuccessfulLaunch) {op['settle']['seconds_after_ready']:.1f} s later: "
+        f"{fmt_verbs(op['settle']['requests_by_verb'])}, {op['settle']['reconciles']} reconciles",
+        f"idle {op['idle']['seconds']:.0f} s: writes {op['idle']['writes']} ({fmt_verbs(op['idle']['requests_by_verb'])}), "
+        f"{op['idle']['reconciles']} reconciles, operator CPU {op['idle']['operator_cpu_seconds']:.2f} s",
+        f"cleanup: namespaces gone after {op['cleanup_seconds'] or float('nan'):.0f} s",
+    ]
+    base = results.get("baseline")
+    if base:
+        ratio = ready["wall_seconds"] / base["wall_seconds"]
+        lines += [
+            "",
+            f"baseline (bare client, {base['threads']} threads, {base['pods']} pods = {base['pods_per_ray']} per Ray):",
+            f"  creates took           {base['creates_seconds']:.1f} s ({base['create_rate_per_second']:.0f} pods/s)",
+            f"  wall time to all Ready {base['wall_seconds']:.1f} s ({base['pods_ready']}/{base['pods']} Ready)",
+            f"  per cluster's pods     {fmt_p(base['per_cluster_seconds'])}",
+            f"  per pod                {fmt_p(base['per_pod_seconds'])}",
+            f"  control plane CPU      {fmt_cpu(base['control_plane_cpu_seconds'])}",
+            f"  load                   {base['load_before']} -> {base['load_after']}",
+            "",
+            f"operator / baseline wall time: {ratio:.2f}x",
+        ]
+    return "\n".join(lines)
+
+
+def fmt_cpu(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items()) or "n/a"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rays", type=int, default=100)
+    parser.add_argument("--namespaces", type=int, default=10)
+    parser.add_argument("--kubeconfig", default=None, help="reuse this control plane (default: bring one up)")
+    parser.add_argument("--cluster-dir", type=Path, default=Path("/tmp/rayop-bench"),
+                        help="state dir of the control plane brought up (default /tmp/rayop-bench)")
+    parser.add_argument("--nodes", type=int, default=16,
+                        help="Nodes of the control plane brought up (default 16: the node agent has a /24 of pod "
+                             "IPs per Node)")
+    parser.add_argument("--keep-cluster", action="store_true", help="leave the control plane up at the end")
+    parser.add_argument("--kube-api-qps", type=float, default=200.0, help="the operator's (default 200)")
+    parser.add_argument("--kube-api-burst", type=int, default=400, help="the operator's (default 400)")
+    parser.add_argument("--workers", type=int, default=4, help="the operator's concurrent reconciles (default 4)")
+    parser.add_argument("--create-threads", type=int, default=8, help="threads creating the Rays (default 8)")
+    parser.add_argument("--baseline-threads", type=int, default=4)
+    parser.add_argument("--baseline-pods-per-ray", type=int, default=4, choices=(4, 5))
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for all Ready")
+    parser.add_argument("--stall-seconds", type=float, default=180.0,
+                        help="give up waiting when nothing became Ready for this long (default 180)")
+    parser.add_argument("--settle-timeout", type=float, default=300.0)
+    parser.add_argument("--cleanup-timeout", type=float, default=900.0)
+    parser.add_argument("--py-spy", default=None, help="path of a py-spy binary: profile the operator phase")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="logs, profile and results (default /tmp/rayop-bench-results/<run>)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+
+    run = f"{int(time.time()) % 10**6:06d}"
+    out_dir = args.out_dir or Path("/tmp/rayop-bench-results") / run
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plane = ControlPlane(args.kubeconfig, args.cluster_dir, args.nodes, args.keep_cluster)
+    kube = KubeClient.load(plane.kubeconfig, qps=0)
+    try:
+        install_crd(kube)
+        version = kube.get("/version")
+        results: dict[str, Any] = {
+            "run": run, "rays": args.rays, "namespaces": args.namespaces, "workers": args.workers,
+            "kube_api_qps": args.kube_api_qps, "kube_api_burst": args.kube_api_burst,
+            "kubernetes": version.get("gitVersion"), "python": sys.version.split()[0], "cpus": os.cpu_count(),
+            "nodes": len(kube.get("/api/v1/nodes")["items"]), "command": " ".join(sys.argv),
+            "out_dir": str(out_dir),
+        }
+        results["operator_phase"] = operator_phase(args, plane, kube, run, out_dir)
+        if not args.no_baseline:
+            results["baseline"] = baseline_phase(args, plane, kube, run)
+    finally:
+        kube.close()
+        plane.down()
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    print(report(results))
+    print(f"(results: {out_dir / 'results.json'}; operator log: {out_dir / 'operator.log'})")
+
+
+if __name__ == "__main__":
+    main()
