@@ -38,6 +38,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "nodeagent"))
+from hostcleanup import remove_created, remove_netns  # noqa: E402
+
 HACK = Path(__file__).resolve().parent.parent
 REPO = HACK.parent
 STATE = Path(os.environ.get("RAYOP_CLUSTER_DIR", Path.home() / ".cache" / "rayop" / "cluster"))
@@ -176,7 +179,6 @@ def commands(state: dict, bindir: Path) -> dict[str, list[str]]:
     d = Path(state["dir"])
     pki = d / "pki"
     p = state["ports"]
-    apiserver = f"https://127.0.0.1:{p['apiserver']}"
     etcd_url = f"http://127.0.0.1:{p['etcd']}"
     bind = state.get("bind_address", "127.0.0.1")
     cmds = {
@@ -492,66 +494,19 @@ def free_bridge_index() -> int:
     raise SystemExit("local-cluster: bridges rayop0..rayop9 all exist; bring other process-mode clusters down")
 
 
-def mount_points_elsewhere() -> set[str]:
-    """Every mount point of the machine's other mount namespaces (containers of another agent, say). Removing a
-    directory that is a mount point in another namespace succeeds and silently detaches that mount there (Linux
-    3.18+), so a mount point created on the host must stay while anyone else mounts on it."""
-    seen = set()
-    try:
-        seen.add(os.readlink("/proc/self/ns/mnt"))
-    except OSError:
-        pass
-    points: set[str] = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            ns = os.readlink(f"/proc/{entry.name}/ns/mnt")
-            if ns in seen:
-                continue
-            seen.add(ns)
-            with open(f"/proc/{entry.name}/mountinfo") as f:
-                points.update(line.split()[4].replace("\\040", " ") for line in f)
-        except OSError:
-            continue
-    return points
-
-
 def clean_process_mode(state: dict) -> None:
     """After the agent stopped: nothing of the pods may remain (processes, namespaces, mounts, links)."""
     prefix = state.get("netns_prefix")
     if prefix:
         listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         for name in [ln.split()[0] for ln in listing.splitlines() if ln.split() and ln.split()[0].startswith(prefix)]:
-            for _ in range(100):
-                pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
-                if not pids:
-                    break
-                for pid in pids:
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.05)
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            remove_netns(name)
     base = str(Path(state["dir"]))
     points = [ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()]
     for point in sorted((p for p in points if p == base or p.startswith(base + "/")), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True)
-    created = Path(state["dir"]) / "nodeagent" / "created-paths"
-    if created.exists():
-        busy = mount_points_elsewhere()  # another control plane's containers may mount on the same paths
-        for line in sorted(set(created.read_text().split("\n")) - {""}, key=len, reverse=True):
-            p = Path(line)
-            if line in busy or os.path.realpath(line) in busy:
-                continue
-            try:
-                if p.is_dir() and not p.is_symlink():
-                    p.rmdir()
-                elif p.is_file() and p.stat().st_size == 0:
-                    p.unlink()
-            except OSError:
-                pass
+    # Another control plane's containers may mount on the same host paths: remove_created leaves those.
+    remove_created(Path(state["dir"]) / "nodeagent")
     if state.get("bridge") and link_exists(state["bridge"]):
         subprocess.run(["ip", "link", "del", state["bridge"]], capture_output=True)
 

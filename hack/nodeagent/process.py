@@ -45,6 +45,7 @@ from typing import Any, Callable
 from podspec import (ConfigError, Endpoints, Mount, container_mounts, decode_secret, endpoints_of,
                      pod_hostname, render_hosts, render_resolv, resolve_env, volume_files, volume_kind,
                      volume_source_dir, command_line)
+from hostcleanup import kill_netns_processes, remove_created, remove_netns
 from sim import ContainerView, PodView, iso, number
 
 log = logging.getLogger("node-agent.process")
@@ -73,11 +74,6 @@ def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {out.stderr.strip()}")
     return out
-
-
-def netns_pids(name: str) -> list[int]:
-    out = run("ip", "netns", "pids", name, check=False)
-    return [int(x) for x in out.stdout.split()] if out.returncode == 0 else []
 
 
 def kill_group(pid: int, sig: int) -> None:
@@ -760,16 +756,7 @@ class ProcessRuntime:
         for p in procs:
             kill_group(p.pid, signal.SIGKILL)
         if st.netns:
-            for _ in range(50):
-                pids = netns_pids(st.netns)
-                if not pids:
-                    break
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.05)
+            kill_netns_processes(st.netns, attempts=50)
         for p in procs:
             try:
                 p.wait(5)
@@ -901,66 +888,6 @@ def ensure_bridge(bridge: str, gateway: str, prefix_len: int) -> None:
 def list_netns(prefix: str) -> list[str]:
     out = run("ip", "netns", "list", check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0].startswith(prefix)]
-
-
-def remove_netns(name: str) -> None:
-    for _ in range(100):
-        pids = netns_pids(name)
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-    run("ip", "netns", "del", name, check=False)
-
-
-def mount_points_elsewhere() -> set[str]:
-    """Every mount point of the machine's other mount namespaces (containers of another agent, say). Removing a
-    directory that is a mount point in another namespace succeeds and silently detaches that mount there (Linux
-    3.18+), so a mount point created on the host must stay while anyone else mounts on it."""
-    seen = set()
-    try:
-        seen.add(os.readlink("/proc/self/ns/mnt"))
-    except OSError:
-        pass
-    points: set[str] = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            ns = os.readlink(f"/proc/{entry.name}/ns/mnt")
-            if ns in seen:
-                continue
-            seen.add(ns)
-            with open(f"/proc/{entry.name}/mountinfo") as f:
-                points.update(line.split()[4].replace("\\040", " ") for line in f)
-        except OSError:
-            continue
-    return points
-
-
-def remove_created(state_dir: Path) -> None:
-    """rmdir (or unlink, if empty) the mount points the runtime had to create on the host, deepest first; not those
-    another mount namespace mounts on (another agent's containers)."""
-    path = state_dir / "created-paths"
-    if not path.exists():
-        return
-    busy = mount_points_elsewhere()
-    for line in sorted(set(path.read_text().split("\n")) - {""}, key=len, reverse=True):
-        p = Path(line)
-        if line in busy or os.path.realpath(line) in busy:
-            continue
-        try:
-            if p.is_dir() and not p.is_symlink():
-                p.rmdir()
-            elif p.is_file() and p.stat().st_size == 0:
-                p.unlink()
-        except OSError:
-            pass
-    path.unlink()
 
 
 class ApiForwarder:
