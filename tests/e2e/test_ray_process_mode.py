@@ -39,7 +39,7 @@ import yaml
 
 from rayop.api.types import LABEL_CLUSTER, LABEL_NODE_KIND
 from rayop.runtime.kube import ApiError, KubeClient
-from tests.support.cluster import REPO, SCRIPT, PrivateCluster, wait_until
+from tests.support.cluster import REPO, SCRIPT, PrivateCluster, process_mode_unavailable, wait_until
 from tests.support.operator import rays_path
 
 MANIFESTS = REPO / "manifests"
@@ -49,20 +49,7 @@ SMALL = {"num-cpus": "1", "object-store-memory": "100000000"}
 TIMES: dict[str, float] = {}
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "process mode needs root (network namespaces, veth pairs, bind mounts)"
-    for tool in ("ip", "nsenter", "unshare"):
-        if not shutil.which(tool):
-            return f"process mode needs `{tool}`"
-    probe = f"rayop-e2e-probe-{os.getpid()}"
-    if subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode != 0:
-        return "`ip netns add` does not work here"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-UNAVAILABLE = _unavailable()
+UNAVAILABLE = process_mode_unavailable()
 pytestmark = [pytest.mark.e2e, pytest.mark.slow,
               pytest.mark.skipif(UNAVAILABLE is not None, reason=f"process mode unavailable: {UNAVAILABLE}")]
 

@@ -11,7 +11,6 @@ process, network namespace, mount or link behind.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -24,26 +23,14 @@ from typing import Any
 import pytest
 
 from rayop.runtime.kube import ApiError, KubeClient
-from tests.support.cluster import PrivateCluster, wait_until
+from tests.support.cluster import PrivateCluster, process_mode_unavailable, wait_until
 
 MARK = f"rayop-pm-{uuid.uuid4().hex[:8]}"  # in every container's argv, to find leftover processes
 NS = "pm"
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "process mode needs root (network namespaces, veth pairs, bind mounts)"
-    for tool in ("ip", "nsenter", "unshare"):
-        if not shutil.which(tool):
-            return f"process mode needs `{tool}`"
-    probe = f"rayop-test-probe-{os.getpid()}"
-    if subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode != 0:
-        return "`ip netns add` does not work here"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-pytestmark = pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))
+UNAVAILABLE = process_mode_unavailable()
+pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"process mode unavailable: {UNAVAILABLE}")
 
 
 def netns_names() -> set[str]:

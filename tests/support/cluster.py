@@ -133,3 +133,21 @@ class PrivateCluster(LocalCluster):
         for client in self._clients:
             client.close()
         self.script("down", check=False)
+
+
+def process_mode_unavailable() -> str | None:
+    """Why this machine cannot run the node agent's process mode, or None when it can."""
+    import shutil
+    import subprocess as sp
+
+    if os.geteuid() != 0:
+        return "process mode needs root (network namespaces, veth pairs, bind mounts)"
+    for tool in ("ip", "nsenter", "unshare"):
+        if not shutil.which(tool):
+            return f"process mode needs `{tool}`"
+    probe = f"rayop-probe-{os.getpid()}"
+    if sp.run(["ip", "netns", "add", probe], capture_output=True).returncode != 0:
+        return "`ip netns add` does not work here"
+    sp.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
