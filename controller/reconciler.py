@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from rayop.api.convert import effective_cluster
-from rayop.api.model import ConfigurationError, Conversion
+from rayop.api.model import ConfigurationError
 from rayop.api.types import GROUP, KIND, LABEL_GROUP, LABEL_NODE_KIND, PLURAL, VERSION
 from rayop.autoscaler import inpod_files
 from rayop.build import HEAD_GROUP, KIND_HEAD, KIND_WORKER, build_children
@@ -108,7 +108,9 @@ class RayReconciler:
         self.expectations = Expectations()
         self.programs = inpod_files()
         self._now = now or (lambda: datetime.now(timezone.utc))
-        self._invalid_generation: dict[str, int] = {}
+        # (Ray UID, generation) whose configuration Event was recorded, per kind ("invalid", "ignored") and key;
+        # forgotten when the Ray goes, so the memory is bounded by the live Rays.
+        self._reported: dict[tuple[ObjectKey, str], tuple[str, int]] = {}
         limit = os.environ.get(EXIT_AFTER_WRITES_ENV)
         self._writes = _WriteCounter(int(limit)) if limit else None
 
@@ -119,6 +121,8 @@ class RayReconciler:
         if ray is None:
             # Deleted: the garbage collector removes the children through their ownerReferences.
             self.expectations.forget(lambda scope: isinstance(scope, tuple) and scope[0] == key)
+            self._reported.pop((key, "invalid"), None)
+            self._reported.pop((key, "ignored"), None)
             return None
         meta = ray["metadata"]
         if meta.get("deletionTimestamp"):
@@ -128,11 +132,15 @@ class RayReconciler:
         try:
             conversion = effective_cluster(ray)
         except ConfigurationError as error:
-            self.invalid(ray, error)
+            if self._first_report(key, "invalid", ray):
+                log.warning("invalid configuration", key=str(key), error=error.describe())
+                self.recorder.record(ray, WARNING, "InvalidConfiguration", error.describe())
             self.write_status(ray, compute_status(ray, error, observed, now, options=self.options))
             return None
-        self._invalid_generation.pop(str(meta["uid"]), None)
-        self.warn_ignored(ray, conversion)
+        self._reported.pop((key, "invalid"), None)
+        if conversion.warnings and self._first_report(key, "ignored", ray):
+            self.recorder.record(ray, WARNING, "IgnoredConfiguration",
+                                 "; ".join(str(w) for w in conversion.warnings))
         desired = build_children(ray, conversion.cluster, self.options, programs=self.programs)
         paused = self.paused_groups(key, observed, [HEAD_GROUP, *(w.group for w in desired.workers)])
         plan = plan_cluster(desired, observed, now, paused=paused)
@@ -275,25 +283,14 @@ class RayReconciler:
             raise
         self._wrote()
 
-    def invalid(self, ray: Mapping[str, Any], error: ConfigurationError) -> None:
+    def _first_report(self, key: ObjectKey, kind: str, ray: Mapping[str, Any]) -> bool:
+        """True once per (Ray UID, generation) for each kind of configuration report: no Event storm."""
         meta = ray["metadata"]
-        uid, generation = str(meta["uid"]), int(meta.get("generation") or 0)
-        if self._invalid_generation.get(uid) == generation:
-            return
-        self._invalid_generation[uid] = generation
-        log.warning("invalid configuration", key=f"{meta['namespace']}/{meta['name']}", error=error.describe())
-        self.recorder.record(ray, WARNING, "InvalidConfiguration", error.describe())
-
-    def warn_ignored(self, ray: Mapping[str, Any], conversion: Conversion) -> None:
-        if not conversion.warnings:
-            return
-        meta = ray["metadata"]
-        uid, generation = str(meta["uid"]) + "/warnings", int(meta.get("generation") or 0)
-        if self._invalid_generation.get(uid) == generation:
-            return
-        self._invalid_generation[uid] = generation
-        self.recorder.record(ray, WARNING, "IgnoredConfiguration",
-                             "; ".join(str(w) for w in conversion.warnings))
+        seen = (str(meta["uid"]), int(meta.get("generation") or 0))
+        if self._reported.get((key, kind)) == seen:
+            return False
+        self._reported[(key, kind)] = seen
+        return True
 
 
 # Reasons of False conditions that say "in progress", not "something is wrong": no Warning Event for them.
