@@ -11,8 +11,8 @@ Phases, in order:
    run started it. The `Ray` CRD (manifests/crd.yaml) is installed.
 2. Operator: `rayop run` as a subprocess (JSON logs to a file, metrics on a free loopback port read from its
    "manager started" line), watching the K benchmark namespaces, with `--kube-api-qps/--kube-api-burst/--workers`.
-3. Create: N static `Ray`s (autoScalingMode disabled, initialWorkers 3, requests 100m/256Mi) spread round-robin
-   over K fresh namespaces, as fast as `--create-threads` client threads can. A watch on the `rays` collection
+3. Create: N static `Ray`s (autoScalingMode disabled, initialWorkers 3, requests 100m/256Mi, a ScheduleAnyway
+   topology spread over the Nodes: see docs/benchmarks.md) spread round-robin over K fresh namespaces, as fast as `--create-threads` client threads can. A watch on the `rays` collection
    (label selector of this run) records when each reaches Ready=True (for its current generation).
    Reported: wall time from the first create to all Ready, p50/p90/max of each cluster's time from its create to
    Ready, operator CPU seconds (utime+stime from /proc/<pid>/stat), API requests by verb (the operator's
@@ -121,7 +121,8 @@ class ControlPlane:
             kubeconfig = str(cluster_dir / "admin.kubeconfig")
         self.kubeconfig = kubeconfig
         state = Path(kubeconfig).resolve().parent / "state.json"
-        self.pids: dict[str, int] = json.loads(state.read_text()).get("pids", {}) if state.exists() else {}
+        pids = json.loads(state.read_text()).get("pids", {}) if state.exists() else {}
+        self.pids: dict[str, int] = {k: int(v) for k, v in pids.items() if v}
 
     def _env(self) -> dict[str, str]:
         return dict(os.environ, RAYOP_CLUSTER_DIR=str(self.cluster_dir))
@@ -716,6 +717,10 @@ def fmt_cpu(cpu: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items()) or "n/a"
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -744,13 +749,21 @@ def main() -> None:
     parser.add_argument("--py-spy", default=None, help="path of a py-spy binary: profile the operator phase")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="logs, profile and results (default /tmp/rayop-bench-results/<run>)")
+    parser.add_argument("--pid", action="append", default=[], metavar="NAME=PID",
+                        help="also account the CPU seconds of this process (e.g. a node agent started by hand)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args()
+    # SIGTERM (and SIGINT, which a shell's background job ignores) end the run through the clean-up path.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
     run = f"{int(time.time()) % 10**6:06d}"
     out_dir = args.out_dir or Path("/tmp/rayop-bench-results") / run
     out_dir.mkdir(parents=True, exist_ok=True)
     plane = ControlPlane(args.kubeconfig, args.cluster_dir, args.nodes, args.keep_cluster)
+    for spec in args.pid:
+        name, _, pid = spec.partition("=")
+        plane.pids[name] = int(pid)
     kube = KubeClient.load(plane.kubeconfig, qps=0)
     try:
         install_crd(kube)
