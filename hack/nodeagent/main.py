@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import heapq
 import ipaddress
+import itertools
+import math
 import json
 import logging
 import platform
@@ -63,34 +66,60 @@ def now_micro() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def node_prefix(cidr: ipaddress.IPv4Network, nodes: int) -> int:
+    """The prefix length of each Node's pod subnet: the pod CIDR split into enough parts for every Node plus the
+    first part, which holds the process-mode bridge address."""
+    return min(cidr.prefixlen + math.ceil(math.log2(nodes + 1)), 30)
+
+
 class Node:
+    """One Node the agent plays kubelet for, with its own pod subnet: addresses are handed out lowest first,
+    released ones are reused, and an address in use is never handed out twice."""
+
     def __init__(self, name: str, index: int, capacity: dict[str, str],
-                 cidr: ipaddress.IPv4Network = POD_CIDR):
+                 cidr: ipaddress.IPv4Network = POD_CIDR, prefix: int = 24):
         self.name = name
         self.index = index
-        self.capacity = capacity
         self.ready = True
-        self.subnet = list(cidr.subnets(new_prefix=24))[index + 1]
-        self._free = list(self.subnet.hosts())[1:]  # .1 is the node's gateway
+        self.subnet = next(itertools.islice(cidr.subnets(new_prefix=prefix), index + 1, None))
+        first = int(self.subnet.network_address) + 2  # .1 is the node's gateway
+        self._last = int(self.subnet.broadcast_address) - 1
+        self._next = first
+        self._taken: set[int] = set()
+        self._released: list[int] = []
+        # A Node never advertises room for more pods than it has addresses.
+        self.capacity = dict(capacity, pods=str(min(int(capacity["pods"]), self._last - first + 1)))
         self._lock = threading.Lock()
 
     def allocate_ip(self) -> str:
         with self._lock:
-            return str(self._free.pop(0))
+            while self._released:
+                addr = heapq.heappop(self._released)
+                if addr not in self._taken:
+                    self._taken.add(addr)
+                    return str(ipaddress.IPv4Address(addr))
+            while self._next <= self._last:
+                addr, self._next = self._next, self._next + 1
+                if addr not in self._taken:
+                    self._taken.add(addr)
+                    return str(ipaddress.IPv4Address(addr))
+        raise RuntimeError(f"node {self.name}: no pod address left in {self.subnet}")
 
     def reserve_ip(self, ip: str) -> bool:
+        """Mark an address a pod already has (after an agent restart) as in use; False if it is not free."""
+        addr = ipaddress.ip_address(ip)
         with self._lock:
-            addr = ipaddress.ip_address(ip)
-            if addr in self._free:
-                self._free.remove(addr)  # type: ignore[arg-type]
-                return True
-            return False
+            if addr not in self.subnet or int(addr) in self._taken:
+                return False
+            self._taken.add(int(addr))
+            return True
 
     def release_ip(self, ip: str) -> None:
+        addr = ipaddress.ip_address(ip)
         with self._lock:
-            addr = ipaddress.ip_address(ip)
-            if addr in self.subnet and addr not in self._free:
-                self._free.append(addr)  # type: ignore[arg-type]
+            if int(addr) in self._taken:
+                self._taken.discard(int(addr))
+                heapq.heappush(self._released, int(addr))
 
 
 class Agent:
@@ -529,7 +558,8 @@ def main() -> None:
     capacity = {"cpu": args.cpu, "memory": args.memory, "pods": args.pods, "ephemeral-storage": "1Ti",
                 "nvidia.com/gpu": args.gpus}
     cidr = ipaddress.ip_network(args.pod_cidr)
-    nodes = [Node(f"{args.node_prefix}{i + 1}", i, capacity, cidr) for i in range(args.nodes)]
+    prefix = node_prefix(cidr, args.nodes)
+    nodes = [Node(f"{args.node_prefix}{i + 1}", i, capacity, cidr, prefix) for i in range(args.nodes)]
     client = KubeClient.load(args.kubeconfig, qps=0, user_agent="rayop-node-agent")
     extra: list[Any] = []
     if args.mode == "process":
