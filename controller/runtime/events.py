@@ -6,12 +6,18 @@ Guarantees:
   `count` and `lastTimestamp` of the existing Event with one PATCH instead of creating a new object. The memory
   is bounded (least recently used entries are forgotten).
 - Writes go through the manager's client, so a replica that is not the leader records nothing.
+- Asynchronous: `record()` only queues the Event (taking what it needs of the object at once) and returns; one
+  background thread sends them in order, so a reconcile never waits on an Event write. The queue is bounded: when
+  it is full the Event is dropped and counted (`dropped`). `flush(timeout)` waits until everything queued was sent;
+  the manager flushes before it gives up the lease. `asynchronous=False` sends inline (tests of the wire format).
 """
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -41,6 +47,8 @@ class EventRecorder:
         instance: str | None = None,
         memory: int = 4096,
         now: Callable[[], str] = _now,
+        asynchronous: bool = True,
+        queue_size: int = 10000,
     ) -> None:
         self.client = client
         self.component = component
@@ -50,13 +58,56 @@ class EventRecorder:
         self._seen: OrderedDict[tuple[str, str, str, str], tuple[str, str, int]] = OrderedDict()
         self._lock = threading.Lock()
 
+        self.asynchronous = asynchronous
+        self.dropped = 0
+        self._queue: queue.Queue[tuple[dict[str, Any], str, str, str, str] | None] = queue.Queue(queue_size)
+        self._sender: threading.Thread | None = None
+
     def record(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Queue an Event about `obj` (or send it now when not asynchronous). Never raises."""
+        meta = obj.get("metadata") or {}
+        subject = {"apiVersion": obj.get("apiVersion", ""), "kind": obj.get("kind", ""),
+                   "metadata": {k: meta.get(k) for k in ("namespace", "name", "uid", "resourceVersion")}}
+        if not self.asynchronous:
+            self._send(subject, type_, reason, message, self._now())
+            return
+        if self._sender is None:
+            with self._lock:
+                if self._sender is None:
+                    self._sender = threading.Thread(target=self._drain, name="event-recorder", daemon=True)
+                    self._sender.start()
+        try:
+            self._queue.put_nowait((subject, type_, reason, message, self._now()))
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                log.warning("event queue full; events dropped", dropped=self.dropped)
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                self._send(*item)
+            finally:
+                self._queue.task_done()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued Event was sent (or `timeout` passed); True when the queue is empty."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def _send(self, obj: Mapping[str, Any], type_: str, reason: str, message: str, now: str) -> None:
         meta = obj.get("metadata") or {}
         namespace = str(meta.get("namespace") or "default")
         uid = str(meta.get("uid") or "")
         message = message[:1024]
         cache_key = (uid, type_, reason, message)
-        now = self._now()
         with self._lock:
             seen = self._seen.get(cache_key)
             if seen is not None:

@@ -436,6 +436,9 @@ class Manager:
             drained &= controller.shutdown(max(0.0, deadline - time.monotonic()))
         if not drained:
             log.warning("reconciles still running at shutdown deadline")
+        # Events the reconciles queued still go out under our lease; only then give it up.
+        if not self.recorder.flush(max(1.0, deadline - time.monotonic())):
+            log.warning("events still queued at shutdown deadline")
         # Only now, with no reconcile running, give up the lease.
         self._leading_stop.set()
         for thread in self._threads:
