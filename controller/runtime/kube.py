@@ -131,7 +131,7 @@ class KubeClient:
         qps: float = 50.0,
         burst: int = 100,
         user_agent: str = "rayop",
-        pool_maxsize: int = 32,
+        pool_maxsize: int = 128,
     ):
         self.configuration = configuration
         self.host = configuration.host.rstrip("/")
@@ -141,6 +141,8 @@ class KubeClient:
         self._requests_lock = threading.Lock()
         self.write_gate: Callable[[], bool] | None = None
         self._init_kwargs = {"qps": qps, "burst": burst, "user_agent": user_agent, "pool_maxsize": pool_maxsize}
+        # Every watch holds a connection while it runs (one per informer and watched namespace), so the pool keeps
+        # up to `pool_maxsize` of them alive; it is a cap, nothing is opened in advance.
         kwargs: dict[str, Any] = {"maxsize": pool_maxsize, "block": False}
         if configuration.verify_ssl:
             kwargs["cert_reqs"] = "CERT_REQUIRED"
