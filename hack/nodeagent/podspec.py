@@ -353,10 +353,15 @@ def volume_source_dir(pod_dir: Path, volume: dict[str, Any]) -> str:
 
 
 def container_mounts(pod: dict[str, Any], container: dict[str, Any], pod_dir: Path,
-                     container_dir: Path) -> list[Mount]:
-    """What one container sees: its volumeMounts, a private /tmp, and the pod's /etc/hosts and resolv.conf."""
+                     container_dir: Path, runtime_root: Path | None = None) -> list[Mount]:
+    """What one container sees: its volumeMounts, a private /tmp, and the pod's /etc/hosts and resolv.conf.
+
+    `runtime_root` is the folder holding the environment commands run with (the repository and its virtualenv);
+    when it lives under /tmp, it is mounted back at its own path, so the private /tmp does not hide it."""
     volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
     mounts = [Mount(str(container_dir / "tmp"), "/tmp")]
+    if runtime_root is not None and (runtime_root == Path("/tmp") or Path("/tmp") in runtime_root.parents):
+        mounts.append(Mount(str(runtime_root), str(runtime_root)))
     for vm in container.get("volumeMounts") or []:
         volume = volumes.get(vm["name"])
         if volume is None:

@@ -366,7 +366,7 @@ class ProcessRuntime:
         base = self.base_env(st)
         env = resolve_env(pod, c.spec, st.ip, self.lookup, base, self.allocatable)
         argv = command_line(c.spec, env)
-        mounts = container_mounts(pod, c.spec, st.dir, cdir)
+        mounts = container_mounts(pod, c.spec, st.dir, cdir, REPO)
         if (st.dir / "profile").exists():
             mounts.append(Mount(str(st.dir / "profile"), str(HOST_PROFILE), True))
         for m in mounts:

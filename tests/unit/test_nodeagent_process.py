@@ -208,3 +208,12 @@ def test_log_selection() -> None:
     since = 1893456004.0  # 2030-01-01T00:00:04Z
     assert select_lines(lines, None, since) == lines[1:]
     assert strip_stamp(lines[0]) == b"one\n"
+
+
+def test_a_repository_under_tmp_stays_visible(tmp_path: Path) -> None:
+    pod = {"spec": {"containers": [{"name": "c"}]}}
+    mounts = container_mounts(pod, {"name": "c"}, tmp_path / "pod", tmp_path / "pod" / "c", Path("/tmp/clone"))
+    assert [m.target for m in mounts][:2] == ["/tmp", "/tmp/clone"]
+    assert mounts[1].source == "/tmp/clone"
+    elsewhere = container_mounts(pod, {"name": "c"}, tmp_path / "pod", tmp_path / "pod" / "c", Path("/work/main"))
+    assert "/work/main" not in [m.target for m in elsewhere]
