@@ -4,6 +4,7 @@
   end if this session started it. Set RAYOP_KEEP_CLUSTER=1 to keep it up for the next run.
 - `kube`: a `KubeClient` with admin rights on it.
 - `namespace`: a fresh namespace per test, deleted (and waited for) afterwards.
+- `ray_crd` (session): the `Ray` CRD from manifests/ installed (created or updated) and served.
 
 Tests under tests/integration are marked `cluster` automatically.
 """
@@ -32,6 +33,13 @@ def cluster() -> Iterator[LocalCluster]:
     local = LocalCluster.ensure()
     yield local
     local.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_crd(cluster: LocalCluster) -> None:
+    from tests.support.operator import install_crd
+
+    install_crd(cluster.client())
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ sys.path.insert(0, str(INPOD))
 import rayop_provider as rp  # noqa: E402
 from ray.autoscaler.tags import TAG_RAY_USER_NODE_TYPE  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("ray_crd")  # the `Ray` CRD from manifests/ is served
+
 RAYS = "/apis/ray.k8s.io/v1alpha1/namespaces/{ns}/rays"
 NAME = "demo"
 

@@ -36,7 +36,7 @@ from rayop.autoscaler import build_autoscaler_config, parse_launch_summary
 from rayop.runtime.kube import ApiError, KubeClient
 from tests.support.cluster import LocalCluster, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_crd")]  # the `Ray` CRD from manifests/ is served
 
 REPO = Path(__file__).resolve().parents[2]
 INPOD = REPO / "controller" / "inpod"

@@ -13,7 +13,7 @@ import pytest
 from rayop.api.types import LABEL_CLUSTER, LABEL_GROUP, LABEL_NODE_KIND
 from rayop.runtime.kube import ApiError, KubeClient
 from tests.support.cluster import LocalCluster, wait_until
-from tests.support.operator import OperatorProcess, install_crd, load_sample, rays_path
+from tests.support.operator import OperatorProcess, load_sample, rays_path
 
 CHILD_KINDS = [
     ("/api/v1", "pods"), ("/api/v1", "services"), ("/api/v1", "configmaps"), ("/api/v1", "serviceaccounts"),
@@ -23,8 +23,8 @@ CHILD_KINDS = [
 
 
 @pytest.fixture(scope="module")
-def crd(cluster: LocalCluster) -> None:
-    install_crd(cluster.client())
+def crd(ray_crd: None) -> None:
+    """The `Ray` CRD (the session's `ray_crd`)."""
 
 
 @pytest.fixture
