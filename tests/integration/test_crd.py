@@ -25,7 +25,7 @@ CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 def _established(kube: KubeClient) -> bool:
     body = kube.get(f"{CRDS}/{crd.CRD_NAME}")
-    conditions = {c["type"]: c["status"] for c in body.get("status", {}).get("conditions", [])}
+    conditions = {c["type"]: c["status"] for c in (body.get("status") or {}).get("conditions") or []}
     return conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True"
 
 
@@ -51,7 +51,7 @@ def installed(cluster: LocalCluster) -> None:
             kube.get(f"/apis/{t.GROUP}/{t.VERSION}/{t.PLURAL}")
             return True
         except ApiError as e:
-            if e.status in (404, 503):
+            if e.status in (404, 429, 503):  # 429: the new resource's storage is still initializing
                 return False
             raise
 
