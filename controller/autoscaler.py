@@ -17,16 +17,15 @@ Guarantees:
   patch only the `Ray` named `name`. The operator's own ClusterRole must hold the same rules to grant them.
 - `inpod_files()` returns the in-pod programs verbatim (standard library + `ray` only); the operator never imports
   them.
-- `parse_launch_summary` and `worker_pods_to_replace` are pure and never raise on malformed input.
+- `parse_launch_summary` is pure and never raises on malformed input.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 
@@ -36,7 +35,6 @@ from rayop.api.model import ClusterModel, RayResources
 from rayop.api.types import (
     GROUP,
     HEAD_GROUP,
-    LABEL_NODE_KIND,
     PLURAL,
     VERSION,
 )
@@ -52,7 +50,6 @@ __all__ = [
     "HEAD_NODE_TYPE",
     "GCS_PORT",
     "DEFAULT_LAUNCH_TIMEOUT_SECONDS",
-    "DEFAULT_JOIN_TIMEOUT_SECONDS",
     "HEAD_ENV",
     "build_autoscaler_config",
     "render_autoscaler_config",
@@ -64,7 +61,6 @@ __all__ = [
     "launcher_command",
     "LaunchSummary",
     "parse_launch_summary",
-    "worker_pods_to_replace",
 ]
 
 # Where the ConfigMap `<name>-ray` is mounted in the autoscaler sidecar and the launcher Job, and what it holds.
@@ -81,7 +77,6 @@ HEAD_NODE_TYPE = HEAD_GROUP
 GCS_PORT = 6379
 DEFAULT_LAUNCH_TIMEOUT_SECONDS = 600
 # How long a worker pod may be Running without becoming Ready before the operator replaces it.
-DEFAULT_JOIN_TIMEOUT_SECONDS = 300
 
 # The head runs no monitor of its own (`ray start --head --no-monitor`) and keeps autoscaler v2 off: v2 cannot drive
 # a batching node provider. The builders put this on the head's Ray container and on the sidecar.
@@ -334,59 +329,3 @@ def _float_or_none(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
-
-
-def worker_pods_to_replace(
-    pods: Iterable[Mapping[str, Any]],
-    *,
-    now: datetime,
-    join_timeout_seconds: float = DEFAULT_JOIN_TIMEOUT_SECONDS,
-) -> list[str]:
-    """Names of worker pods whose Ray node is gone or never joined, which the autoscaler will not remove.
-
-    Ray's autoscaler (liveness check off) removes only idle nodes it can see in Ray. The provider reports a worker
-    pod as `update-failed` when its phase is Failed or Succeeded (Ray exited), and as pending while it is not Running
-    and Ready. A pod counts here when it is Failed or Succeeded, or Running but not Ready for more than
-    `join_timeout_seconds` after it started (the worker's readiness probe checks its raylet, so never Ready means
-    never joined). Pods still Pending (unscheduled, pulling images) are not counted: a new pod would wait the same.
-    Pods being deleted and pods that are not workers are ignored. Sorted by name.
-    """
-    out: list[str] = []
-    for pod in pods:
-        metadata = pod.get("metadata") or {}
-        if not isinstance(metadata, Mapping) or metadata.get("deletionTimestamp"):
-            continue
-        labels = metadata.get("labels") or {}
-        if not isinstance(labels, Mapping) or labels.get(LABEL_NODE_KIND) != "worker":
-            continue
-        name = metadata.get("name")
-        if not isinstance(name, str):
-            continue
-        status = pod.get("status") or {}
-        if not isinstance(status, Mapping):
-            continue
-        phase = status.get("phase")
-        if phase in ("Failed", "Succeeded"):
-            out.append(name)
-        elif phase == "Running" and not _ready(status):
-            started = _timestamp(status.get("startTime"))
-            if started is not None and (now - started).total_seconds() > join_timeout_seconds:
-                out.append(name)
-    return sorted(out)
-
-
-def _ready(status: Mapping[str, Any]) -> bool:
-    for condition in status.get("conditions") or ():
-        if isinstance(condition, Mapping) and condition.get("type") == "Ready":
-            return condition.get("status") == "True"
-    return False
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

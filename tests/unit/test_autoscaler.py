@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from rayop.autoscaler import (
     parse_launch_summary,
     render_autoscaler_config,
     validate_with_ray,
-    worker_pods_to_replace,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -356,37 +355,3 @@ def test_parse_launch_summary(text: str | None, exit_code: int | None, expected:
 
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
-
-
-def pod(name: str, phase: str | None = "Running", ready: bool = False, started: timedelta | None = timedelta(hours=1),
-        kind: str = "worker", deleting: bool = False) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "labels": {"ray.k8s.io/node-kind": kind}}
-    if deleting:
-        meta["deletionTimestamp"] = "2026-01-01T11:59:00Z"
-    status: dict[str, Any] = {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
-    if phase:
-        status["phase"] = phase
-    if started is not None:
-        status["startTime"] = (NOW - started).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"metadata": meta, "status": status}
-
-
-def test_worker_pods_to_replace() -> None:
-    pods = [
-        pod("failed", "Failed"),
-        pod("succeeded", "Succeeded"),
-        pod("never-ready", "Running"),
-        pod("just-started", "Running", started=timedelta(seconds=30)),
-        pod("ready", "Running", ready=True),
-        pod("pending", "Pending"),
-        pod("no-start-time", "Running", started=None),
-        pod("head", "Failed", kind="head"),
-        pod("deleting", "Failed", deleting=True),
-        {"metadata": "junk"},
-        {"metadata": {"name": 5, "labels": {"ray.k8s.io/node-kind": "worker"}}},
-        {"metadata": {"name": "bad-status", "labels": {"ray.k8s.io/node-kind": "worker"}}, "status": []},
-        {"metadata": {"name": "bad-labels", "labels": []}},
-        pod("bad-time", "Running") | {"status": {"phase": "Running", "startTime": "yesterday"}},
-    ]
-    assert worker_pods_to_replace(pods, now=NOW, join_timeout_seconds=300) == ["failed", "never-ready", "succeeded"]
-    assert "just-started" in worker_pods_to_replace(pods, now=NOW, join_timeout_seconds=10)
