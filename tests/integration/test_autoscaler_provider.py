@@ -17,6 +17,7 @@ from rayop.api.convert import effective_cluster
 from rayop.autoscaler import autoscaler_role_rules, build_autoscaler_config, validate_with_ray
 from rayop.runtime.kube import ApiError, KubeClient
 from tests.integration.test_autoscaler_ray import INPOD, FakeNode, make_pod, set_pod_running
+from tests.integration.test_autoscaler_ray import fake_node  # noqa: F401 - the shared fixture
 from tests.support.cluster import LocalCluster
 
 sys.path.insert(0, str(INPOD))
@@ -27,15 +28,6 @@ pytestmark = pytest.mark.usefixtures("ray_crd")  # the `Ray` CRD from manifests/
 
 RAYS = "/apis/ray.k8s.io/v1alpha1/namespaces/{ns}/rays"
 NAME = "demo"
-
-
-@pytest.fixture
-def fake_node(kube: KubeClient) -> Iterator[FakeNode]:
-    node = FakeNode.create(kube)
-    try:
-        yield node
-    finally:
-        node.delete()
 
 
 def create_ray(kube: KubeClient, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
