@@ -297,8 +297,9 @@ def _container_resources(
     where = f"{path}.spec.containers[0].resources"
     raw_limits = resources.get("limits")
     raw_requests = resources.get("requests")
-    limits: Mapping[str, Any] = raw_limits if isinstance(raw_limits, Mapping) else {}
-    requests: Mapping[str, Any] = raw_requests if isinstance(raw_requests, Mapping) else {}
+    # Keys are whatever the YAML had (an int key is possible), so they stay untyped until checked below.
+    limits: Mapping[Any, Any] = raw_limits if isinstance(raw_limits, Mapping) else {}
+    requests: Mapping[Any, Any] = raw_requests if isinstance(raw_requests, Mapping) else {}
 
     def amount(key: str) -> tuple[Any, str] | None:
         if key in limits:
@@ -517,7 +518,7 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -
             raise yaml.constructor.ConstructorError(
                 "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
             )
-    return loader.construct_yaml_map(node)  # type: ignore[no-untyped-call]
+    return loader.construct_yaml_map(node)
 
 
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:map", _construct_unique_mapping)

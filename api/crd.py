@@ -210,7 +210,7 @@ def object_schema(cls: type) -> dict[str, Any]:
     hints = field_types(cls)
     properties: dict[str, Any] = {}
     required: list[str] = []
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         meta = info(f)
         properties[meta.json] = _field_schema(hints[f.name], meta)
         if meta.required:

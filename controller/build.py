@@ -679,8 +679,9 @@ def build_children(ray: Mapping[str, Any], model: ClusterModel, options: Options
     ConfigMap. `autoscaler_config` overrides the effective Ray autoscaler config, which is otherwise built from the
     model with the resources the built pods really get (`ray_resources`), so the autoscaler plans with them."""
     if autoscaler_config is None:
+        groups: tuple[HeadGroup | WorkerGroup, ...] = (model.head, *model.worker_groups)
         autoscaler_config = build_autoscaler_config(
-            model, resources={g.name: ray_resources(g, options) for g in (model.head, *model.worker_groups)})
+            model, resources={g.name: ray_resources(g, options) for g in groups})
     owner = Owner.of(ray)
     spec = ray.get("spec") or {}
     configuration = spec.get("configuration") if isinstance(spec.get("configuration"), str) else None

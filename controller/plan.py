@@ -36,11 +36,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Union
 
-from rayop.api.types import LABEL_GROUP, LABEL_MANAGED_BY, LABEL_NODE_KIND
+from rayop.api.types import HEAD_GROUP, LABEL_GROUP, LABEL_MANAGED_BY, LABEL_NODE_KIND
 from rayop.build import (
     ANNOTATION_REPLACEMENTS,
     AUTOSCALER_CONTAINER,
-    HEAD_GROUP,
     KIND_HEAD,
     KIND_LAUNCHER,
     KIND_WORKER,

@@ -31,9 +31,9 @@ import structlog
 
 from rayop.api.convert import effective_cluster
 from rayop.api.model import ConfigurationError
-from rayop.api.types import GROUP, KIND, LABEL_GROUP, LABEL_NODE_KIND, PLURAL, VERSION
+from rayop.api.types import GROUP, HEAD_GROUP, KIND, LABEL_GROUP, LABEL_NODE_KIND, PLURAL, VERSION
 from rayop.autoscaler import inpod_files
-from rayop.build import HEAD_GROUP, KIND_HEAD, KIND_WORKER, build_children
+from rayop.build import KIND_HEAD, KIND_WORKER, build_children
 from rayop.defaults import Options
 from rayop.expectations import Expectations
 from rayop.plan import Create, Delete, Observed, Patch, Plan, plan_cluster

@@ -34,6 +34,7 @@ from rayop.api.types import (
     CONDITION_READY,
     CONDITION_SUCCESSFUL_LAUNCH,
     CONDITION_WORKERS_READY,
+    HEAD_GROUP,
     LABEL_GROUP,
     LABEL_MANAGED_BY,
     LABEL_NODE_KIND,
@@ -43,7 +44,6 @@ from rayop.build import (
     CLIENT_PORT,
     DASHBOARD_PORT,
     GCS_PORT,
-    HEAD_GROUP,
     KIND_HEAD,
     KIND_LAUNCHER,
     KIND_WORKER,
@@ -311,15 +311,15 @@ def compute_status(ray: Mapping[str, Any], model_or_error: ModelOrError, observe
     old_groups = {g.get("name"): g for g in old.get("workerGroups") or () if isinstance(g, Mapping)}
     groups: list[_GroupView] = []
     if model is not None:
-        for g in model.worker_groups:
-            groups.append(_GroupView(g.name, g.desired_workers, g.min_workers, g.max_workers,
-                                     tuple(by_group.get(g.name, ())), hashes.get(g.name),
-                                     int(old_groups.get(g.name, {}).get("updatedReplicas") or 0)))
+        for wg in model.worker_groups:
+            groups.append(_GroupView(wg.name, wg.desired_workers, wg.min_workers, wg.max_workers,
+                                     tuple(by_group.get(wg.name, ())), hashes.get(wg.name),
+                                     int(old_groups.get(wg.name, {}).get("updatedReplicas") or 0)))
     else:
-        for gname, g in old_groups.items():
-            groups.append(_GroupView(str(gname), int(g.get("desiredWorkers") or 0), int(g.get("minWorkers") or 0),
-                                     int(g.get("maxWorkers") or 0), tuple(by_group.get(str(gname), ())), None,
-                                     int(g.get("updatedReplicas") or 0)))
+        for gname, og in old_groups.items():
+            groups.append(_GroupView(str(gname), int(og.get("desiredWorkers") or 0), int(og.get("minWorkers") or 0),
+                                     int(og.get("maxWorkers") or 0), tuple(by_group.get(str(gname), ())), None,
+                                     int(og.get("updatedReplicas") or 0)))
 
     head_hash = hashes.get(HEAD_GROUP)
     head = _best_head(head_pods, head_hash)

@@ -96,7 +96,7 @@ def gcs_client(address: str) -> Any:
     try:
         from ray._raylet import GcsClient  # type: ignore[attr-defined]
     except ImportError:  # older Ray
-        from ray._private.gcs_utils import GcsClient  # type: ignore[attr-defined,no-redef]
+        from ray._private.gcs_utils import GcsClient  # type: ignore[attr-defined]
     return GcsClient(address=address)
 
 

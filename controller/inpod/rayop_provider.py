@@ -224,7 +224,7 @@ def _operator_targets(ray: Mapping[str, Any]) -> dict[str, int]:
     return targets
 
 
-class RayopNodeProvider(BatchingNodeProvider):  # type: ignore[misc]
+class RayopNodeProvider(BatchingNodeProvider):
     """Ray nodes are the pods of one `Ray`; scaling means patching that `Ray`."""
 
     # Tests (and embedders) may replace how the API client is made: called with the provider config.

@@ -134,7 +134,7 @@ class KubeClient:
         pool_maxsize: int = 128,
     ):
         self.configuration = configuration
-        self.host = configuration.host.rstrip("/")
+        self.host: str = str(configuration.host).rstrip("/")
         self.user_agent = user_agent
         self.bucket = TokenBucket(qps, burst)
         self.requests: Counter[tuple[str, int]] = Counter()
@@ -170,9 +170,9 @@ class KubeClient:
 
         configuration = k8s_client.Configuration()
         if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-            k8s_config.load_incluster_config(client_configuration=configuration)
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
-            k8s_config.load_kube_config(
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=kubeconfig, context=context, client_configuration=configuration
             )
         return cls(configuration, **kwargs)
@@ -191,7 +191,7 @@ class KubeClient:
             headers["Content-Type"] = content_type
         auth = self.configuration.auth_settings().get("BearerToken")
         if auth and auth.get("value"):
-            headers["Authorization"] = auth["value"]
+            headers["Authorization"] = str(auth["value"])
         return headers
 
     def url(self, path: str, params: Mapping[str, Any] | None = None) -> str:

@@ -196,7 +196,7 @@ class LeaderElector:
             current = self.leases.get()
             now_text = micro_time(self._wall())
             if current is None:
-                spec = {
+                spec: JSON = {
                     "holderIdentity": cfg.identity,
                     "leaseDurationSeconds": int(round(cfg.lease_duration)),
                     "acquireTime": now_text,

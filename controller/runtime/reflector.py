@@ -70,7 +70,7 @@ class Backoff:
         self.failures = 0
 
     def next(self, at_least: float = 0.0) -> float:
-        delay = min(self.cap, self.base * (2 ** min(self.failures, 30)))
+        delay = min(self.cap, self.base * (2.0 ** min(self.failures, 30)))
         self.failures += 1
         return max(at_least, delay * (1.0 + self._rand() * self.jitter))
 

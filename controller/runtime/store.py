@@ -142,7 +142,7 @@ def make_trimmer(drop: Iterable[str] = (), *, intern: bool = True) -> Callable[[
                     del meta["annotations"]
         for path in paths:
             _drop_path(obj, path)
-        return _intern(obj) if intern else obj  # type: ignore[no-any-return]
+        return _intern(obj) if intern else obj
 
     return trim
 

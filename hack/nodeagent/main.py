@@ -52,7 +52,7 @@ from rayop.runtime.workqueue import WorkQueue  # noqa: E402
 log = logging.getLogger("node-agent")
 
 KUBELET_VERSION = "v1.36.3"
-POD_CIDR = ipaddress.ip_network("10.244.0.0/16")
+POD_CIDR = ipaddress.IPv4Network("10.244.0.0/16")
 LEASE_SECONDS = 40
 RENEW_INTERVAL = 10.0
 STATUS_INTERVAL = 60.0
@@ -557,7 +557,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     capacity = {"cpu": args.cpu, "memory": args.memory, "pods": args.pods, "ephemeral-storage": "1Ti",
                 "nvidia.com/gpu": args.gpus}
-    cidr = ipaddress.ip_network(args.pod_cidr)
+    cidr = ipaddress.IPv4Network(args.pod_cidr)
     prefix = node_prefix(cidr, args.nodes)
     nodes = [Node(f"{args.node_prefix}{i + 1}", i, capacity, cidr, prefix) for i in range(args.nodes)]
     client = KubeClient.load(args.kubeconfig, qps=0, user_agent="rayop-node-agent")

@@ -292,7 +292,7 @@ def _downward_files(pod: dict[str, Any], items: list[dict[str, Any]], pod_ip: st
             value = field_value(pod, item["fieldRef"]["fieldPath"], pod_ip)
         else:
             ref = item["resourceFieldRef"]
-            container = next((c for c in pod["spec"].get("containers") or []
+            container: dict[str, Any] = next((c for c in pod["spec"].get("containers") or []
                               if c["name"] == ref.get("containerName")), {})
             value = resource_value(container, ref["resource"], ref.get("divisor"), allocatable)
         out[item["path"]] = (value.encode(), item.get("mode", mode))
