@@ -6,7 +6,7 @@ Usage: localcluster.py up [--process] [--nodes N] | down | status | env | restar
 
 Guarantees:
 - Everything listens on 127.0.0.1, on ports picked free at `up`; state (PKI, etcd data, kubeconfigs, logs, pid
-  files) lives in RAYOP_CLUSTER_DIR (default ~/.cache/rayop/cluster), never in the repository.
+  files) lives in RAYOP_CLUSTER_DIR (default $RAYOP_CACHE/cluster, ~/.cache/rayop/cluster), never in the repository.
 - `up` is idempotent: when the recorded processes are alive and the API server answers, it changes nothing.
 - `down` stops every process group it started, waits for their ports to close and removes the state folder.
 - Only the standard library and the `openssl` command are used, so it runs before any virtualenv exists; the node
@@ -43,7 +43,8 @@ from hostcleanup import remove_created, remove_netns  # noqa: E402
 
 HACK = Path(__file__).resolve().parent.parent
 REPO = HACK.parent
-STATE = Path(os.environ.get("RAYOP_CLUSTER_DIR", Path.home() / ".cache" / "rayop" / "cluster"))
+CACHE = Path(os.environ.get("RAYOP_CACHE") or Path.home() / ".cache" / "rayop")
+STATE = Path(os.environ.get("RAYOP_CLUSTER_DIR") or CACHE / "cluster")
 PYTHON = os.environ.get("RAYOP_PYTHON", str(REPO / ".venv" / "bin" / "python"))
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
