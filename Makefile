@@ -25,10 +25,11 @@ venv: $(STAMP)
 deps:
 	@hack/install-deps.sh
 
+# The build checks its inputs before anything else (a missing one fails here, naming it), so it comes first.
 controlplane: deps
 	@hack/build-control-plane.sh >/dev/null
 
-cluster-up: venv controlplane
+cluster-up: controlplane venv
 	hack/local-cluster.sh up
 
 cluster-down:
@@ -46,16 +47,16 @@ check-build:
 test-unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: venv controlplane
+test-integration: controlplane venv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-test: venv controlplane lint
+test: controlplane venv lint
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
-run: venv controlplane
+run: controlplane venv
 	hack/run.sh
 
-bench: venv controlplane
+bench: controlplane venv
 	@echo "benchmarks: see docs/benchmarks.md"
 	$(BIN)/python bench/reconcile_many.py --rays 100
 
