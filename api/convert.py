@@ -34,9 +34,20 @@ from rayop.api.model import (
     ConfigurationError,
     ConfigWarning,
     Conversion,
+    DeclaredService,
     HeadGroup,
     RayResources,
     WorkerGroup,
+)
+from rayop.api.legacy import (
+    CLIENT_SERVER_MODULE,
+    DROPPED_FLAGS,
+    RAY_START_FLAGS,
+    RENAMED_FLAGS,
+    container_env,
+    expand,
+    keep_alive,
+    references,
 )
 from rayop.api.quantity import parse_quantity
 from rayop.api.schema import INT32_MAX, DecodeError, decode
@@ -106,6 +117,8 @@ def convert_spec(spec: Any, *, name: str, namespace: str = "") -> Conversion:
         raise ConfigurationError(e.message, field=e.path) from None
     present = set(spec) if isinstance(spec, Mapping) else set()
     warnings: list[ConfigWarning] = []
+    notes: list[ConfigWarning] = []
+    services: tuple[DeclaredService, ...] = ()
     budget = _Budget(MAX_TEMPLATE_VALUES)
     if typed.configuration is not None:
         for key in SHAPE_FIELDS:
@@ -114,8 +127,14 @@ def convert_spec(spec: Any, *, name: str, namespace: str = "") -> Conversion:
                     "cannot be combined with spec.configuration: the configuration describes the cluster",
                     field=f"spec.{key}",
                 )
-        head, groups, autoscaling, form = _from_configuration(
-            typed.configuration, name=name, namespace=namespace, image=typed.image, warnings=warnings, budget=budget
+        head, groups, autoscaling, form, services = _from_configuration(
+            typed.configuration,
+            name=name,
+            namespace=namespace,
+            image=typed.image,
+            warnings=warnings,
+            notes=notes,
+            budget=budget,
         )
     else:
         head, groups, autoscaling = _from_structured(typed, name=name, warnings=warnings, budget=budget)
@@ -130,8 +149,14 @@ def convert_spec(spec: Any, *, name: str, namespace: str = "") -> Conversion:
         autoscaling=autoscaling,
         workers_to_delete=tuple(typed.workers_to_delete or ()),
         image=typed.image,
+        services=services,
     )
-    return Conversion(cluster=cluster, warnings=tuple(warnings), form=form)
+    return Conversion(cluster=cluster, warnings=_unique(warnings), form=form, notes=_unique(notes))
+
+
+def _unique(items: list[ConfigWarning]) -> tuple[ConfigWarning, ...]:
+    """The items in their order, each once (the start commands are checked once per group that uses them)."""
+    return tuple(dict.fromkeys(items))
 
 
 def _check_name(name: str) -> None:
@@ -680,9 +705,36 @@ class _Images:
 
 
 @dataclass
+class _Start:
+    """The start commands of the head or of the workers, as the operator runs them."""
+
+    # The flags of `ray start` that are honoured; values may still refer to shell variables ($MY_CPU_REQUEST),
+    # resolved per group against its pod template.
+    params: dict[str, str] = field(default_factory=dict)
+    # Where each flag was given (for warnings and notes).
+    origin: dict[str, str] = field(default_factory=dict)
+    # Other shell commands before `ray start` (`ulimit -n 65536`), run after the setup commands, as `ray up` did.
+    shell: list[str] = field(default_factory=list)
+
+
+@dataclass
 class _StartCommands:
-    head: dict[str, str] = field(default_factory=dict)
-    worker: dict[str, str] = field(default_factory=dict)
+    head: _Start = field(default_factory=_Start)
+    worker: _Start = field(default_factory=_Start)
+
+
+@dataclass
+class _Context:
+    """What the parts of a configuration's conversion share."""
+
+    name: str
+    warnings: list[ConfigWarning]
+    notes: list[ConfigWarning]
+    budget: _Budget
+    # ServiceAccounts the configuration asks `ray up` to create (provider.autoscaler_service_account, the subjects
+    # of provider.autoscaler_role_binding): the operator creates its own instead, so pods naming them are pointed
+    # at that one.
+    accounts: set[str] = field(default_factory=set)
 
 
 def _from_configuration(
@@ -692,9 +744,11 @@ def _from_configuration(
     namespace: str,
     image: str | None,
     warnings: list[ConfigWarning],
+    notes: list[ConfigWarning],
     budget: _Budget,
-) -> tuple[HeadGroup, list[WorkerGroup], AutoscalingSettings, str]:
+) -> tuple[HeadGroup, list[WorkerGroup], AutoscalingSettings, str, tuple[DeclaredService, ...]]:
     config = _Section(parse_configuration(text), CONFIG_PATH, warnings)
+    ctx = _Context(name=name, warnings=warnings, notes=notes, budget=budget)
 
     cluster_name = config.get("cluster_name")
     if cluster_name is not None and cluster_name != name:
@@ -703,7 +757,8 @@ def _from_configuration(
             f"ignored: the cluster is named after the Ray object ({name!r}); pods, Services and the autoscaler use "
             "that name",
         )
-    _provider(config.section("provider"), namespace)
+    provider = config.section("provider")
+    raw_services = _provider(provider, namespace, ctx)
     images = _docker(config.section("docker"), image)
     for key in (
         "file_mounts",
@@ -720,16 +775,13 @@ def _from_configuration(
 
     starts = _StartCommands(
         head=_start_params(
-            config.commands("head_start_ray_commands"),
-            config.key_path("head_start_ray_commands"),
-            head=True,
-            warnings=warnings,
+            config.commands("head_start_ray_commands"), config.key_path("head_start_ray_commands"), head=True, ctx=ctx
         ),
         worker=_start_params(
             config.commands("worker_start_ray_commands"),
             config.key_path("worker_start_ray_commands"),
             head=False,
-            warnings=warnings,
+            ctx=ctx,
         ),
     )
     common_setup = config.commands("setup_commands")
@@ -760,37 +812,43 @@ def _from_configuration(
         form = "available_node_types"
         head, groups = _node_types(
             config,
-            name=name,
+            ctx=ctx,
             images=images,
             starts=starts,
             head_setup=head_setup,
             worker_setup=(common_setup, worker_setup),
             max_workers=max_workers,
-            budget=budget,
         )
     else:
         form = "legacy"
         head, groups = _legacy(
             config,
-            name=name,
+            ctx=ctx,
             images=images,
             starts=starts,
             head_setup=head_setup,
             worker_setup=common_setup + worker_setup,
             max_workers=max_workers,
-            budget=budget,
         )
     config.report_unknown(_UNKNOWN)
+    services = _services(raw_services, provider.key_path("services"), head, groups, ctx)
     settings = AutoscalingSettings(
         enabled=mode != MODE_DISABLED,
         upscaling_speed=speed if speed is not None else _upscaling_speed(mode, fraction),
         idle_timeout_minutes=idle if idle is not None else DEFAULT_IDLE_TIMEOUT_MINUTES,
         max_workers=-1 if max_workers is None else max_workers,
     )
-    return head, groups, settings, form
+    return head, groups, settings, form, services
 
 
-def _provider(provider: _Section, namespace: str) -> None:
+_OPERATOR_RBAC = (
+    "ignored: the operator creates the autoscaler's ServiceAccount, Role and RoleBinding (<name>-autoscaler) itself, "
+    "with the least rights Ray's autoscaler needs; pods that name this account run as the operator's instead"
+)
+
+
+def _provider(provider: _Section, namespace: str, ctx: _Context) -> Any:
+    """Check the provider section; remember the ServiceAccounts it declares; return `services` (checked later)."""
     kind = provider.get("type")
     if kind is not None and kind != "kubernetes":
         provider.warn("type", f"{kind!r} ignored: the operator itself provides the Ray nodes as pods")
@@ -800,12 +858,23 @@ def _provider(provider: _Section, namespace: str) -> None:
     internal = provider.get("use_internal_ips")
     if internal is not None and internal is not True:
         provider.warn("use_internal_ips", "ignored: Ray nodes always use their pod IPs")
+    account = provider.get("autoscaler_service_account")
+    if isinstance(account, Mapping):
+        meta = account.get("metadata")
+        if isinstance(meta, Mapping) and isinstance(meta.get("name"), str):
+            ctx.accounts.add(meta["name"])
+    binding = provider.get("autoscaler_role_binding")
+    subjects = binding.get("subjects") if isinstance(binding, Mapping) else None
+    for subject in subjects if isinstance(subjects, list) else ():
+        if isinstance(subject, Mapping) and subject.get("kind") == "ServiceAccount" and isinstance(
+            subject.get("name"), str
+        ):
+            ctx.accounts.add(subject["name"])
     for key in ("autoscaler_service_account", "autoscaler_role", "autoscaler_role_binding"):
-        provider.ignore(
-            key, "ignored: the operator creates the autoscaler's ServiceAccount, Role and RoleBinding itself"
-        )
-    provider.ignore("services", "ignored: the operator creates the head Service (<name>-head) itself")
+        provider.ignore(key, _OPERATOR_RBAC)
+    services = provider.get("services")
     provider.report_unknown("not a Kubernetes provider key; ignored")
+    return services
 
 
 def _docker(docker: _Section, default: str | None) -> _Images:
@@ -820,15 +889,19 @@ def _docker(docker: _Section, default: str | None) -> _Images:
     return _Images(head=head or image or default, worker=worker or image or default)
 
 
-# Flags of `ray start` the operator sets itself, and when a user's value agrees with it.
+# Flags of `ray start` the operator sets itself, and that a user's configuration may carry without a warning.
 _SILENT_FLAGS_HEAD = {"head", "autoscaling-config", "block", "no-monitor"}
-_SILENT_FLAGS_WORKER = {"address", "redis-address", "block"}
+_SILENT_FLAGS_WORKER = {"address", "autoscaling-config", "block"}
 _SEPARATORS = {";", "&&", "||", "|", "&", "\n"}
+# Separators after which `ray up`'s shell went on whatever the command before exited with.
+_GO_ON = {";", "\n", "&", "||", "|", None}
 
 
-def _start_params(commands: list[str], path: str, *, head: bool, warnings: list[ConfigWarning]) -> dict[str, str]:
-    """The flags of the `ray start` in a list of start commands; everything else is reported."""
-    params: dict[str, str] = {}
+def _start_params(commands: list[str], path: str, *, head: bool, ctx: _Context) -> _Start:
+    """The start commands of the head (or the workers): the flags of their `ray start`, and the shell commands
+    before it, which run as `ray up` ran them; `ray stop` is dropped and anything after `ray start` is reported."""
+    start = _Start()
+    started = False
     for i, command in enumerate(commands):
         where = f"{path}[{i}]"
         try:
@@ -837,39 +910,62 @@ def _start_params(commands: list[str], path: str, *, head: bool, warnings: list[
             tokens = list(lexer)
         except ValueError as e:
             raise ConfigurationError(f"cannot be parsed as a shell command: {e}", field=where) from None
+        segments: list[tuple[list[str], str | None]] = []
         segment: list[str] = []
-        for token in [*tokens, ";"]:
+        for token in tokens:
             if token in _SEPARATORS:
-                _start_segment(segment, where, head=head, params=params, warnings=warnings)
+                segments.append((segment, token))
                 segment = []
             else:
                 segment.append(token)
-    return params
+        segments.append((segment, None))
+        has_ray = any(s[:2] in (["ray", "start"], ["ray", "stop"]) for s, _ in segments)
+        if not has_ray and not any(_client_server(s) for s, _ in segments):
+            # A plain shell command of its own: run as given (before `ray start`), or reported after it.
+            if started:
+                ctx.warnings.append(ConfigWarning(where, f"{command!r} is not run: it comes after `ray start`, and "
+                                                  "the operator runs `ray start` as the container's last command"))
+            elif command.strip():
+                start.shell.append(command)
+            continue
+        for segment, separator in segments:
+            if not segment or segment[:2] == ["ray", "stop"]:
+                continue  # a fresh pod has nothing to stop
+            if segment[:2] == ["ray", "start"]:
+                started = True
+                _start_flags(segment[2:], where, head=head, start=start, ctx=ctx)
+                continue
+            if _client_server(segment):
+                ctx.notes.append(ConfigWarning(where, f"{shlex.join(segment)!r} dropped: in Ray 2 `ray start --head` "
+                                               "runs the Ray Client server itself (port 10001)"))
+                continue
+            text = shlex.join(segment)
+            if started:
+                ctx.warnings.append(ConfigWarning(where, f"{text!r} is not run: it comes after `ray start`, and the "
+                                                  "operator runs `ray start` as the container's last command"))
+            elif separator == "&":
+                start.shell.append(f"{{ {text} & }}")
+            elif separator in _GO_ON:
+                start.shell.append(f"{text} || true")
+            else:
+                start.shell.append(text)
+    return start
 
 
-def _start_segment(
-    segment: list[str], where: str, *, head: bool, params: dict[str, str], warnings: list[ConfigWarning]
-) -> None:
-    if not segment:
-        return
-    if segment[:2] == ["ray", "stop"]:
-        return  # a fresh pod has nothing to stop
-    if segment[:2] != ["ray", "start"]:
-        warnings.append(
-            ConfigWarning(
-                where,
-                f"{' '.join(segment)!r} is not run: the operator starts Ray itself and uses only the flags of "
-                "`ray start`",
-            )
-        )
-        return
-    args = segment[2:]
+def _client_server(segment: list[str]) -> bool:
+    return len(segment) >= 3 and segment[0].rsplit("/", 1)[-1].startswith("python") and segment[1:3] == [
+        "-m",
+        CLIENT_SERVER_MODULE,
+    ]
+
+
+def _start_flags(args: list[str], where: str, *, head: bool, start: _Start, ctx: _Context) -> None:
     i = 0
     while i < len(args):
         token = args[i]
         i += 1
         if not token.startswith("-") or token.strip("-") == "":
-            warnings.append(ConfigWarning(where, f"{token!r} ignored: `ray start` takes only flags"))
+            ctx.warnings.append(ConfigWarning(where, f"{token!r} ignored: `ray start` takes only flags"))
             continue
         flag, eq, value = token.lstrip("-").partition("=")
         if not eq:
@@ -878,34 +974,82 @@ def _start_segment(
                 i += 1
             else:
                 value = ""
-        _start_flag(flag, value, where, head=head, params=params, warnings=warnings)
+        _start_flag(flag, value, where, head=head, start=start, ctx=ctx)
 
 
-def _start_flag(
-    flag: str, value: str, where: str, *, head: bool, params: dict[str, str], warnings: list[ConfigWarning]
-) -> None:
-    silent = _SILENT_FLAGS_HEAD if head else _SILENT_FLAGS_WORKER
-    if flag in ("port", "redis-port") and head:
+def _start_flag(flag: str, value: str, where: str, *, head: bool, start: _Start, ctx: _Context) -> None:
+    given = f"--{flag}" + (f"={value}" if value else "")
+    name = RENAMED_FLAGS.get(flag, flag)
+    if name == "port" and head:
         if value != GCS_PORT:
-            warnings.append(
-                ConfigWarning(where, f"--{flag}={value} ignored: the head's GCS always listens on {GCS_PORT}")
-            )
+            ctx.warnings.append(ConfigWarning(where, f"{given} ignored: the head's GCS always listens on {GCS_PORT}"))
         return
-    if flag in silent:
+    if name in (_SILENT_FLAGS_HEAD if head else _SILENT_FLAGS_WORKER):
         return
-    if flag in MANAGED_START_PARAMS:
-        warnings.append(ConfigWarning(where, f"--{flag} ignored: the operator sets it"))
+    if name in MANAGED_START_PARAMS:
+        ctx.warnings.append(ConfigWarning(where, f"{given} ignored: the operator sets it"))
         return
-    if "$" in value or "`" in value:
-        warnings.append(
+    if flag in DROPPED_FLAGS:
+        ctx.warnings.append(ConfigWarning(where, f"{given} ignored: {DROPPED_FLAGS[flag]}"))
+        return
+    if name not in RAY_START_FLAGS:
+        ctx.warnings.append(
             ConfigWarning(
                 where,
-                f"--{flag}={value} ignored: the value refers to a shell variable; resources come from the container's "
-                "limits instead",
+                f"{given} ignored: not a flag of `ray start` in Ray 2; passing it would keep the node from starting",
             )
         )
         return
-    params[flag] = value
+    if name != flag:
+        ctx.notes.append(ConfigWarning(where, f"--{flag} is --{name} in Ray 2: passed as --{name}"))
+    start.params[name] = value
+    start.origin[name] = where
+
+
+def _resolve_params(start: _Start, template: Mapping[str, Any] | None, head: bool, ctx: _Context) -> dict[str, str]:
+    """The start flags of one group, with `$VAR` references resolved from its pod template the way the container's
+    shell would have under `ray up`; a flag whose value cannot be resolved is reported and left out."""
+    _, container = _ray_container(template, head)
+    env = container_env(container)
+    out: dict[str, str] = {}
+    for flag, value in start.params.items():
+        names = references(value)
+        if not names and "`" not in value and "$(" not in value:
+            out[flag] = value
+            continue
+        where = start.origin[flag]
+        resolved = expand(value, env)
+        if resolved is None:
+            unknown = ", ".join(f"${n}" for n in names if env.get(n) is None) or value
+            fallback = "; resources come from the container's requests and limits instead" if flag in (
+                "num-cpus", "num-gpus", "memory", "object-store-memory") else ""
+            ctx.warnings.append(
+                ConfigWarning(
+                    where,
+                    f"--{flag}={value} ignored: the pod template does not determine {unknown} (only literal env "
+                    f"values and resourceFieldRef of the container's own resources are resolved){fallback}",
+                )
+            )
+            continue
+        out[flag] = resolved
+        ctx.notes.append(
+            ConfigWarning(where, f"--{flag}={value} resolved to --{flag}={resolved} from the Ray container's env")
+        )
+    return out
+
+
+def _ray_container(template: Mapping[str, Any] | None, head: bool) -> tuple[int, Mapping[str, Any]]:
+    """(index, container) of the Ray container as the builders choose it: the one named ray-head (ray-worker),
+    else the first; (-1, {}) when there is none."""
+    spec = (template or {}).get("spec")
+    containers = spec.get("containers") if isinstance(spec, Mapping) else None
+    if not isinstance(containers, list) or not containers:
+        return -1, {}
+    wanted = "ray-head" if head else "ray-worker"
+    for i, c in enumerate(containers):
+        if isinstance(c, Mapping) and c.get("name") == wanted:
+            return i, c
+    return (0, containers[0]) if isinstance(containers[0], Mapping) else (-1, {})
 
 
 def _pod_template(value: Any, path: str, warnings: list[ConfigWarning], budget: _Budget) -> dict[str, Any] | None:
@@ -943,33 +1087,89 @@ def _pod_template(value: Any, path: str, warnings: list[ConfigWarning], budget: 
     return template
 
 
+def _config_pod(value: Any, path: str, *, head: bool, ctx: _Context) -> dict[str, Any] | None:
+    """A pod manifest of a configuration, with `ray up`'s contract applied: the Ray container's command is replaced
+    by the configuration's setup and start commands, and a ServiceAccount the configuration asked `ray up` to create
+    is replaced by the operator's (the head's autoscaler account; the namespace's default for the others)."""
+    template = _pod_template(value, path, ctx.warnings, ctx.budget)
+    if not template or not isinstance(template.get("spec"), dict):
+        return template
+    spec: dict[str, Any] = template["spec"]
+    index, _ = _ray_container(template, head)
+    if index >= 0:
+        container = spec["containers"][index]
+        command, args = container.get("command"), container.get("args")
+        if command or args:
+            where = f"{path}.spec.containers[{index}]"
+            shown = " ".join(str(p) for p in [*_as_list(command), *_as_list(args)])
+            if _START_HOOK in json.dumps([command, args]):
+                pass  # the command starts Ray itself through the operator's start command
+            elif keep_alive(command, args):
+                container.pop("command", None)
+                container.pop("args", None)
+                ctx.notes.append(ConfigWarning(
+                    f"{where}.command",
+                    f"the keep-alive command {shown!r} is replaced by the configuration's setup and start commands: "
+                    "`ray up` ran them in the pod over kubectl exec, the operator makes them the container's command",
+                ))
+            else:
+                container.pop("command", None)
+                container.pop("args", None)
+                ctx.warnings.append(ConfigWarning(
+                    f"{where}.command",
+                    f"{shown!r} is not run: as under `ray up`, Ray runs from the configuration's setup and start "
+                    f"commands, which become the container's command (a command that runs ${_START_HOOK} is kept)",
+                ))
+    for key in ("serviceAccountName", "serviceAccount"):
+        account = spec.get(key)
+        if isinstance(account, str) and account in ctx.accounts:
+            del spec[key]
+            instead = (
+                f"the operator's autoscaler ServiceAccount ({ctx.name}-autoscaler) when autoscaling is on, else the "
+                "namespace's default" if head else "the namespace's default ServiceAccount"
+            )
+            ctx.notes.append(ConfigWarning(
+                f"{path}.spec.{key}",
+                f"{account!r} is the account the configuration asked `ray up` to create; the pod runs as {instead}",
+            ))
+    return template
+
+
+_START_HOOK = "RAYOP_RAY_START_COMMAND"
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
 def _legacy(
     config: _Section,
     *,
-    name: str,
+    ctx: _Context,
     images: _Images,
     starts: _StartCommands,
     head_setup: list[str],
     worker_setup: list[str],
     max_workers: int | None,
-    budget: _Budget,
 ) -> tuple[HeadGroup, list[WorkerGroup]]:
     if config.has("head_node_type"):
         config.warn("head_node_type", "ignored: it only has a meaning together with available_node_types")
-    head_template = _pod_template(config.get("head_node"), config.key_path("head_node"), config.warnings, budget)
+    head_template = _config_pod(config.get("head_node"), config.key_path("head_node"), head=True, ctx=ctx)
+    head_params = _resolve_params(starts.head, head_template, True, ctx)
     head = HeadGroup(
         template=head_template,
         image=_template_image(head_template) or images.head,
-        ray_start_params=starts.head,
+        ray_start_params=head_params,
         resources=_resources(
-            starts.head, config.key_path("head_start_ray_commands"), head_template, config.key_path("head_node")
+            head_params, config.key_path("head_start_ray_commands"), head_template, config.key_path("head_node")
         ),
-        setup_commands=tuple(head_setup),
+        setup_commands=tuple(head_setup + starts.head.shell),
     )
-    _check_group_name(name, DEFAULT_WORKER_GROUP, "metadata.name")
-    worker_template = _pod_template(
-        config.get("worker_nodes"), config.key_path("worker_nodes"), config.warnings, budget
-    )
+    _check_group_name(ctx.name, DEFAULT_WORKER_GROUP, "metadata.name")
+    worker_template = _config_pod(config.get("worker_nodes"), config.key_path("worker_nodes"), head=False, ctx=ctx)
+    worker_params = _resolve_params(starts.worker, worker_template, False, ctx)
     low, high, start = _bounds(
         config.integer("min_workers"), max_workers, config.integer("initial_workers"), f"{CONFIG_PATH}.", _CONFIG_NAMES
     )
@@ -977,9 +1177,9 @@ def _legacy(
         name=DEFAULT_WORKER_GROUP,
         template=worker_template,
         image=_template_image(worker_template) or images.worker,
-        ray_start_params=starts.worker,
+        ray_start_params=worker_params,
         resources=_resources(
-            starts.worker,
+            worker_params,
             config.key_path("worker_start_ray_commands"),
             worker_template,
             config.key_path("worker_nodes"),
@@ -988,7 +1188,7 @@ def _legacy(
         max_workers=high,
         desired_workers=start,
         initial_workers=start,
-        setup_commands=tuple(worker_setup),
+        setup_commands=tuple(worker_setup + starts.worker.shell),
     )
     return head, [group]
 
@@ -1031,14 +1231,14 @@ def _group_name(type_name: str) -> str:
 def _node_types(
     config: _Section,
     *,
-    name: str,
+    ctx: _Context,
     images: _Images,
     starts: _StartCommands,
     head_setup: list[str],
     worker_setup: tuple[list[str], list[str]],
     max_workers: int | None,
-    budget: _Budget,
 ) -> tuple[HeadGroup, list[WorkerGroup]]:
+    name = ctx.name
     for key in ("head_node", "worker_nodes"):
         config.ignore(key, "ignored: available_node_types is set; put the pod manifest in a node type's node_config")
     for key in ("min_workers", "initial_workers"):
@@ -1058,24 +1258,25 @@ def _node_types(
     names: dict[str, str] = {}
     for type_name in types.data:
         node = types.section(type_name)
-        template = _pod_template(node.get("node_config"), node.key_path("node_config"), config.warnings, budget)
+        is_head = type_name == head_type
+        template = _config_pod(node.get("node_config"), node.key_path("node_config"), head=is_head, ctx=ctx)
         node.ignore("docker", "ignored: pods already run in containers; set the image in node_config")
         node.ignore("labels", "ignored: Ray node labels are not supported yet; use custom resources")
         type_params = _type_resources(node, "resources")
-        if type_name == head_type:
+        if is_head:
             for key in ("min_workers", "max_workers"):
                 value = node.integer(key)
                 if value:
                     node.warn(key, "ignored: there is always exactly one head")
             node.ignore("worker_setup_commands", "ignored: it applies to worker node types only")
             node.ignore("idle_timeout_s", "ignored: the head is never removed")
-            params = {**starts.head, **type_params}
+            params = {**_resolve_params(starts.head, template, True, ctx), **type_params}
             head = HeadGroup(
                 template=template,
                 image=_template_image(template) or images.head,
                 ray_start_params=params,
                 resources=_resources(params, node.key_path("resources"), template, node.key_path("node_config")),
-                setup_commands=tuple(head_setup),
+                setup_commands=tuple(head_setup + starts.head.shell),
             )
             node.report_unknown("not a node type key; ignored")
             continue
@@ -1100,7 +1301,7 @@ def _node_types(
         low, high, start = _bounds(minimum, maximum, None, f"{where}.", _CONFIG_NAMES)
         setup = node.commands("worker_setup_commands") if node.has("worker_setup_commands") else global_worker_setup
         idle_s = node.number("idle_timeout_s")
-        params = {**starts.worker, **type_params}
+        params = {**_resolve_params(starts.worker, template, False, ctx), **type_params}
         groups.append(
             WorkerGroup(
                 name=group,
@@ -1112,7 +1313,7 @@ def _node_types(
                 max_workers=high,
                 desired_workers=start,
                 initial_workers=start,
-                setup_commands=tuple(common_setup + setup),
+                setup_commands=tuple(common_setup + setup + starts.worker.shell),
                 idle_timeout_seconds=idle_s,
             )
         )
@@ -1120,3 +1321,123 @@ def _node_types(
     if head is None:  # unreachable: head_type is one of the types
         raise ConfigurationError("is not one of available_node_types", field=config.key_path("head_node_type"))
     return head, groups
+
+
+# -- provider.services ------------------------------------------------------------------------------------------------
+
+# Service spec keys passed through as given (the selector is the operator's; status and cluster-assigned fields are
+# the API server's).
+_SERVICE_SPEC_KEYS = {
+    "ports",
+    "type",
+    "clusterIP",
+    "sessionAffinity",
+    "sessionAffinityConfig",
+    "publishNotReadyAddresses",
+    "externalTrafficPolicy",
+    "internalTrafficPolicy",
+    "loadBalancerSourceRanges",
+    "loadBalancerClass",
+    "externalName",
+    "ipFamilyPolicy",
+    "ipFamilies",
+    "trafficDistribution",
+    "allocateLoadBalancerNodePorts",
+}
+
+
+def _services(
+    value: Any, path: str, head: HeadGroup, groups: Sequence[WorkerGroup], ctx: _Context
+) -> tuple[DeclaredService, ...]:
+    """The Services of `provider.services`: each one that selects some of the cluster's pods (by the labels of their
+    pod templates) is created; the others are reported with the reason."""
+    if value is None or _is_empty(value):
+        return ()
+    if not isinstance(value, list):
+        raise ConfigurationError("must be a list of Service manifests", field=path)
+    labelled = [(HEAD_GROUP, head.template)] + [(g.name, g.template) for g in groups]
+    out: list[DeclaredService] = []
+    seen: set[str] = set()
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        service = _Section(item, where, ctx.warnings)
+        kind, api = service.get("kind"), service.get("apiVersion")
+        metadata = service.section("metadata")
+        svc_name = metadata.get("name")
+        if kind not in (None, "Service") or api not in (None, "v1"):
+            ctx.warnings.append(ConfigWarning(where, f"not created: {api}/{kind} is not a v1 Service"))
+            continue
+        if not isinstance(svc_name, str) or not re.match(DNS_1035_LABEL, svc_name) or len(svc_name) > NAME_LIMIT:
+            ctx.warnings.append(ConfigWarning(
+                metadata.key_path("name"), f"not created: {svc_name!r} is not a Service name (a DNS-1035 label)"))
+            continue
+        if svc_name == f"{ctx.name}-head":
+            ctx.warnings.append(ConfigWarning(
+                metadata.key_path("name"),
+                f"not created: {svc_name} is the operator's own head Service (GCS 6379, dashboard 8265, client 10001, "
+                "metrics 8080)"))
+            continue
+        if svc_name in seen:
+            raise ConfigurationError(f"Service {svc_name!r} is declared twice", field=metadata.key_path("name"))
+        seen.add(svc_name)
+        kept_meta: dict[str, dict[str, str]] = {}
+        for key in ("labels", "annotations"):
+            item_value = metadata.get(key)
+            if item_value is None:
+                continue
+            if not isinstance(item_value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in item_value.items()
+            ):
+                raise ConfigurationError("must be a map of strings", field=metadata.key_path(key))
+            kept_meta[key] = dict(item_value)
+        metadata.ignore("namespace", "ignored: the Service is created in the Ray object's namespace")
+        metadata.report_unknown("ignored: only name, labels and annotations of a Service's metadata are used")
+        spec = service.section("spec")
+        selector = spec.get("selector")
+        if not isinstance(selector, Mapping) or not selector or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
+        ):
+            ctx.warnings.append(ConfigWarning(
+                spec.key_path("selector"),
+                f"Service {svc_name} not created: it needs a selector (a map of labels) naming the pods of the head "
+                "or of worker nodes"))
+            continue
+        targets = tuple(
+            group for group, template in labelled
+            if all(_template_labels(template).get(k) == v for k, v in selector.items())
+        )
+        if not targets:
+            shown = ", ".join(f"{k}={v}" for k, v in selector.items())
+            ctx.warnings.append(ConfigWarning(
+                spec.key_path("selector"),
+                f"Service {svc_name} not created: its selector ({shown}) matches the labels of no pod template of the "
+                "configuration, so it would select none of the cluster's pods"))
+            continue
+        kept: dict[str, Any] = {}
+        for key in list(spec.data):
+            if key == "selector":
+                continue
+            if key in _SERVICE_SPEC_KEYS:
+                kept[key] = _json_copy(spec.get(key), spec.key_path(key), ctx.budget)
+            else:
+                spec.ignore(key, "ignored: the API server or the operator sets it")
+        service.ignore("status", "ignored: the API server writes a Service's status")
+        service.report_unknown("ignored: only apiVersion, kind, metadata and spec of a Service manifest are used")
+        out.append(DeclaredService(
+            name=svc_name,
+            selector=dict(selector),
+            targets=targets,
+            spec=kept,
+            labels=kept_meta.get("labels", {}),
+            annotations=kept_meta.get("annotations", {}),
+        ))
+        ctx.notes.append(ConfigWarning(
+            where, f"Service {svc_name} is created for the pods of {', '.join(targets)} (its selector plus the "
+            "cluster's own labels)"))
+    return tuple(out)
+
+
+def _template_labels(template: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    meta = (template or {}).get("metadata")
+    found = meta.get("labels") if isinstance(meta, Mapping) else None
+    return found if isinstance(found, Mapping) else {}

@@ -36,6 +36,7 @@ __all__ = [
     "AutoscalingSettings",
     "ClusterModel",
     "Conversion",
+    "DeclaredService",
 ]
 
 AGGRESSIVE_UPSCALING_SPEED = 99999.0
@@ -150,6 +151,23 @@ class AutoscalingSettings:
 
 
 @dataclass(frozen=True)
+class DeclaredService:
+    """A Service the configuration declares (`provider.services`), created as a child of the `Ray`.
+
+    `selector` is the configuration's own selector (labels of the pod templates it means); the builders add the
+    cluster's labels so it never selects another cluster's pods. `targets` names the groups (`head` included) whose
+    pod templates carry those labels. `spec` is the rest of the Service spec (ports, type, ...), a JSON-only copy.
+    """
+
+    name: str
+    selector: Mapping[str, str]
+    targets: tuple[str, ...]
+    spec: Mapping[str, Any]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ClusterModel:
     """The effective Ray cluster: a head, worker groups and autoscaling settings."""
 
@@ -162,6 +180,8 @@ class ClusterModel:
     workers_to_delete: tuple[str, ...] = ()
     # The cluster-wide default image (spec.image), also used by groups whose template names none.
     image: str | None = None
+    # Services the configuration declares (provider.services), besides the operator's own head Service.
+    services: tuple[DeclaredService, ...] = ()
 
     def group(self, name: str) -> WorkerGroup | None:
         for g in self.worker_groups:
@@ -180,5 +200,8 @@ class Conversion:
 
     cluster: ClusterModel
     warnings: tuple[ConfigWarning, ...] = ()
+    # What the operator honours differently from `ray up` (a keep-alive command replaced by the start commands, a
+    # ServiceAccount pointed elsewhere, a legacy flag renamed): nothing is lost, but the user should know.
+    notes: tuple[ConfigWarning, ...] = ()
     # "structured", "legacy" (Ray 0.8 head_node/worker_nodes configuration) or "available_node_types".
     form: str = "structured"

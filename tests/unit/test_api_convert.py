@@ -382,7 +382,7 @@ def test_ignored_keys_are_reported_with_reasons() -> None:
             "spec.configuration.provider.namespace",
             "spec.configuration.provider.use_internal_ips",
             "spec.configuration.provider.autoscaler_service_account",
-            "spec.configuration.provider.services",
+            "spec.configuration.provider.services[0].metadata.name",  # a Service without a name
             "spec.configuration.provider.shiny",
             "spec.configuration.docker.container_name",
             "spec.configuration.docker.run_options",
@@ -393,8 +393,7 @@ def test_ignored_keys_are_reported_with_reasons() -> None:
             "spec.configuration.head_node.metadata.generateName",
             "spec.configuration.head_node.metadata.ownerReferences",
             "spec.configuration.head_node.status",
-            "spec.configuration.head_start_ray_commands[0]",  # ulimit
-            "spec.configuration.head_start_ray_commands[0]",  # $MY_CPU_REQUEST
+            "spec.configuration.head_start_ray_commands[0]",  # $MY_CPU_REQUEST (no env in the template)
             "spec.configuration.head_start_ray_commands[0]",  # --port=6380
             "spec.configuration.worker_start_ray_commands[0]",  # --head on a worker
             "spec.configuration.something_else",
@@ -403,6 +402,8 @@ def test_ignored_keys_are_reported_with_reasons() -> None:
     assert all(w.message for w in result.warnings)
     assert result.cluster.head.image == "rayproject/ray:2.60.0"  # docker.image honoured as the default image
     assert result.cluster.head.ray_start_params == {"temp-dir": "/tmp/ray"}
+    # `ulimit` runs before `ray start`, as under `ray up` (where `;` went on whatever it exited with).
+    assert result.cluster.head.setup_commands == ("ulimit -n 65536 || true",)
 
 
 def test_node_types_format_reports_legacy_keys() -> None:
