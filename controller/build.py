@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rayop.api.quantity import ceil_quantity
-from rayop.api.model import ClusterModel, HeadGroup, RayResources, WorkerGroup
+from rayop.api.model import ClusterModel, DeclaredService, HeadGroup, RayResources, WorkerGroup
 from rayop.api.types import (
     API_VERSION,
     GROUP,
@@ -69,6 +69,7 @@ KIND_WORKER = "worker"
 KIND_LAUNCHER = "launcher"
 KIND_CONFIG = "config"
 KIND_AUTOSCALER = "autoscaler"
+KIND_SERVICE = "service"
 
 HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
@@ -550,6 +551,25 @@ def build_head_service(owner: Owner, model: ClusterModel, head: GroupPods) -> JS
     }
 
 
+def build_declared_service(owner: Owner, model: ClusterModel, service: DeclaredService) -> JSON:
+    """A Service the configuration declares (`provider.services`): its ports and type as given, its selector the
+    configuration's plus the cluster's own labels (so it never selects another cluster's pods). Ports get the
+    defaults the API server would add (protocol TCP, targetPort = port), so a stored Service shows no drift."""
+    spec: JSON = _clone(service.spec)
+    ports = spec.get("ports")
+    if isinstance(ports, list):
+        spec["ports"] = [{"protocol": "TCP", **p, **({} if "targetPort" in p else {"targetPort": p.get("port")})}
+                         if isinstance(p, Mapping) else p for p in ports]
+    spec["selector"] = {**service.selector, LABEL_CLUSTER: model.name, LABEL_MANAGED_BY: MANAGED_BY}
+    labels = {**service.labels, **child_labels(model.name, KIND_SERVICE, service.name)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, service.name, labels, annotations=service.annotations),
+        "spec": spec,
+    }
+
+
 def autoscaler_config_text(config: Mapping[str, Any] | str) -> str:
     """The `autoscaler.yaml` text: a string is kept; a mapping is written as sorted, compact JSON (valid YAML, and
     written by the C encoder: cheap enough to run on every reconcile)."""
@@ -652,6 +672,8 @@ class Desired:
     config_hash: str
     # ServiceAccount, Role, RoleBinding when autoscaling is on, else ().
     autoscaler: tuple[Mapping[str, Any], ...] = ()
+    # The Services the configuration declares (provider.services).
+    services: tuple[Mapping[str, Any], ...] = ()
     _by_group: Mapping[str, GroupPods] = field(default_factory=dict, compare=False, repr=False)
 
     def worker(self, group: str) -> GroupPods | None:
@@ -669,8 +691,8 @@ class Desired:
         return launcher_job_name(self.model.name, head_uid, self.config_hash)
 
     def singletons(self) -> tuple[Mapping[str, Any], ...]:
-        """The named children in creation order: RBAC, ConfigMap, Service."""
-        return (*self.autoscaler, self.config_map, self.service)
+        """The named children in creation order: RBAC, ConfigMap, head Service, declared Services."""
+        return (*self.autoscaler, self.config_map, self.service, *self.services)
 
 
 def build_children(ray: Mapping[str, Any], model: ClusterModel, options: Options, *,
@@ -701,5 +723,6 @@ def build_children(ray: Mapping[str, Any], model: ClusterModel, options: Options
         config_map=config_map,
         config_hash=stable_hash(config_text),
         autoscaler=tuple(rbac),
+        services=tuple(build_declared_service(owner, model, s) for s in model.services),
         _by_group={w.group: w for w in workers},
     )

@@ -398,14 +398,15 @@ def _drift(want: Mapping[str, Any], have: Mapping[str, Any]) -> tuple[dict[str, 
     elif kind == "Service":
         spec_want = want["spec"]
         spec_have = have.get("spec") or {}
-        if (spec_have.get("clusterIP") or "None") != spec_want["clusterIP"]:
+        # Only what the manifest sets is compared: the API server fills in the rest (a cluster IP, node ports).
+        if "clusterIP" in spec_want and (spec_have.get("clusterIP") or "None") != spec_want["clusterIP"]:
             return {}, True
         keys = ("name", "port", "targetPort", "protocol")
         changed = {}
-        if _normalized_ports(spec_have.get("ports"), keys) != _normalized_ports(spec_want["ports"], keys):
-            changed["ports"] = spec_want["ports"]
-        for key in ("selector", "publishNotReadyAddresses"):
-            if spec_have.get(key) != spec_want[key]:
+        if _normalized_ports(spec_have.get("ports"), keys) != _normalized_ports(spec_want.get("ports"), keys):
+            changed["ports"] = spec_want.get("ports")
+        for key in ("selector", "publishNotReadyAddresses", "type"):
+            if key in spec_want and spec_have.get(key) != spec_want[key]:
                 changed[key] = spec_want[key]
         if changed:
             patch["spec"] = changed

@@ -123,6 +123,7 @@ class RayReconciler:
             self.expectations.forget(lambda scope: isinstance(scope, tuple) and scope[0] == key)
             self._reported.pop((key, "invalid"), None)
             self._reported.pop((key, "ignored"), None)
+            self._reported.pop((key, "translated"), None)
             return None
         meta = ray["metadata"]
         if meta.get("deletionTimestamp"):
@@ -141,6 +142,9 @@ class RayReconciler:
         if conversion.warnings and self._first_report(key, "ignored", ray):
             self.recorder.record(ray, WARNING, "IgnoredConfiguration",
                                  "; ".join(str(w) for w in conversion.warnings))
+        if conversion.notes and self._first_report(key, "translated", ray):
+            self.recorder.record(ray, NORMAL, "TranslatedConfiguration",
+                                 "; ".join(str(n) for n in conversion.notes))
         desired = build_children(ray, conversion.cluster, self.options, programs=self.programs)
         paused = self.paused_groups(key, observed, [HEAD_GROUP, *(w.group for w in desired.workers)])
         plan = plan_cluster(desired, observed, now, paused=paused)
@@ -208,7 +212,7 @@ class RayReconciler:
             created = self.client.create(resource.collection(namespace), dict(action.manifest))
         except ApiError as e:
             if e.already_exists:
-                return None
+                return self._foreign(ray, action, namespace, name)
             # The server names the pod it would have created; leave that random name out so repeats aggregate.
             generated = str((e.body.get("details") or {}).get("name") or "")
             message = e.message.replace(f'"{generated}"', f'"{name}*"') if generated else e.message
@@ -223,6 +227,25 @@ class RayReconciler:
         self.recorder.record(ray, NORMAL, f"Created{action.kind}",
                              f"{created_name}" + (f": {action.message}" if action.message else ""))
         return None
+
+    def _foreign(self, ray: Mapping[str, Any], action: Create, namespace: str, name: str) -> WriteFailure | None:
+        """A named child that already exists is fine when it is this Ray's (a cache that lags behind); a Service of
+        the same name that belongs to someone else (a name the configuration's provider.services asks for) is never
+        adopted, and the status says so."""
+        if action.kind != "Service" or action.group is not None:
+            return None
+        try:
+            current = self.client.get(CHILDREN[action.kind].object(namespace, name))
+        except ApiError:
+            return None
+        uid = str((ray.get("metadata") or {}).get("uid") or "")
+        owners = [r.get("uid") for r in (current.get("metadata") or {}).get("ownerReferences") or []
+                  if isinstance(r, Mapping) and r.get("controller")]
+        if uid in owners:
+            return None
+        message = f"Service {name} already exists and does not belong to this Ray; it is not adopted or changed"
+        self.recorder.record(ray, WARNING, "FailedCreateService", message)
+        return WriteFailure("create", action.kind, name, message, "AlreadyExists")
 
     def delete(self, ray: Mapping[str, Any], key: ObjectKey, namespace: str, action: Delete) -> WriteFailure | None:
         resource = CHILDREN[action.kind]

@@ -173,10 +173,16 @@ def _configuration(model_or_error: ModelOrError) -> dict[str, Any]:
     if isinstance(model_or_error, ConfigurationError):
         return _condition(CONDITION_CONFIGURATION_VALID, "False", "InvalidConfiguration", model_or_error.describe())
     warnings: Sequence[ConfigWarning] = model_or_error.warnings if isinstance(model_or_error, Conversion) else ()
+    notes: Sequence[ConfigWarning] = model_or_error.notes if isinstance(model_or_error, Conversion) else ()
+    # The keys come first, so that a clipped message still names every one of them.
+    translated = f" | translated from `ray up`: {'; '.join(str(n) for n in notes)}" if notes else ""
     if warnings:
+        keys = ", ".join(dict.fromkeys(w.key for w in warnings))
         listed = "; ".join(str(w) for w in warnings)
         return _condition(CONDITION_CONFIGURATION_VALID, "True", "KeysIgnored",
-                          f"{len(warnings)} key(s) not honoured: {listed}")
+                          f"{len(warnings)} key(s) not honoured ({keys}): {listed}{translated}")
+    if notes:
+        return _condition(CONDITION_CONFIGURATION_VALID, "True", "Translated", f"the configuration is valid{translated}")
     return _condition(CONDITION_CONFIGURATION_VALID, "True", "Valid", "the configuration is valid")
 
 
