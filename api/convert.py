@@ -10,6 +10,11 @@ Guarantees:
 - The `configuration` string accepts the legacy Ray Kubernetes format (`head_node`/`worker_nodes`, `min_workers`,
   `max_workers`, `initial_workers`, `autoscaling_mode`, `target_utilization_fraction`, `idle_timeout_minutes`,
   `provider`) and the `available_node_types` format. Every key is honoured or reported; duplicate keys are errors.
+- A configuration runs as `ray up` ran it (`rayop.api.legacy`): the Ray container's keep-alive command gives way to
+  the setup and start commands, `$VAR`s in start flags are resolved from the pod template, flags of Ray before 2.x
+  are renamed or dropped (never passed to a `ray start` that would refuse them), pods that name a ServiceAccount the
+  configuration asked `ray up` to create run as the operator's, and `provider.services` become `DeclaredService`s.
+  What is honoured differently is in `Conversion.notes`, what is not honoured in `Conversion.warnings`.
 - Pure: no I/O, no clock, no environment; the input is never modified and the model shares no mutable state with it.
 """
 

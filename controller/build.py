@@ -4,6 +4,8 @@ Guarantees:
 - No I/O, no clock, no environment. The model and the `Ray` are never modified: a group's pod template is copied
   once per call (`_clone`, JSON values only) and only the copy is edited. Manifests are plain JSON dicts, ready to
   be sent to the API server; callers treat them as read-only.
+- Declared Services (`provider.services`) keep their names; their selector is the configuration's plus the
+  cluster's labels.
 - Names and labels follow one contract: head Service `<name>-head`, ConfigMap `<name>-ray`, ServiceAccount/Role/
   RoleBinding `<name>-autoscaler`, pods `<name>-head-*` and `<name>-<group>-*` (generateName), launcher Job
   `<name>-launcher-<8 hex>`. Every child carries `ray.k8s.io/cluster`, `ray.k8s.io/node-kind`, `ray.k8s.io/group`,
@@ -14,7 +16,9 @@ Guarantees:
   not of the generated manifest: upgrading the operator's code never rolls running Ray pods by itself, and a change
   of counts (min/max/desired) or of autoscaler knobs never does either. It is computed once per group per call.
 - The user's template is respected: containers, volumes, nodeSelector, tolerations, resources, probes,
-  serviceAccountName and a user-given command are kept; the operator only adds what Ray needs (its command, ports,
+  serviceAccountName and a user-given command are kept (in the configuration form the conversion has already
+  replaced `ray up`'s keep-alive command and the accounts `ray up` would have created); the operator only adds what
+  Ray needs (its command, ports,
   env, /dev/shm, probes where none are declared, the config mount) and fills an empty image from the cluster's.
 """
 
