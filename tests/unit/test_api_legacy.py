@@ -426,3 +426,25 @@ def test_container_env_and_expand() -> None:
     assert expand("$A:${B}", env) == "x:x-y"
     assert expand("$GONE", env) is None
     assert expand("`hostname`", env) is None
+
+
+def test_a_stored_declared_service_shows_no_drift() -> None:
+    """The API server fills in a cluster IP, the type, sessionAffinity and more: none of that is drift (a drift there
+    would patch or re-create the Service on every reconcile)."""
+    from rayop.plan import _drift
+
+    result = convert(data("ray-1.x-kubernetes-defaults.yaml"))
+    desired = build_children({"metadata": {"name": "legacy", "namespace": "ray", "uid": "u"}, "spec": {}},
+                             result.cluster, Options(), programs={})
+    (want,) = desired.services
+    stored = {
+        **want,
+        "metadata": {**want["metadata"], "uid": "s", "resourceVersion": "1"},
+        "spec": {**want["spec"], "clusterIP": "10.96.0.12", "clusterIPs": ["10.96.0.12"], "type": "ClusterIP",
+                 "sessionAffinity": "None", "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                 "internalTrafficPolicy": "Cluster"},
+    }
+    assert _drift(want, stored) == ({}, False)
+    edited = {**stored, "spec": {**stored["spec"], "selector": {"component": "other"}}}
+    patch, recreate = _drift(want, edited)
+    assert not recreate and patch["spec"]["selector"] == want["spec"]["selector"]
