@@ -933,7 +933,8 @@ def _start_params(commands: list[str], path: str, *, head: bool, ctx: _Context) 
             elif command.strip():
                 start.shell.append(command)
             continue
-        for segment, separator in segments:
+        skip = 0 if started else _raw_prefix(command, segments, start)
+        for segment, separator in segments[skip:]:
             if not segment or segment[:2] == ["ray", "stop"]:
                 continue  # a fresh pod has nothing to stop
             if segment[:2] == ["ray", "start"]:
@@ -951,10 +952,44 @@ def _start_params(commands: list[str], path: str, *, head: bool, ctx: _Context) 
             elif separator == "&":
                 start.shell.append(f"{{ {text} & }}")
             elif separator in _GO_ON:
-                start.shell.append(f"{text} || true")
+                start.shell.append(f"{{ {text}; true; }}")
             else:
                 start.shell.append(text)
     return start
+
+
+_RAY_START_AT = re.compile(r"(^|&&|\|\||;|&|\||\n)\s*ray\s+start\b")
+
+
+def _raw_prefix(command: str, segments: list[tuple[list[str], str | None]], start: _Start) -> int:
+    """Keep the shell text before a command's `ray start` as written (quotes and `$VAR`s intact), when it holds
+    nothing the operator drops; return how many segments that took (0: none, handle them one by one)."""
+    first = next((k for k, (seg, _) in enumerate(segments) if seg[:2] == ["ray", "start"]), None)
+    if not first:
+        return 0
+    before = segments[:first]
+    if any(seg[:2] == ["ray", "stop"] or _client_server(seg) for seg, _ in before):
+        return 0
+    match = _RAY_START_AT.search(command)
+    if match is None or not match.group(1):
+        return 0
+    text = command[: match.start()].strip()
+    expected = [token for seg, sep in before for token in [*seg, sep or ""] if token][:-1]
+    try:
+        lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
+        if list(lexer) != expected:
+            return 0
+    except ValueError:
+        return 0
+    separator = before[-1][1]
+    if separator == "&&":
+        start.shell.append(f"{{ {text}; }}")
+    elif separator == "&":
+        start.shell.append(f"{{ {text} & }}")
+    else:
+        start.shell.append(f"{{ {text}; true; }}")
+    return first
 
 
 def _client_server(segment: list[str]) -> bool:

@@ -403,7 +403,7 @@ def test_ignored_keys_are_reported_with_reasons() -> None:
     assert result.cluster.head.image == "rayproject/ray:2.60.0"  # docker.image honoured as the default image
     assert result.cluster.head.ray_start_params == {"temp-dir": "/tmp/ray"}
     # `ulimit` runs before `ray start`, as under `ray up` (where `;` went on whatever it exited with).
-    assert result.cluster.head.setup_commands == ("ulimit -n 65536 || true",)
+    assert result.cluster.head.setup_commands == ("{ ulimit -n 65536; true; }",)
 
 
 def test_node_types_format_reports_legacy_keys() -> None:

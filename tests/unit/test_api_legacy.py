@@ -182,13 +182,46 @@ def test_shell_commands_run_before_ray_start_as_ray_up_ran_them() -> None:
         - echo after
     """
     result = convert(text)
-    assert result.cluster.head.setup_commands == ("pip list", "echo one", "echo two || true", "ulimit -n 65536 || true")
+    # The text before `ray start` is kept as written; after `;` its exit status does not matter, as under `ray up`.
+    assert result.cluster.head.setup_commands == ("pip list", "{ echo one && echo two; ulimit -n 65536; true; }")
     assert "ray.util.client.server" in messages(result.notes)
     (worker,) = result.cluster.worker_groups
     assert worker.setup_commands == ("pip list", "export FOO=bar")
     assert sorted(keys(result.warnings)) == ["spec.configuration.worker_start_ray_commands[1]",
                                              "spec.configuration.worker_start_ray_commands[2]"]
     assert "'echo done' is not run: it comes after `ray start`" in messages(result.warnings)
+
+
+@pytest.mark.parametrize(
+    "command, kept",
+    [
+        ('export PATH="$HOME/bin:$PATH"; ray start --head', '{ export PATH="$HOME/bin:$PATH"; true; }'),
+        ("source /opt/env.sh && ray start --head", "{ source /opt/env.sh; }"),
+        ("my-daemon --flag & ray start --head", "{ my-daemon --flag & }"),
+        # With a `ray stop` in front the parts are taken one by one.
+        ("ray stop; ulimit -n 4096; ray start --head", "{ ulimit -n 4096; true; }"),
+    ],
+)
+def test_text_before_ray_start(command: str, kept: str) -> None:
+    assert convert(f"head_start_ray_commands: [{command!r}]").cluster.head.setup_commands == (kept,)
+
+
+def test_setup_and_start_commands_keep_their_shell_semantics() -> None:
+    """Run the script the operator builds in a real shell: a failing setup command stops it, a failing command
+    before `;` does not, exported variables reach `ray start`, `ray stop` is gone."""
+    import subprocess
+
+    from rayop.build import ray_start_script
+
+    def run(setup: str, start: str) -> str:
+        text = f"max_workers: 0\nsetup_commands: [{setup!r}]\nhead_start_ray_commands: ['ray stop', {start!r}]\n"
+        cluster = convert(text).cluster
+        script = ray_start_script(cluster, cluster.head, Options()).replace("exec ray start", "echo RAY=$X ray start")
+        return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=10).stdout
+
+    assert "RAY=1 ray start --head" in run("true", "false; export X=1; ray start --head")
+    assert "ray start" not in run("false", "export X=1; ray start --head")
+    assert "ray start" not in run("true", "false && ray start --head")
 
 
 # -- the container's command -------------------------------------------------------------------------------------------
@@ -351,7 +384,7 @@ def test_ray_0_8_example_full() -> None:
     cluster = result.cluster
     assert dict(cluster.head.ray_start_params) == {"num-cpus": "1", "object-manager-port": "8076",
                                                    "dashboard-host": "0.0.0.0"}
-    assert cluster.head.setup_commands == ("ulimit -n 65536 || true",)
+    assert cluster.head.setup_commands == ("{ ulimit -n 65536; true; }",)
     assert cluster.head.template is not None
     assert "serviceAccountName" not in cluster.head.template["spec"]
     assert "command" not in cluster.head.template["spec"]["containers"][0]
