@@ -15,17 +15,18 @@ from manifests/). Deselect with `-m "not e2e"`.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from rayop.api.types import LABEL_CLUSTER
 from rayop.runtime.kube import KubeClient
 from tests.e2e.test_ray_process_mode import (  # noqa: F401 - fixtures
     UNAVAILABLE,
     condition,
-    create_and_wait_ready,
     delete_and_check_nothing_left,
     exec_in,
     kube,
@@ -35,7 +36,9 @@ from tests.e2e.test_ray_process_mode import (  # noqa: F401 - fixtures
     operator_pod,
     pm,
     ray_container,
+    record,
     run_on_every_node,
+    wait_ready,
 )
 from tests.support.cluster import PrivateCluster, wait_until
 
@@ -66,6 +69,28 @@ def pasted(file: str) -> str:
     return changed
 
 
+def create_and_wait_ready(pm: PrivateCluster, kube: KubeClient, ray: dict[str, Any]) -> dict[str, Any]:
+    """Create the Ray; wait until it is Ready, `SuccessfulLaunch` is True and its launcher Job counts the success
+    (the Job controller may count the launcher's pod a moment after the operator read its summary)."""
+    ns, name = ray["metadata"]["namespace"], ray["metadata"]["name"]
+    t0 = time.monotonic()
+    kube.create(f"/apis/ray.k8s.io/v1alpha1/namespaces/{ns}/rays", ray)
+    ready = wait_ready(kube, ns, name)
+    record(f"{name}: apply -> Ready", time.monotonic() - t0)
+    path = f"/apis/ray.k8s.io/v1alpha1/namespaces/{ns}/rays/{name}"
+    launched = wait_until(lambda: condition(r := kube.get(path), "SuccessfulLaunch").get("status") == "True" and r,
+                          300, 0.5, message="SuccessfulLaunch True")
+    record(f"{name}: apply -> SuccessfulLaunch", time.monotonic() - t0)
+    assert condition(launched, "SuccessfulLaunch")["reason"] == "Launched"
+
+    def job_succeeded() -> bool:
+        jobs = kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs", labelSelector=f"{LABEL_CLUSTER}={name}")["items"]
+        return len(jobs) == 1 and jobs[0]["status"].get("succeeded") == 1
+
+    wait_until(job_succeeded, 60, 0.5, message="the launcher Job succeeded")
+    return ready
+
+
 def ignored_keys(ready: dict[str, Any]) -> str:
     valid = condition(ready, "ConfigurationValid")
     assert valid["status"] == "True" and valid["reason"] == "KeysIgnored", valid
@@ -75,12 +100,14 @@ def ignored_keys(ready: dict[str, Any]) -> str:
 @pytest.mark.parametrize(
     "name, file, service, client_port",
     [("legacy", "ray-0.8-example-full.yaml", "ray-head", None),
+     ("redisport", "ray-0.8-example-full-redis-port.yaml", None, None),
      ("nodetypes", "ray-1.x-kubernetes-defaults.yaml", "example-cluster-ray-head", 10001),
      ("rayvens", "rayvens-0.2.0-cluster.yaml", "rayvens-cluster-head", 10001)],
-    ids=["ray-0.8-example-full", "ray-1.x-available-node-types", "rayvens-generated"],
+    ids=["ray-0.8-example-full", "ray-0.8-example-full-redis-port", "ray-1.x-available-node-types",
+         "rayvens-generated"],
 )
 def test_ray_example_config_runs_unchanged(pm: PrivateCluster, kube: KubeClient, namespace: str, name: str,
-                                           file: str, service: str, client_port: int | None) -> None:
+                                           file: str, service: str | None, client_port: int | None) -> None:
     ns = namespace
     ray = {"apiVersion": "ray.k8s.io/v1alpha1", "kind": "Ray", "metadata": {"name": name, "namespace": ns},
            "spec": {"configuration": pasted(file)}}
@@ -97,12 +124,13 @@ def test_ray_example_config_runs_unchanged(pm: PrivateCluster, kube: KubeClient,
     head = live(cluster_pods(kube, ns, name, "head"))[0]
     script = head["spec"]["containers"][0]["args"][0]
     assert "sleep infinity" not in script and "exec ray start --head" in script
-    if "0.8" in file:
-        assert "--object-manager-port=8076" in script and "--num-cpus=1" in script
+    if "0.8" in file:  # --num-cpus=$MY_CPU_REQUEST resolved; --redis-port / --port 6379 is the operator's --port
+        assert "--object-manager-port=8076" in script and "--num-cpus=1" in script and "--port=6379" in script
 
-    svc = kube.get(f"/api/v1/namespaces/{ns}/services/{service}")
-    assert svc["metadata"]["ownerReferences"][0]["name"] == name
-    if client_port is not None:
+    if service is not None:
+        svc = kube.get(f"/api/v1/namespaces/{ns}/services/{service}")
+        assert svc["metadata"]["ownerReferences"][0]["name"] == name
+    if service is not None and client_port is not None:
         # A user's program connects through the Service the configuration declared, from another pod.
         worker = live(cluster_pods(kube, ns, name, "worker"))[0]
         out = exec_in(pm, ns, worker["metadata"]["name"], ray_container(worker), "python", "-c", CLIENT,
@@ -111,6 +139,5 @@ def test_ray_example_config_runs_unchanged(pm: PrivateCluster, kube: KubeClient,
         assert out.returncode == 0 and lines, out.stdout[-3000:] + out.stderr[-3000:]
         got = yaml.safe_load(lines[-1])
         assert got["nodes"] == 2 and got["ran_on"] in {p["metadata"]["name"] for p in live(cluster_pods(kube, ns, name))}
-    wait_until(lambda: condition(kube.get(f"/apis/ray.k8s.io/v1alpha1/namespaces/{ns}/rays/{name}"),
-                                 "Ready").get("status") == "True", 60, message="still Ready")
+    wait_ready(kube, ns, name)
     delete_and_check_nothing_left(pm, kube, ns, name)
