@@ -377,8 +377,12 @@ def create_and_wait_ready(pm: PrivateCluster, kube: KubeClient, ray: dict[str, A
                           message="SuccessfulLaunch True")
     record(f"{name}: apply -> SuccessfulLaunch", time.monotonic() - t0)
     assert condition(launched, "SuccessfulLaunch")["reason"] == "Launched"
-    jobs = kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs", labelSelector=f"{LABEL_CLUSTER}={name}")["items"]
-    assert len(jobs) == 1 and jobs[0]["status"].get("succeeded") == 1
+    # The operator reads the launcher's outcome from its pod; the Job controller counts it a moment later.
+    jobs = wait_until(lambda: (items := kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs",
+                                                 labelSelector=f"{LABEL_CLUSTER}={name}")["items"])
+                      and all(j["status"].get("succeeded") == 1 for j in items) and items, 60, 0.5,
+                      message="launcher Job succeeded")
+    assert len(jobs) == 1
     assert any(c["type"] == "Complete" and c["status"] == "True" for c in jobs[0]["status"]["conditions"])
     return ready
 
