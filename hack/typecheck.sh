@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # `make lint`: mypy over the operator's packages as Python imports them. setup.cfg maps `rayop` onto controller/ and
-# `rayop.api` onto api/ (package_dir), which mypy cannot follow, so a tree of symlinks under build/typecheck/ lays
+# `rayop.api` onto api/ (package_dir), which mypy cannot follow, so a tree of symlinks under .mypy_cache/tree/ lays
 # the packages out under their import names, made anew on every run (new modules are never missed), and mypy checks
 # `rayop` from there, strictly (setup.cfg's [mypy] sections); then the tools under hack/, looser (hack/mypy.ini). Extra files given as arguments are checked
 # together with the packages (tests/unit/test_typecheck.py uses that to prove a cross-module error fails the run).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-tree="$repo/build/typecheck"
+tree="$repo/.mypy_cache/tree"
 rm -rf "$tree"
 mkdir -p "$tree/rayop"
 for entry in "$repo"/controller/*; do
