@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from rayop.api.convert import effective_cluster
-from rayop.api.model import ConfigurationError
+from rayop.api.model import ClusterModel, ConfigurationError
 from rayop.api.types import GROUP, HEAD_GROUP, KIND, LABEL_GROUP, LABEL_NODE_KIND, PLURAL, VERSION
 from rayop.autoscaler import inpod_files
 from rayop.build import KIND_HEAD, KIND_WORKER, build_children
@@ -42,7 +42,7 @@ from rayop.runtime.informer import Informer
 from rayop.runtime.kube import CONTENT_MERGE_PATCH, ApiError, KubeClient, Resource
 from rayop.runtime.manager import Manager, Reconcile, ReconcileError, Result
 from rayop.runtime.store import INDEX_OWNER_UID, ObjectKey, make_trimmer
-from rayop.status import WriteFailure, compute_status
+from rayop.status import WriteFailure, clamp_notices, compute_status
 
 log = structlog.get_logger("rayop.reconciler")
 
@@ -111,6 +111,8 @@ class RayReconciler:
         # (Ray UID, generation) whose configuration Event was recorded, per kind ("invalid", "ignored") and key;
         # forgotten when the Ray goes, so the memory is bounded by the live Rays.
         self._reported: dict[tuple[ObjectKey, str], tuple[str, int]] = {}
+        # The clamp notice last reported per live Ray (UID, text): a Normal Event only when it changes.
+        self._clamped: dict[ObjectKey, tuple[str, str]] = {}
         limit = os.environ.get(EXIT_AFTER_WRITES_ENV)
         self._writes = _WriteCounter(int(limit)) if limit else None
 
@@ -124,6 +126,7 @@ class RayReconciler:
             self._reported.pop((key, "invalid"), None)
             self._reported.pop((key, "ignored"), None)
             self._reported.pop((key, "translated"), None)
+            self._clamped.pop(key, None)
             return None
         meta = ray["metadata"]
         if meta.get("deletionTimestamp"):
@@ -145,6 +148,7 @@ class RayReconciler:
         if conversion.notes and self._first_report(key, "translated", ray):
             self.recorder.record(ray, NORMAL, "TranslatedConfiguration",
                                  "; ".join(str(n) for n in conversion.notes))
+        self._report_clamps(key, ray, conversion.cluster)
         desired = build_children(ray, conversion.cluster, self.options, programs=self.programs)
         paused = self.paused_groups(key, observed, [HEAD_GROUP, *(w.group for w in desired.workers)])
         plan = plan_cluster(desired, observed, now, paused=paused)
@@ -305,6 +309,20 @@ class RayReconciler:
                 return
             raise
         self._wrote()
+
+    def _report_clamps(self, key: ObjectKey, ray: Mapping[str, Any], model: ClusterModel) -> None:
+        """A Normal Event when the bounds change the worker count the user or the autoscaler asked for (once per
+        distinct notice)."""
+        notices = clamp_notices(ray, model)
+        if not notices:
+            self._clamped.pop(key, None)
+            return
+        text = "; ".join(notices)
+        seen = (str(ray["metadata"]["uid"]), text)
+        if self._clamped.get(key) == seen:
+            return
+        self._clamped[key] = seen
+        self.recorder.record(ray, NORMAL, "WorkersClamped", text)
 
     def _first_report(self, key: ObjectKey, kind: str, ray: Mapping[str, Any]) -> bool:
         """True once per (Ray UID, generation) for each kind of configuration report: no Event storm."""

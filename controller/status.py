@@ -285,6 +285,28 @@ def _stamp(conditions: Sequence[dict[str, Any]], old: Sequence[Any], generation:
     return out
 
 
+# -- clamping -------------------------------------------------------------------------------------------------------
+
+
+def clamp_notices(ray: Mapping[str, Any], model: ClusterModel) -> list[str]:
+    """One line per worker group whose asked-for count (`spec.desiredWorkers[group]`, else the initial count) lies
+    outside [minWorkers, maxWorkers] and was clamped, naming both numbers; [] when nothing was clamped."""
+    spec = ray.get("spec") or {}
+    asked_map = spec.get("desiredWorkers") if isinstance(spec.get("desiredWorkers"), Mapping) else {}
+    out = []
+    for g in model.worker_groups:
+        value = asked_map.get(g.name)
+        source = "spec.desiredWorkers"
+        if not isinstance(value, int) or isinstance(value, bool):
+            value, source = g.initial_workers, "the initial count"
+        if value == g.desired_workers:
+            continue
+        bound = "minWorkers" if value < g.desired_workers else "maxWorkers"
+        out.append(f"worker group {g.name}: {source} asks for {value}, clamped to {g.desired_workers} "
+                   f"({bound} {g.min_workers if bound == 'minWorkers' else g.max_workers})")
+    return out
+
+
 # -- the status -------------------------------------------------------------------------------------------------------
 
 

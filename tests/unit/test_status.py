@@ -220,3 +220,17 @@ def test_times_are_rfc3339_utc() -> None:
 
     assert format_time(datetime(2026, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)) == "2026-05-06T07:08:09Z"
     assert format_time(datetime(2026, 5, 6, 9, 8, 9, tzinfo=timezone(timedelta(hours=2)))) == "2026-05-06T07:08:09Z"
+
+
+def test_clamp_notices_name_what_was_asked_and_what_runs() -> None:
+    from rayop.status import clamp_notices
+
+    obj = ray({"minWorkers": 2, "maxWorkers": 3, "initialWorkers": 1})
+    obj["metadata"]["generation"] = 2
+    (notice,) = clamp_notices(obj, effective_cluster(obj).cluster)
+    assert "asks for 1" in notice and "clamped to 2" in notice and "minWorkers 2" in notice
+    obj["spec"]["desiredWorkers"] = {"worker": 7}
+    (notice,) = clamp_notices(obj, effective_cluster(obj).cluster)
+    assert "spec.desiredWorkers asks for 7" in notice and "clamped to 3" in notice and "maxWorkers 3" in notice
+    obj["spec"]["desiredWorkers"] = {"worker": 3}
+    assert clamp_notices(obj, effective_cluster(obj).cluster) == []
