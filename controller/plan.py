@@ -136,7 +136,8 @@ class Plan:
     """What to do, in order (named children, head, worker groups, launcher, clean-up), and when to look again."""
 
     actions: tuple[Action, ...] = ()
-    # Seconds until a back-off ends (a failed pod may then be replaced); None when nothing waits on time.
+    # Seconds until the earliest time-based decision of this plan is due (a back-off ends, a running worker that
+    # is not ready reaches its join deadline); None when nothing waits on time.
     requeue_after: float | None = None
     # Why something is not done yet, for logs (e.g. "worker group gpu waits for the rolling update of cpu").
     notes: tuple[str, ...] = ()
@@ -271,17 +272,25 @@ def pod_failure(pod: Mapping[str, Any], options: Options, now: datetime | None =
                         f"{last.get('exitCode', '?')} ({last.get('reason', 'unknown')})",
                 at=parse_time(last.get("finishedAt")),
             )
-    if now is not None and p == "Running" and not is_ready(pod):
-        ready = condition(pod, "Ready") or {}
-        times = [t for t in (parse_time(status.get("startTime")), parse_time(ready.get("lastTransitionTime")))
-                 if t is not None]
-        if times:
-            since = max(times)
-            if (now - since).total_seconds() >= options.join_timeout_seconds:
-                return Failure(reason="NeverReady",
-                               message=f"running but not ready for {options.join_timeout_seconds:.0f}s",
-                               at=since + timedelta(seconds=options.join_timeout_seconds))
+    if now is not None:
+        deadline = never_ready_deadline(pod, options)
+        if deadline is not None and now >= deadline:
+            return Failure(reason="NeverReady",
+                           message=f"running but not ready for {options.join_timeout_seconds:.0f}s",
+                           at=deadline)
     return None
+
+
+def never_ready_deadline(pod: Mapping[str, Any], options: Options) -> datetime | None:
+    """For a pod Running but not Ready: the moment it counts as failed (`NeverReady`); else None."""
+    if phase(pod) != "Running" or is_ready(pod):
+        return None
+    ready = condition(pod, "Ready") or {}
+    times = [t for t in (parse_time(_status(pod).get("startTime")), parse_time(ready.get("lastTransitionTime")))
+             if t is not None]
+    if not times:
+        return None
+    return max(times) + timedelta(seconds=options.join_timeout_seconds)
 
 
 def replacements(pod: Mapping[str, Any]) -> int:
@@ -578,6 +587,11 @@ def _plan_group(b: _Builder, gp: GroupPods, pods: Sequence[Mapping[str, Any]], *
                 refills.append(count)
                 continue
             broken.add(name_of(p))
+        else:
+            deadline = never_ready_deadline(p, b.options)
+            if deadline is not None:
+                # Nothing else may happen to this pod: look again when it would count as never ready.
+                b.wait((deadline - b.now).total_seconds())
         live.append(p)
 
     def order(p: Mapping[str, Any]) -> tuple[int, bool, float, str]:

@@ -67,6 +67,9 @@ POD_TRIM = make_trimmer(
 # The data of our ConfigMaps (the autoscaler config and in-pod programs, tens of KiB) is compared by the plan, so
 # it stays; other children are cached whole (minus managedFields).
 
+# A deadline that is due now is looked at again after this long (never a hot loop on a clock that lags).
+MIN_REQUEUE_SECONDS = 0.5
+
 # Test hook: exit the process right after the Nth successful write, to prove that a crash at any point of a
 # reconcile is repaired by the next run. Never set outside tests.
 EXIT_AFTER_WRITES_ENV = "RAYOP_TEST_EXIT_AFTER_WRITES"
@@ -159,7 +162,14 @@ class RayReconciler:
         if failures:
             # Retried with back-off; the status already tells what the server refused.
             raise ReconcileError("; ".join(f"{f.verb} {f.kind} {f.name}: {f.message}" for f in failures[:3]))
-        return Result(requeue_after=plan.requeue_after) if plan.requeue_after else None
+        # The earliest deadline this reconcile depends on: the plan's (back-offs, join deadlines) and the expiry of
+        # the expectations of the groups left out now (a lost watch event must not stall them for good).
+        waits = [w for w in (plan.requeue_after, *(self.expectations.expires_in((key, g)) for g in paused))
+                 if w is not None]
+        requeue = min(waits) if waits else None
+        if requeue is None:
+            return None
+        return Result(requeue_after=max(requeue, MIN_REQUEUE_SECONDS))
 
     def observe(self, uid: str) -> Observed:
         def owned(kind: str) -> list[dict[str, Any]]:

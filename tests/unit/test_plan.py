@@ -420,3 +420,17 @@ def test_options_steer_the_planner() -> None:
                   finished_ago=0)
     plan = plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], looping]), NOW)
     assert plan.requeue_after == pytest.approx(1.0)
+
+
+def test_a_running_worker_that_is_not_ready_gets_a_requeue_for_its_join_deadline() -> None:
+    d = desired_for(ray(static(1)))
+    young = pod("w", hash=d.workers[0].template_hash, ready=False, age=100, ready_since=100)
+    plan = plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], young]), NOW)
+    assert plan.actions == ()
+    assert plan.requeue_after == pytest.approx(200.0)  # 300 s join timeout, 100 s gone
+    # At the deadline it counts as failed; its replacement waits for the first back-off (10 s) from then.
+    due = pod("w", hash=d.workers[0].template_hash, ready=False, age=300, ready_since=300)
+    plan = plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], due]), NOW)
+    assert plan.actions == () and plan.requeue_after == pytest.approx(10.0)
+    ready = plan_cluster(d, healthy(d), NOW)
+    assert ready.requeue_after is None
