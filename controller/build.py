@@ -635,6 +635,8 @@ def build_launcher_job(owner: Owner, model: ClusterModel, options: Options, head
         "env": [_env_var("PYTHONPATH", CONFIG_DIR), _env_var("RAY_CLUSTER_NAME", model.name)],
         "resources": _clone(options.launcher_resources),
         "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}],
+        # The launcher's JSON summary: written to /dev/termination-log, and its last log line when that is empty.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_spec: JSON = {
         "restartPolicy": "Never",

@@ -27,7 +27,7 @@ import structlog
 
 from rayop.defaults import Options, add_option_arguments, options_from_args
 from rayop.reconciler import CHILDREN as CHILD_RESOURCES
-from rayop.reconciler import MANAGED_BY_SELECTOR, RAY, RayReconciler, child_informers
+from rayop.reconciler import MANAGED_BY_SELECTOR, RAY, RayReconciler, child_informers, launcher_pod_owner
 from rayop.render import add_render_parser
 from rayop.runtime.handlers import controller_owner_key, generation_changed
 from rayop.runtime.kube import KubeClient, Resource
@@ -96,8 +96,10 @@ def wire(manager: Manager, factory: ReconcilerFactory, workers: int,
     controller = manager.controller(CONTROLLER_NAME, reconcile, workers=workers, resync_period=resync_period)
     controller.watch_primary(manager.informer(RAY), predicate=generation_changed)
     to_owner = controller_owner_key("Ray", RAY_GROUP)
-    for informer in child_informers(manager).values():
+    informers = child_informers(manager)
+    for informer in informers.values():
         controller.watch(informer, to_owner)
+    controller.watch(informers["Pod"], launcher_pod_owner)
 
 
 def default_lease_namespace() -> str:

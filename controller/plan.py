@@ -82,6 +82,8 @@ class Observed:
     service_accounts: Sequence[Mapping[str, Any]] = ()
     roles: Sequence[Mapping[str, Any]] = ()
     role_bindings: Sequence[Mapping[str, Any]] = ()
+    # The pods of the launcher Jobs (owned by the Jobs, not the `Ray`): read for the launcher's summary only.
+    launcher_pods: Sequence[Mapping[str, Any]] = ()
 
     def of_kind(self, kind: str) -> Sequence[Mapping[str, Any]]:
         return {

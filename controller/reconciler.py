@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,14 +31,14 @@ import structlog
 
 from rayop.api.convert import effective_cluster
 from rayop.api.model import ClusterModel, ConfigurationError
-from rayop.api.types import GROUP, HEAD_GROUP, KIND, LABEL_GROUP, LABEL_NODE_KIND, PLURAL, VERSION
+from rayop.api.types import GROUP, HEAD_GROUP, KIND, LABEL_CLUSTER, LABEL_GROUP, LABEL_NODE_KIND, PLURAL, VERSION
 from rayop.autoscaler import inpod_files
-from rayop.build import KIND_HEAD, KIND_WORKER, build_children
+from rayop.build import KIND_HEAD, KIND_LAUNCHER, KIND_WORKER, build_children
 from rayop.defaults import Options
 from rayop.expectations import Expectations
 from rayop.plan import Create, Delete, Observed, Patch, Plan, plan_cluster
 from rayop.runtime.events import NORMAL, WARNING
-from rayop.runtime.informer import Informer
+from rayop.runtime.informer import Event, Informer
 from rayop.runtime.kube import CONTENT_MERGE_PATCH, ApiError, KubeClient, Resource
 from rayop.runtime.manager import Manager, Reconcile, ReconcileError, Result
 from rayop.runtime.store import INDEX_OWNER_UID, ObjectKey, make_trimmer
@@ -175,9 +175,13 @@ class RayReconciler:
         def owned(kind: str) -> list[dict[str, Any]]:
             return self.children[kind].store.by_index(INDEX_OWNER_UID, uid)
 
+        jobs = owned("Job")
+        pods = self.children["Pod"].store
+        launcher_pods = [p for j in jobs for p in pods.by_index(INDEX_OWNER_UID, str(j["metadata"]["uid"]))]
         return Observed(
-            pods=owned("Pod"), services=owned("Service"), config_maps=owned("ConfigMap"), jobs=owned("Job"),
+            pods=owned("Pod"), services=owned("Service"), config_maps=owned("ConfigMap"), jobs=jobs,
             service_accounts=owned("ServiceAccount"), roles=owned("Role"), role_bindings=owned("RoleBinding"),
+            launcher_pods=launcher_pods,
         )
 
     def paused_groups(self, key: ObjectKey, observed: Observed, groups: list[str]) -> set[str]:
@@ -384,6 +388,15 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
         if k not in new:
             patch[k] = None
     return patch
+
+
+def launcher_pod_owner(event: Event) -> Iterable[ObjectKey]:
+    """A launcher pod (owned by its Job) maps to its `Ray`, by label: its termination message is the launcher's
+    summary, which the status reports."""
+    labels = (event.obj.get("metadata") or {}).get("labels") or {}
+    if labels.get(LABEL_NODE_KIND) != KIND_LAUNCHER or not labels.get(LABEL_CLUSTER):
+        return ()
+    return (ObjectKey(event.key.namespace, str(labels[LABEL_CLUSTER])),)
 
 
 def ray_reconciler(manager: Manager) -> Reconcile:

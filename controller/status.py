@@ -15,6 +15,9 @@ Guarantees:
   updatedReplicas (those with the group's current template hash), readyReplicas, availableReplicas (ready; the
   operator uses minReadySeconds 0) and unavailableReplicas (desired - available, never negative). The launcher's
   counts come from its Job (desired 1 until the Job finished).
+- SuccessfulLaunch carries the launcher's own reason and message (its one-line JSON summary, read from the
+  termination message of the launcher container of the Job's last finished pod) when the Job failed; the Job's
+  reason (e.g. BackoffLimitExceeded) only when no attempt left a summary.
 - Conditions: ConfigurationValid, HeadReady, WorkersReady, Ready, SuccessfulLaunch, ReplicaFailure, each with
   type/status/reason (CamelCase)/message/observedGeneration/lastTransitionTime. Conditions of other types that
   someone else set are kept as they are.
@@ -28,6 +31,7 @@ from datetime import datetime, timezone
 from typing import Any, Union
 
 from rayop.api.model import ClusterModel, ConfigurationError, Conversion, ConfigWarning
+from rayop.autoscaler import LaunchSummary, parse_launch_summary
 from rayop.api.types import (
     CONDITION_CONFIGURATION_VALID,
     CONDITION_HEAD_READY,
@@ -47,6 +51,7 @@ from rayop.build import (
     KIND_HEAD,
     KIND_LAUNCHER,
     KIND_WORKER,
+    LAUNCHER_CONTAINER,
     MANAGED_BY,
     METRICS_PORT,
     Desired,
@@ -228,7 +233,36 @@ def _workers_condition(groups: Sequence[_GroupView], options: Options, valid: bo
     return _condition(CONDITION_WORKERS_READY, "True", "AllWorkersReady", f"{desired}/{desired} workers ready"), True
 
 
-def _launch(job: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, int]]:
+def _controller_uid(obj: Mapping[str, Any]) -> str:
+    for ref in meta(obj).get("ownerReferences") or ():
+        if isinstance(ref, Mapping) and ref.get("controller"):
+            return str(ref.get("uid") or "")
+    return ""
+
+
+def launch_summary(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> LaunchSummary | None:
+    """The summary of the launcher Job's last finished attempt: its launcher container's termination message
+    (the launcher writes one line of JSON there), or None while no attempt has finished."""
+    uid = uid_of(job)
+    finished: list[tuple[str, str, Mapping[str, Any]]] = []
+    for pod in pods:
+        if _controller_uid(pod) != uid:
+            continue
+        for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+            if not isinstance(cs, Mapping) or cs.get("name") != LAUNCHER_CONTAINER:
+                continue
+            terminated = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+            if isinstance(terminated, Mapping):
+                finished.append((str(terminated.get("finishedAt") or ""), name_of(pod), terminated))
+    if not finished:
+        return None
+    _, _, last = max(finished, key=lambda f: (f[0], f[1]))
+    code = last.get("exitCode")
+    return parse_launch_summary(str(last.get("message") or ""), exit_code=code if isinstance(code, int) else None)
+
+
+def _launch(job: Mapping[str, Any] | None,
+            pods: Sequence[Mapping[str, Any]] = ()) -> tuple[dict[str, Any], dict[str, int]]:
     if job is None:
         return (_condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "WaitingForHead",
                            "the launcher starts once the head pod exists"),
@@ -243,14 +277,25 @@ def _launch(job: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, in
     counts = {"replicas": active, "updatedReplicas": active, "readyReplicas": ready, "availableReplicas": ready,
               "unavailableReplicas": 0 if finished else max(0, 1 - ready)}
     name = name_of(job)
+    summary = launch_summary(job, pods)
     if (complete or {}).get("status") == "True":
-        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "True", "Launched", f"launcher Job {name} completed")
+        detail = f": {summary.message}" if summary is not None and summary.succeeded and summary.message else ""
+        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "True", "Launched", f"launcher Job {name} completed{detail}")
     elif (failed or {}).get("status") == "True":
-        reason = str((failed or {}).get("reason") or "LaunchFailed")
-        message = str((failed or {}).get("message") or "the launcher failed")
-        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", reason, f"launcher Job {name}: {message}")
+        job_reason = str((failed or {}).get("reason") or "LaunchFailed")
+        job_message = str((failed or {}).get("message") or "the launcher failed")
+        if summary is not None and not summary.succeeded:
+            # The launcher's own reason (InvalidConfig, HeadUnreachable, WorkersNotJoined, ...) and message.
+            cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", summary.reason,
+                              f"{summary.message} (launcher Job {name}: {job_reason})")
+        else:
+            cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", job_reason, f"launcher Job {name}: {job_message}")
     else:
-        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "Launching", f"launcher Job {name} is running")
+        detail = ""
+        if summary is not None and not summary.succeeded:
+            detail = f"; the last attempt failed: {summary.reason}: {summary.message}"
+        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "Launching",
+                          f"launcher Job {name} is running{detail}")
     return cond, counts
 
 
@@ -372,7 +417,7 @@ def compute_status(ray: Mapping[str, Any], model_or_error: ModelOrError, observe
     }
 
     job = _current_launch(observed.jobs, head, desired)
-    launch_condition, launcher_counts = _launch(job)
+    launch_condition, launcher_counts = _launch(job, observed.launcher_pods)
 
     head_condition = _head_condition(head, bool(head_pods), opts)
     workers_condition, workers_ready = _workers_condition(groups, opts, model is not None, now)

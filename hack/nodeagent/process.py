@@ -134,6 +134,31 @@ class ApiLookup:
         return str(out["status"]["token"])
 
 
+# What the kubelet keeps of a failed container's log under terminationMessagePolicy FallbackToLogsOnError.
+FALLBACK_LOG_LINES = 80
+FALLBACK_LOG_BYTES = 2048
+
+
+def termination_message(spec: dict[str, Any], exit_code: int, logfile: Path | None) -> str:
+    """A failed container's termination message under `FallbackToLogsOnError`: the tail of its log (at most 80
+    lines and 2048 bytes, the agent's timestamps removed). The `File` policy is not honoured: no file is mounted at
+    terminationMessagePath in process mode."""
+    if exit_code == 0 or spec.get("terminationMessagePolicy") != "FallbackToLogsOnError" or logfile is None:
+        return ""
+    try:
+        with open(logfile, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.split(" ", 1)[1] if " " in line else line for line in tail.splitlines()[-FALLBACK_LOG_LINES:]]
+    text = "\n".join(lines)
+    data = text.encode()
+    return data[-FALLBACK_LOG_BYTES:].decode("utf-8", "ignore") if len(data) > FALLBACK_LOG_BYTES else text
+
+
 @dataclass
 class Container:
     name: str
@@ -155,6 +180,7 @@ class Container:
     log_done: threading.Event = field(default_factory=threading.Event)
     env: dict[str, str] = field(default_factory=dict)
     backoff_delay: float = 0.0
+    logfile: Path | None = None  # the log of the latest run
 
     @property
     def restart_count(self) -> int:
@@ -385,6 +411,7 @@ class ProcessRuntime:
         logdir = st.dir / "logs" / c.name
         logdir.mkdir(parents=True, exist_ok=True)
         logfile = logdir / f"{run_index}.log"
+        c.logfile = logfile
         cmd = [sys.executable, str(INIT), str(spec_path)]
         cmd = ["unshare", "--mount", "--uts", "--propagation", "private", "--", *cmd]
         if st.netns:
@@ -466,6 +493,9 @@ class ProcessRuntime:
             c.exited = {"exitCode": exit_code, "reason": reason, "startedAt": iso(c.started_at),
                         "finishedAt": iso(finished),
                         "containerID": f"process://{st.uid}/{c.name}/{c.restart_count}"}
+            message = termination_message(c.spec, exit_code, c.logfile)
+            if message:
+                c.exited["message"] = message
             c.ready = False
             ran = finished - c.started_at
             if ran > 2 * MAX_BACKOFF:
