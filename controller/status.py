@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from typing import Any, Union
 
 from rayop.api.model import ClusterModel, ConfigurationError, Conversion, ConfigWarning
-from rayop.autoscaler import LaunchSummary, parse_launch_summary
+from rayop.autoscaler import REASON_NO_SUMMARY, LaunchSummary, parse_launch_summary
 from rayop.api.types import (
     CONDITION_CONFIGURATION_VALID,
     CONDITION_HEAD_READY,
@@ -241,8 +241,10 @@ def _controller_uid(obj: Mapping[str, Any]) -> str:
 
 
 def launch_summary(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> LaunchSummary | None:
-    """The summary of the launcher Job's last finished attempt: its launcher container's termination message
-    (the launcher writes one line of JSON there), or None while no attempt has finished."""
+    """The summary of the launcher Job's last finished attempt that left one (its launcher container's termination
+    message: the launcher writes one line of JSON there), else what the last finished attempt's exit code says;
+    None while no attempt has finished. An attempt killed at the Job's deadline leaves no summary; the one before
+    it says why the launch did not succeed."""
     uid = uid_of(job)
     finished: list[tuple[str, str, Mapping[str, Any]]] = []
     for pod in pods:
@@ -256,9 +258,15 @@ def launch_summary(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) ->
                 finished.append((str(terminated.get("finishedAt") or ""), name_of(pod), terminated))
     if not finished:
         return None
-    _, _, last = max(finished, key=lambda f: (f[0], f[1]))
-    code = last.get("exitCode")
-    return parse_launch_summary(str(last.get("message") or ""), exit_code=code if isinstance(code, int) else None)
+    summaries = []
+    for _, _, terminated in sorted(finished, key=lambda f: (f[0], f[1]), reverse=True):
+        code = terminated.get("exitCode")
+        summary = parse_launch_summary(str(terminated.get("message") or ""),
+                                       exit_code=code if isinstance(code, int) else None)
+        if summary.reason != REASON_NO_SUMMARY:
+            return summary
+        summaries.append(summary)
+    return summaries[0]
 
 
 def _launch(job: Mapping[str, Any] | None,

@@ -271,6 +271,11 @@ def test_a_failed_launch_reports_the_launchers_own_reason_and_message() -> None:
     c = conditions(failed)["SuccessfulLaunch"]
     assert (c["status"], c["reason"]) == ("False", "WorkersNotJoined")
     assert "0 of 1 worker(s) joined Ray within 60 s" in c["message"] and "BackoffLimitExceeded" in c["message"]
+    # The last attempt killed at the Job's deadline without a summary: the attempt before it says why.
+    killed = _launcher_pod(job, "l-4", "INFO waiting for 1 worker(s)", 143, "2026-01-02T03:05:00Z")
+    c = conditions(compute(obj, Observed(**{**observed.__dict__, "jobs": [job], "launcher_pods": [newer, killed]})))[
+        "SuccessfulLaunch"]
+    assert (c["status"], c["reason"]) == ("False", "WorkersNotJoined")
     # No summary (a pod killed before it wrote one, with an empty log): the exit code and the Job say why.
     bare = _launcher_pod(job, "l-3", "", 137, "2026-01-02T03:04:00Z")
     c = conditions(compute(obj, Observed(**{**observed.__dict__, "jobs": [job], "launcher_pods": [bare]})))[
