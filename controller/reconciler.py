@@ -62,6 +62,7 @@ CHILDREN: dict[str, Resource] = {
 POD_TRIM = make_trimmer(
     ["spec.volumes", "spec.containers.*.volumeMounts", "spec.containers.*.env", "spec.containers.*.args",
      "spec.containers.*.command", "spec.containers.*.readinessProbe", "spec.containers.*.livenessProbe",
+     "spec.containers.*.lifecycle",
      "spec.tolerations", "spec.initContainers.*.volumeMounts", "spec.initContainers.*.env"]
 )
 # The data of our ConfigMaps (the autoscaler config and in-pod programs, tens of KiB) is compared by the plan, so
