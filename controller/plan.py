@@ -13,7 +13,8 @@ Guarantees:
      back-off has passed (base * 2**n seconds, n = how often the slot was refilled, capped; reset after a pod ran
      `replace_backoff_reset_seconds`); until then `Plan.requeue_after` says when to look again;
   3. above `desired`, pods are removed in this order: not yet scheduled, pending, failed or not ready, and only
-     then running-and-ready ones (old template first, newest first). With the autoscaler on, a running ready
+     then running-and-ready ones, idle before busy (`busy`: what Ray says runs there), old template first, newest
+     first. With the autoscaler on, a running ready
      worker is removed only by name or while the group is above its maxWorkers: the autoscaler drains idle nodes
      and names them; the operator never kills a busy one to follow a lowered count;
   4. below `desired`, pods are created — but only once the head pod is running.
@@ -337,6 +338,7 @@ class _Builder:
     actions: list[Action] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     requeue: float | None = None
+    busy: Collection[str] = frozenset()
 
     @property
     def options(self) -> Options:
@@ -365,10 +367,11 @@ class _Builder:
 
 
 def plan_cluster(desired: Desired, observed: Observed, now: datetime, *,
-                 paused: Collection[str] = frozenset()) -> Plan:
+                 paused: Collection[str] = frozenset(), busy: Collection[str] = frozenset()) -> Plan:
     """Everything to do for one cluster. `paused`: group names (`head` for the head) whose expectations are not
-    yet satisfied — their pods are left alone this time."""
-    b = _Builder(desired=desired, now=now)
+    yet satisfied — their pods are left alone this time. `busy`: pod IPs of workers whose Ray node runs tasks or
+    actors; among running ready workers, idle ones are removed first."""
+    b = _Builder(desired=desired, now=now, busy=busy)
     owner_uid = desired.owner.uid
     mine = [p for p in observed.pods if not _owned_by_other(p, owner_uid) and
             labels(p).get(LABEL_MANAGED_BY) == MANAGED_BY]
@@ -547,15 +550,22 @@ def _plan_workers(b: _Builder, pods: Sequence[Mapping[str, Any]], paused: Collec
                 b.delete(p, REASON_GROUP_REMOVED, f"worker group {group!r} no longer exists", group=group)
 
 
-def _scale_down_order(pod: Mapping[str, Any], want_hash: str, broken: bool) -> tuple[int, bool, float, str]:
+def pod_ip(pod: Mapping[str, Any]) -> str:
+    return str(_status(pod).get("podIP") or "")
+
+
+def _scale_down_order(pod: Mapping[str, Any], want_hash: str, broken: bool,
+                      busy: Collection[str] = frozenset()) -> tuple[int, bool, float, str]:
     if not is_scheduled(pod):
         category = 0
     elif phase(pod) == "Pending":
         category = 1
     elif broken or not is_ready(pod):
         category = 2
-    else:
+    elif pod_ip(pod) not in busy:
         category = 3
+    else:
+        category = 4  # its Ray node runs tasks or actors: last
     # Old template first, then newest first.
     created = parse_time(_created(pod))
     return category, template_hash(pod) == want_hash, -(created.timestamp() if created else 0.0), name_of(pod)
@@ -597,7 +607,7 @@ def _plan_group(b: _Builder, gp: GroupPods, pods: Sequence[Mapping[str, Any]], *
         live.append(p)
 
     def order(p: Mapping[str, Any]) -> tuple[int, bool, float, str]:
-        return _scale_down_order(p, gp.template_hash, name_of(p) in broken)
+        return _scale_down_order(p, gp.template_hash, name_of(p) in broken, b.busy)
 
     old = [p for p in live if template_hash(p) != gp.template_hash]
     removed: set[str] = set()
@@ -652,7 +662,7 @@ def _scale_down(b: _Builder, gp: GroupPods, live: Sequence[Mapping[str, Any]], e
         if name_of(p) in removed:
             continue
         # With the autoscaler on, running ready workers go only while the group is above its maximum.
-        if order(p)[0] == 3 and autoscaling and remaining <= max_workers:
+        if order(p)[0] >= 3 and autoscaling and remaining <= max_workers:
             b.notes.append(f"worker group {gp.group}: {excess} pod(s) above desired are running and ready; "
                            "the autoscaler removes idle ones by name")
             break

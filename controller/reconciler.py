@@ -33,10 +33,21 @@ from rayop.api.convert import effective_cluster
 from rayop.api.model import ClusterModel, ConfigurationError
 from rayop.api.types import GROUP, HEAD_GROUP, KIND, LABEL_CLUSTER, LABEL_GROUP, LABEL_NODE_KIND, PLURAL, VERSION
 from rayop.autoscaler import inpod_files
-from rayop.build import KIND_HEAD, KIND_LAUNCHER, KIND_WORKER, build_children
+from rayop.build import DASHBOARD_PORT, KIND_HEAD, KIND_LAUNCHER, KIND_WORKER, build_children
 from rayop.defaults import Options
 from rayop.expectations import Expectations
-from rayop.plan import Create, Delete, Observed, Patch, Plan, plan_cluster
+from rayop.plan import (
+    REASON_ROLLING_UPDATE,
+    REASON_SCALE_DOWN,
+    Create,
+    Delete,
+    Observed,
+    Patch,
+    Plan,
+    is_ready,
+    plan_cluster,
+)
+from rayop.runtime.raystate import busy_node_ips
 from rayop.runtime.events import NORMAL, WARNING
 from rayop.runtime.informer import Event, Informer
 from rayop.runtime.kube import CONTENT_MERGE_PATCH, ApiError, KubeClient, Resource
@@ -67,6 +78,9 @@ POD_TRIM = make_trimmer(
 )
 # The data of our ConfigMaps (the autoscaler config and in-pod programs, tens of KiB) is compared by the plan, so
 # it stays; other children are cached whole (minus managedFields).
+
+# Removals of running, ready workers the operator decides itself: idle workers go first (see busy_workers).
+DRAINING_REASONS = frozenset({REASON_SCALE_DOWN, REASON_ROLLING_UPDATE})
 
 # A deadline that is due now is looked at again after this long (never a hot loop on a clock that lags).
 MIN_REQUEUE_SECONDS = 0.5
@@ -117,6 +131,7 @@ class RayReconciler:
         self._reported: dict[tuple[ObjectKey, str], tuple[str, int]] = {}
         # The clamp notice last reported per live Ray (UID, text): a Normal Event only when it changes.
         self._clamped: dict[ObjectKey, tuple[str, str]] = {}
+        self.busy_nodes: Callable[[str, int], frozenset[str] | None] = busy_node_ips
         limit = os.environ.get(EXIT_AFTER_WRITES_ENV)
         self._writes = _WriteCounter(int(limit)) if limit else None
 
@@ -156,6 +171,11 @@ class RayReconciler:
         desired = build_children(ray, conversion.cluster, self.options, programs=self.programs)
         paused = self.paused_groups(key, observed, [HEAD_GROUP, *(w.group for w in desired.workers)])
         plan = plan_cluster(desired, observed, now, paused=paused)
+        if self._removes_ready_workers(plan, observed):
+            # About to remove running, ready workers: ask Ray which ones are busy, so idle ones go first.
+            busy = self.busy_workers(ray, conversion.cluster, observed)
+            if busy:
+                plan = plan_cluster(desired, observed, now, paused=paused, busy=busy)
         failures = self.apply(ray, key, plan)
         status = compute_status(ray, conversion, observed, now, desired=desired, failures=failures,
                                 options=self.options)
@@ -184,6 +204,28 @@ class RayReconciler:
             service_accounts=owned("ServiceAccount"), roles=owned("Role"), role_bindings=owned("RoleBinding"),
             launcher_pods=launcher_pods,
         )
+
+    @staticmethod
+    def _removes_ready_workers(plan: Plan, observed: Observed) -> bool:
+        ready = {str(p["metadata"]["name"]) for p in observed.pods
+                 if (p["metadata"].get("labels") or {}).get(LABEL_NODE_KIND) == KIND_WORKER and is_ready(p)}
+        return any(isinstance(a, Delete) and a.kind == "Pod" and a.name in ready and a.reason in DRAINING_REASONS
+                   for a in plan.actions)
+
+    def busy_workers(self, ray: Mapping[str, Any], model: ClusterModel, observed: Observed) -> frozenset[str]:
+        """Pod IPs of the workers whose Ray node runs tasks or actors, from the head's dashboard; empty when it
+        does not answer."""
+        heads = [p for p in observed.pods if (p["metadata"].get("labels") or {}).get(LABEL_NODE_KIND) == KIND_HEAD
+                 and is_ready(p) and (p.get("status") or {}).get("podIP")]
+        if not heads:
+            return frozenset()
+        port = int(model.head.ray_start_params.get("dashboard-port", DASHBOARD_PORT))
+        busy = self.busy_nodes(str(heads[0]["status"]["podIP"]), port)
+        if busy is None:
+            log.info("the dashboard does not say which workers are busy", key=f"{ray['metadata']['namespace']}/"
+                     f"{ray['metadata']['name']}")
+            return frozenset()
+        return busy
 
     def paused_groups(self, key: ObjectKey, observed: Observed, groups: list[str]) -> set[str]:
         """Groups (the head as `head`) whose last creates or deletes the cache does not show yet."""

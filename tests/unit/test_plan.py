@@ -434,3 +434,35 @@ def test_a_running_worker_that_is_not_ready_gets_a_requeue_for_its_join_deadline
     assert plan.actions == () and plan.requeue_after == pytest.approx(10.0)
     ready = plan_cluster(d, healthy(d), NOW)
     assert ready.requeue_after is None
+
+
+def test_scale_down_removes_idle_ready_workers_before_busy_ones() -> None:
+    d = desired_for(ray(static(1)))
+    h = d.workers[0].template_hash
+    old_busy = pod("busy", hash=h, age=100, ip="10.0.0.7")
+    new_idle = pod("idle", hash=h, age=50, ip="10.0.0.8")
+    observed = with_pods(healthy(d), [healthy(d).pods[0], old_busy, new_idle])
+    assert deleted(plan_cluster(d, observed, NOW)) == ["idle"]  # newest first without Ray's view
+    newest_busy = pod("busy", hash=h, age=10, ip="10.0.0.7")
+    observed = with_pods(healthy(d), [healthy(d).pods[0], newest_busy, new_idle])
+    assert deleted(plan_cluster(d, observed, NOW)) == ["busy"]
+    assert deleted(plan_cluster(d, observed, NOW, busy={"10.0.0.7"})) == ["idle"]
+    # Pending and not-ready pods still go before any running ready one, busy or not.
+    pending = pod("pending", hash=h, phase="Pending", age=5)
+    observed = with_pods(healthy(d), [healthy(d).pods[0], newest_busy, new_idle, pending])
+    assert deleted(plan_cluster(d, observed, NOW, busy={"10.0.0.7"})) == ["pending", "idle"]
+
+
+def test_a_rolling_update_replaces_busy_workers_last() -> None:
+    new, observed = _rolled(static(2))
+    h = new.workers[0].template_hash
+    others = [p for p in observed.pods if p["metadata"]["labels"].get("ray.k8s.io/node-kind") != "worker"]
+    old = [p for p in observed.pods if p["metadata"]["labels"].get("ray.k8s.io/node-kind") == "worker"]
+    old = [{**p, "status": {**p["status"], "podIP": f"10.0.1.{i}"}} for i, p in enumerate(old)]
+    fresh = pod("n1", hash=h, age=1, ip="10.0.9.1")
+    pods_now = [*others, *old, fresh]
+    # Without Ray's view the newest old pod goes first; with it, the busy one (the newest) waits.
+    assert [a.name for a in plan_cluster(new, with_pods(observed, pods_now), NOW).deletes] == [
+        old[-1]["metadata"]["name"]]
+    step = plan_cluster(new, with_pods(observed, pods_now), NOW, busy={old[-1]["status"]["podIP"]})
+    assert [a.name for a in step.deletes] == [old[0]["metadata"]["name"]]
