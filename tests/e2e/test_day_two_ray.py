@@ -2,6 +2,10 @@
 process-mode control plane of the test's own, whose pods are real Ray heads, workers and launchers.
 
 Proves:
+- graceful scale-down with the autoscaler off: a driver keeps a long task running on one of two workers; lowering
+  maxWorkers removes the idle worker, not the busy one; a worker template change then rolls the busy worker too,
+  which drains first (its preStop hook asks Ray's GCS), so the driver's task result is delivered; a watch-recorded
+  history never shows more than desired + surge worker pods;
 - a launcher whose workers never join fails with its own reason: `SuccessfulLaunch=False`, reason
   `WorkersNotJoined` and the launcher's message (not the Job's `BackoffLimitExceeded`/`DeadlineExceeded`), and a
   Warning Event with the same reason.
@@ -9,8 +13,11 @@ Proves:
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +26,7 @@ from typing import Any
 import pytest
 
 from rayop.runtime.kube import KubeClient
-from tests.support.cluster import PrivateCluster, process_mode_unavailable, wait_until
+from tests.support.cluster import SCRIPT, PrivateCluster, process_mode_unavailable, wait_until
 from tests.support.operator import OperatorProcess, install_crd, rays_path
 
 SMALL = {"num-cpus": "1", "object-store-memory": "100000000"}
@@ -89,5 +96,130 @@ def test_a_launcher_whose_workers_never_join_reports_workers_not_joined(pm: Priv
             "items"] if e["reason"] == "WorkersNotJoined"], 30, message="a WorkersNotJoined Warning Event")
         assert "joined Ray" in warnings[0]["message"]
     finally:
+        op.stop()
+    assert "Traceback" not in op.log(), op.log()[-5000:]
+
+
+# A long task on a worker; says which node runs it (BUSY <ip>), then its result (RESULT <pod name>).
+LONG_TASK = """
+import os, sys, time
+import ray
+from ray.util.state import list_tasks
+ray.init(address="auto", logging_level="ERROR")
+@ray.remote(num_cpus=1)
+def long(seconds):
+    time.sleep(seconds)
+    return os.environ.get("RAY_CLOUD_INSTANCE_ID")
+ref = long.remote(float(sys.argv[1]))
+while True:
+    running = [t for t in list_tasks(filters=[("state", "=", "RUNNING")]) if t.name.endswith("long")]
+    if running:
+        break
+    time.sleep(0.5)
+ip = next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == running[0].node_id)
+print("BUSY", ip, flush=True)
+try:
+    print("RESULT", ray.get(ref), flush=True)
+except Exception as e:
+    print("LOST", type(e).__name__, str(e).splitlines()[0], flush=True)
+"""
+
+
+def worker_pods(kube: KubeClient, ns: str, name: str) -> list[dict[str, Any]]:
+    return [p for p in kube.get(f"/api/v1/namespaces/{ns}/pods",
+                                labelSelector=f"ray.k8s.io/cluster={name},ray.k8s.io/node-kind=worker")["items"]
+            if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions") or [])
+
+
+def test_scale_down_and_rolling_update_drain_busy_workers_last(pm: PrivateCluster, kube: KubeClient,
+                                                                namespace: str, tmp_path: Path) -> None:
+    op = OperatorProcess(pm, [namespace], tmp_path / "operator.log", extra_args=["--drain-timeout", "240"])
+    op.start()
+    # Every worker pod the API server ever showed, and the most alive (not terminated) at once.
+    seen: dict[str, dict[str, Any]] = {}
+    peak = [0]
+    stop = threading.Event()
+
+    def record() -> None:
+        watcher = pm.client()
+        rv = kube.get(f"/api/v1/namespaces/{namespace}/pods", limit=1)["metadata"]["resourceVersion"]
+        while not stop.is_set():
+            for event in watcher.watch(f"/api/v1/namespaces/{namespace}/pods",
+                                       {"resourceVersion": rv, "timeoutSeconds": 5,
+                                        "labelSelector": "ray.k8s.io/node-kind=worker"}, timeout=15):
+                obj = event["object"]
+                rv = obj["metadata"].get("resourceVersion", rv)
+                if event["type"] == "DELETED":
+                    seen.pop(obj["metadata"]["name"], None)
+                elif event["type"] in ("ADDED", "MODIFIED"):
+                    seen[obj["metadata"]["name"]] = obj
+                alive = [p for p in seen.values() if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
+                peak[0] = max(peak[0], len(alive))
+
+    recorder = threading.Thread(target=record, daemon=True)
+    recorder.start()
+    driver: subprocess.Popen[str] | None = None
+    try:
+        ray = {
+            "apiVersion": "ray.k8s.io/v1alpha1", "kind": "Ray", "metadata": {"name": "drain", "namespace": namespace},
+            "spec": {"autoScalingMode": "disabled", "minWorkers": 0, "maxWorkers": 2, "initialWorkers": 2,
+                     "headRayStartParams": {**SMALL, "num-cpus": "0"}, "workerRayStartParams": dict(SMALL)},
+        }
+        kube.create(rays_path(namespace), ray)
+        wait_until(lambda: (r := kube.get(rays_path(namespace, "drain"))) and
+                   condition(r, "Ready").get("status") == "True", 300, interval=2, message="Ray drain Ready")
+        assert len(worker_pods(kube, namespace, "drain")) == 2
+        head = kube.get(f"/api/v1/namespaces/{namespace}/pods",
+                        labelSelector="ray.k8s.io/cluster=drain,ray.k8s.io/node-kind=head")["items"][0]
+        env = dict(os.environ, RAYOP_CLUSTER_DIR=str(pm.state_dir))
+        driver = subprocess.Popen([str(SCRIPT), "exec", head["metadata"]["name"], "-n", namespace, "-c", "ray-head",
+                                   "--", "python", "-c", LONG_TASK, "150"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env=env)
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.extend(iter(driver.stdout.readline, "")), daemon=True).start()  # type: ignore[union-attr]
+        busy_ip = wait_until(lambda: next((ln.split()[1] for ln in lines if ln.startswith("BUSY")), None), 120,
+                             interval=0.5, message=f"the long task runs (driver: {lines[-5:]})")
+        workers = worker_pods(kube, namespace, "drain")
+        busy = next(p["metadata"]["name"] for p in workers if p["status"].get("podIP") == busy_ip)
+        idle = next(p["metadata"]["name"] for p in workers if p["metadata"]["name"] != busy)
+        print(f"busy worker {busy} ({busy_ip}), idle worker {idle}")
+
+        # 1. Lower maxWorkers: the idle worker goes, the busy one stays and keeps running its task.
+        kube.patch(rays_path(namespace, "drain"), {"spec": {"maxWorkers": 1}})
+        wait_until(lambda: idle not in {p["metadata"]["name"] for p in worker_pods(kube, namespace, "drain")}, 120,
+                   interval=1, message=f"idle worker {idle} removed")
+        left = worker_pods(kube, namespace, "drain")
+        assert [p["metadata"]["name"] for p in left] == [busy], left
+        assert not left[0]["metadata"].get("deletionTimestamp")
+        assert not any(ln.startswith(("RESULT", "LOST")) for ln in lines), lines
+
+        # 2. A worker template change rolls the busy worker too: it drains first, so its task finishes.
+        t0 = time.monotonic()
+        kube.patch(rays_path(namespace, "drain"), {"spec": {"worker": {"metadata": {"labels": {"rolled": "yes"}}}}})
+        wait_until(lambda: (p := next((p for p in worker_pods(kube, namespace, "drain")
+                                       if p["metadata"]["name"] == busy), None)) is not None
+                   and p["metadata"].get("deletionTimestamp"), 180, interval=1,
+                   message=f"the busy worker {busy} deleted by the rolling update")
+        result = wait_until(lambda: next((ln for ln in lines if ln.startswith(("RESULT", "LOST"))), None), 240,
+                            interval=1, message="the driver's result")
+        print(f"driver: {result.strip()} {time.monotonic() - t0:.0f}s after the template change")
+        assert result.split() == ["RESULT", busy], lines
+        wait_until(lambda: busy not in {p["metadata"]["name"] for p in worker_pods(kube, namespace, "drain")}, 120,
+                   interval=1, message=f"{busy} gone after its drain")
+        final = wait_until(lambda: (r := kube.get(rays_path(namespace, "drain"))) and
+                           condition(r, "Ready").get("status") == "True" and
+                           r["status"]["worker"].get("updatedReplicas") == 1 and r, 180, interval=2,
+                           message="rolled and Ready")
+        assert final["status"]["worker"]["replicas"] == 1
+        assert all(p["metadata"]["labels"].get("rolled") == "yes" for p in worker_pods(kube, namespace, "drain"))
+        assert peak[0] <= 2, peak[0]  # desired (1) + surge (1) after the scale-down; 2 before it
+    finally:
+        stop.set()
+        if driver is not None and driver.poll() is None:
+            driver.kill()
         op.stop()
     assert "Traceback" not in op.log(), op.log()[-5000:]
