@@ -345,7 +345,8 @@ def clamp_notices(ray: Mapping[str, Any], model: ClusterModel) -> list[str]:
     """One line per worker group whose asked-for count (`spec.desiredWorkers[group]`, else the initial count) lies
     outside [minWorkers, maxWorkers] and was clamped, naming both numbers; [] when nothing was clamped."""
     spec = ray.get("spec") or {}
-    asked_map = spec.get("desiredWorkers") if isinstance(spec.get("desiredWorkers"), Mapping) else {}
+    raw = spec.get("desiredWorkers")
+    asked_map: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     out = []
     for g in model.worker_groups:
         value = asked_map.get(g.name)
