@@ -258,6 +258,12 @@ class RaySpec:
         item_max_length=253,
         list_type="set",
     )
+    suspend: bool | None = prop(
+        "suspend",
+        "Suspends the cluster (what Kueue and other queueing systems set): true deletes the cluster's pods, "
+        "workers first, each draining its Ray node, then the head; the Ray, its Service, ConfigMap and RBAC stay. "
+        "false (or unset) brings the cluster back with its configuration.",
+    )
 
 
 @dataclass(frozen=True)

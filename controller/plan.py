@@ -67,6 +67,7 @@ REASON_DUPLICATE_HEAD = "DuplicateHead"
 REASON_GROUP_REMOVED = "GroupRemoved"
 REASON_LAUNCH = "Launch"
 REASON_STALE_LAUNCH = "StaleLaunch"
+REASON_SUSPENDED = "Suspended"
 
 
 # -- inputs and outputs -------------------------------------------------------------------------------------------
@@ -367,21 +368,45 @@ class _Builder:
 
 
 def plan_cluster(desired: Desired, observed: Observed, now: datetime, *,
-                 paused: Collection[str] = frozenset(), busy: Collection[str] = frozenset()) -> Plan:
+                 paused: Collection[str] = frozenset(), busy: Collection[str] = frozenset(),
+                 suspended: bool = False) -> Plan:
     """Everything to do for one cluster. `paused`: group names (`head` for the head) whose expectations are not
     yet satisfied — their pods are left alone this time. `busy`: pod IPs of workers whose Ray node runs tasks or
-    actors; among running ready workers, idle ones are removed first."""
+    actors; among running ready workers, idle ones are removed first. `suspended` (spec.suspend): no pod is
+    created; worker pods are deleted, idle first, and the head once no worker pod is left; the named children
+    stay."""
     b = _Builder(desired=desired, now=now, busy=busy)
     owner_uid = desired.owner.uid
     mine = [p for p in observed.pods if not _owned_by_other(p, owner_uid) and
             labels(p).get(LABEL_MANAGED_BY) == MANAGED_BY]
     _plan_singletons(b, observed, owner_uid)
+    if suspended:
+        _plan_suspended(b, mine, paused)
+        return Plan(actions=tuple(b.actions), requeue_after=b.requeue, notes=tuple(b.notes))
     head, head_running = _plan_head(b, [p for p in mine if labels(p).get(LABEL_NODE_KIND) == KIND_HEAD],
                                     paused=HEAD_GROUP in paused)
     _plan_workers(b, [p for p in mine if labels(p).get(LABEL_NODE_KIND) == KIND_WORKER], paused, head_running)
     _plan_launcher(b, head, [j for j in observed.jobs if not _owned_by_other(j, owner_uid)
                              and labels(j).get(LABEL_NODE_KIND) == KIND_LAUNCHER])
     return Plan(actions=tuple(b.actions), requeue_after=b.requeue, notes=tuple(b.notes))
+
+
+def _plan_suspended(b: _Builder, pods: Sequence[Mapping[str, Any]], paused: Collection[str]) -> None:
+    workers = [p for p in pods if labels(p).get(LABEL_NODE_KIND) == KIND_WORKER]
+    heads = [p for p in pods if labels(p).get(LABEL_NODE_KIND) == KIND_HEAD]
+    for p in sorted(workers, key=lambda p: _scale_down_order(p, "", False, b.busy)):
+        group = str(labels(p).get(LABEL_GROUP) or "")
+        if group in paused or is_terminating(p):
+            continue
+        b.delete(p, REASON_SUSPENDED, f"worker {name_of(p)}: the cluster is suspended", group=group)
+    if workers:
+        b.notes.append(f"suspended: {len(workers)} worker pod(s) go before the head")
+        return
+    if HEAD_GROUP in paused:
+        return
+    for p in heads:
+        if not is_terminating(p):
+            b.delete(p, REASON_SUSPENDED, f"head pod {name_of(p)}: the cluster is suspended", group=HEAD_GROUP)
 
 
 # -- named children -----------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from rayop.expectations import Expectations
 from rayop.plan import (
     REASON_ROLLING_UPDATE,
     REASON_SCALE_DOWN,
+    REASON_SUSPENDED,
     Create,
     Delete,
     Observed,
@@ -80,7 +81,7 @@ POD_TRIM = make_trimmer(
 # it stays; other children are cached whole (minus managedFields).
 
 # Removals of running, ready workers the operator decides itself: idle workers go first (see busy_workers).
-DRAINING_REASONS = frozenset({REASON_SCALE_DOWN, REASON_ROLLING_UPDATE})
+DRAINING_REASONS = frozenset({REASON_SCALE_DOWN, REASON_ROLLING_UPDATE, REASON_SUSPENDED})
 
 # A deadline that is due now is looked at again after this long (never a hot loop on a clock that lags).
 MIN_REQUEUE_SECONDS = 0.5
@@ -170,12 +171,13 @@ class RayReconciler:
         self._report_clamps(key, ray, conversion.cluster)
         desired = build_children(ray, conversion.cluster, self.options, programs=self.programs)
         paused = self.paused_groups(key, observed, [HEAD_GROUP, *(w.group for w in desired.workers)])
-        plan = plan_cluster(desired, observed, now, paused=paused)
+        suspended = (ray.get("spec") or {}).get("suspend") is True
+        plan = plan_cluster(desired, observed, now, paused=paused, suspended=suspended)
         if self._removes_ready_workers(plan, observed):
             # About to remove running, ready workers: ask Ray which ones are busy, so idle ones go first.
             busy = self.busy_workers(ray, conversion.cluster, observed)
             if busy:
-                plan = plan_cluster(desired, observed, now, paused=paused, busy=busy)
+                plan = plan_cluster(desired, observed, now, paused=paused, busy=busy, suspended=suspended)
         failures = self.apply(ray, key, plan)
         status = compute_status(ray, conversion, observed, now, desired=desired, failures=failures,
                                 options=self.options)

@@ -76,6 +76,8 @@ from rayop.plan import (
 )
 
 CONDITION_REPLICA_FAILURE = "ReplicaFailure"
+# Present once a Ray was suspended (spec.suspend): True while it is, False (Resumed) after.
+CONDITION_SUSPENDED = "Suspended"
 MANAGED_CONDITIONS = (
     CONDITION_CONFIGURATION_VALID,
     CONDITION_HEAD_READY,
@@ -83,6 +85,7 @@ MANAGED_CONDITIONS = (
     CONDITION_READY,
     CONDITION_SUCCESSFUL_LAUNCH,
     CONDITION_REPLICA_FAILURE,
+    CONDITION_SUSPENDED,
 )
 MAX_MESSAGE = 4096
 _MAX_LISTED = 3
@@ -431,7 +434,13 @@ def compute_status(ray: Mapping[str, Any], model_or_error: ModelOrError, observe
     head_condition = _head_condition(head, bool(head_pods), opts)
     workers_condition, workers_ready = _workers_condition(groups, opts, model is not None, now)
     head_ready = head_condition["status"] == "True"
-    if model is None:
+    suspended = (ray.get("spec") or {}).get("suspend") is True
+    remaining = sum(1 for p in head_pods + worker_pods if is_active(p) or is_terminating(p))
+    if model is not None and suspended:
+        ready = _condition(CONDITION_READY, "False", "Suspended",
+                           "spec.suspend is true: the cluster's pods are removed" +
+                           (f" ({remaining} left)" if remaining else ""))
+    elif model is None:
         error = model_or_error.describe() if isinstance(model_or_error, ConfigurationError) else "invalid"
         ready = _condition(CONDITION_READY, "False", "InvalidConfiguration", error)
     elif not head_ready:
@@ -443,10 +452,14 @@ def compute_status(ray: Mapping[str, Any], model_or_error: ModelOrError, observe
                            f"the head and {desired_total} worker(s) are ready")
     old_conditions = [c for c in old.get("conditions") or () if isinstance(c, Mapping)]
     previous_failure = next((c for c in old_conditions if c.get("type") == CONDITION_REPLICA_FAILURE), None)
-    conditions = _stamp(
-        [_configuration(model_or_error), head_condition, workers_condition, ready, launch_condition,
-         _replica_failure(failures, previous_failure)],
-        old_conditions, generation if isinstance(generation, int) else None, now_text)
+    managed = [_configuration(model_or_error), head_condition, workers_condition, ready, launch_condition,
+               _replica_failure(failures, previous_failure)]
+    if suspended:
+        managed.append(_condition(CONDITION_SUSPENDED, "True", "Suspended",
+                                  f"{remaining} pod(s) still going" if remaining else "no pod runs"))
+    elif any(c.get("type") == CONDITION_SUSPENDED for c in old_conditions):
+        managed.append(_condition(CONDITION_SUSPENDED, "False", "Resumed", "spec.suspend is not set"))
+    conditions = _stamp(managed, old_conditions, generation if isinstance(generation, int) else None, now_text)
 
     service = head_service_name(name)
     host = f"{service}.{namespace}.svc"

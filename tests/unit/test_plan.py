@@ -466,3 +466,21 @@ def test_a_rolling_update_replaces_busy_workers_last() -> None:
         old[-1]["metadata"]["name"]]
     step = plan_cluster(new, with_pods(observed, pods_now), NOW, busy={old[-1]["status"]["podIP"]})
     assert [a.name for a in step.deletes] == [old[0]["metadata"]["name"]]
+
+
+def test_suspending_deletes_workers_then_the_head_and_creates_nothing() -> None:
+    d = desired_for(ray(static(2)))
+    observed = healthy(d)
+    step1 = plan_cluster(d, observed, NOW, suspended=True)
+    assert not step1.creates and not step1.patches
+    head = [p for p in observed.pods if p["metadata"]["labels"]["ray.k8s.io/node-kind"] == "head"]
+    assert sorted(deleted(step1)) == sorted(p["metadata"]["name"] for p in observed.pods if p not in head)
+    assert {a.reason for a in step1.deletes} == {"Suspended"}
+    # Workers still terminating: the head stays (their drains need its GCS); gone: the head goes.
+    draining = [{**p, "metadata": {**p["metadata"], "deletionTimestamp": "2026-01-02T03:04:05Z"}}
+                for p in observed.pods if p not in head]
+    assert plan_cluster(d, with_pods(observed, [*head, *draining]), NOW, suspended=True).actions == ()
+    step3 = plan_cluster(d, with_pods(observed, head), NOW, suspended=True)
+    assert deleted(step3) == [head[0]["metadata"]["name"]] and not step3.creates
+    # Nothing left: nothing to do, no launcher, while the named children stay.
+    assert plan_cluster(d, with_pods(observed, []), NOW, suspended=True).actions == ()

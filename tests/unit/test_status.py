@@ -281,3 +281,22 @@ def test_a_failed_launch_reports_the_launchers_own_reason_and_message() -> None:
     c = conditions(compute(obj, Observed(**{**observed.__dict__, "jobs": [job], "launcher_pods": [bare]})))[
         "SuccessfulLaunch"]
     assert (c["status"], c["reason"]) == ("False", "NoSummary") and "137" in c["message"]
+
+
+def test_a_suspended_cluster_says_so_and_resuming_flips_the_condition() -> None:
+    obj = ray(static(1))
+    d = desired_for(obj)
+    running = compute(obj, healthy(d))
+    assert "Suspended" not in conditions(running)
+    obj["spec"]["suspend"] = True
+    going = compute({**obj, "status": running}, healthy(d))
+    c = conditions(going)
+    assert (c["Suspended"]["status"], c["Suspended"]["reason"]) == ("True", "Suspended")
+    assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("False", "Suspended")
+    gone = compute({**obj, "status": going}, Observed())
+    assert conditions(gone)["Suspended"]["message"] == "no pod runs"
+    obj["spec"]["suspend"] = False
+    resumed = compute({**obj, "status": gone}, healthy(d))
+    c = conditions(resumed)
+    assert (c["Suspended"]["status"], c["Suspended"]["reason"]) == ("False", "Resumed")
+    assert c["Ready"]["status"] == "True"
