@@ -373,8 +373,8 @@ def plan_cluster(desired: Desired, observed: Observed, now: datetime, *,
     """Everything to do for one cluster. `paused`: group names (`head` for the head) whose expectations are not
     yet satisfied — their pods are left alone this time. `busy`: pod IPs of workers whose Ray node runs tasks or
     actors; among running ready workers, idle ones are removed first. `suspended` (spec.suspend): no pod is
-    created; worker pods are deleted, idle first, and the head once no worker pod is left; the named children
-    stay."""
+    created; worker pods are deleted, idle first, and the head once no worker pod is left, launcher Jobs too; the
+    named children stay."""
     b = _Builder(desired=desired, now=now, busy=busy)
     owner_uid = desired.owner.uid
     mine = [p for p in observed.pods if not _owned_by_other(p, owner_uid) and
@@ -382,6 +382,11 @@ def plan_cluster(desired: Desired, observed: Observed, now: datetime, *,
     _plan_singletons(b, observed, owner_uid)
     if suspended:
         _plan_suspended(b, mine, paused)
+        for j in observed.jobs:
+            if not _owned_by_other(j, owner_uid) and labels(j).get(LABEL_NODE_KIND) == KIND_LAUNCHER \
+                    and not is_terminating(j):
+                b.delete({**j, "kind": "Job"}, REASON_SUSPENDED, f"launcher Job {name_of(j)}: the cluster is "
+                         "suspended", propagation="Background")
         return Plan(actions=tuple(b.actions), requeue_after=b.requeue, notes=tuple(b.notes))
     head, head_running = _plan_head(b, [p for p in mine if labels(p).get(LABEL_NODE_KIND) == KIND_HEAD],
                                     paused=HEAD_GROUP in paused)

@@ -204,3 +204,39 @@ def test_an_idle_fleet_is_resynced_boundedly_and_costs_no_writes(cluster: LocalC
     periods = IDLE_SECONDS / IDLE_RESYNC
     assert reconciles <= IDLE_RAYS * (periods + 1), reconciles
     assert reconciles >= IDLE_RAYS * int(periods / 1.1 - 1), reconciles
+
+
+# -- suspend --------------------------------------------------------------------------------------------------------
+
+
+def test_suspend_and_resume_a_live_ray(kube: KubeClient, namespace: str, operator: OperatorProcess) -> None:
+    kube.create(rays_path(namespace), load_sample("static.yaml", namespace))
+    before = wait_ready(kube, namespace, "static")
+    workers_before = before["status"]["worker"]["readyReplicas"]
+    assert workers_before == 3
+    service = kube.get(f"/api/v1/namespaces/{namespace}/services/static-head")["metadata"]["uid"]
+    config = kube.get(f"/api/v1/namespaces/{namespace}/configmaps/static-ray")["metadata"]["uid"]
+
+    kube.patch(rays_path(namespace, "static"), {"spec": {"suspend": True}})
+    t0 = time.monotonic()
+    wait_until(lambda: not pods(kube, namespace, "static", "worker") and not pods(kube, namespace, "static", "head"),
+               60, message="every pod gone")
+    print(f"suspended: pods gone in {time.monotonic() - t0:.1f}s")
+    suspended = wait_until(lambda: (r := kube.get(rays_path(namespace, "static"))) and
+                           (condition(r, "Suspended") or {}).get("status") == "True" and
+                           (condition(r, "Suspended") or {}).get("message") == "no pod runs" and r, 30,
+                           message="Suspended")
+    assert (condition(suspended, "Ready") or {}).get("reason") == "Suspended"
+    assert suspended["status"]["worker"]["replicas"] == 0 and suspended["status"]["head"]["replicas"] == 0
+    assert kube.get(f"/api/v1/namespaces/{namespace}/services/static-head")["metadata"]["uid"] == service
+    assert kube.get(f"/api/v1/namespaces/{namespace}/configmaps/static-ray")["metadata"]["uid"] == config
+    time.sleep(3)
+    assert not pods(kube, namespace, "static")  # nothing comes back while suspended
+
+    kube.patch(rays_path(namespace, "static"), {"spec": {"suspend": False}})
+    resumed = wait_ready(kube, namespace, "static")
+    assert resumed["status"]["worker"]["readyReplicas"] == workers_before == worker_count(kube, namespace, "static")
+    c = condition(resumed, "Suspended") or {}
+    assert (c.get("status"), c.get("reason")) == ("False", "Resumed")
+    wait_until(lambda: is_true(kube.get(rays_path(namespace, "static")), "SuccessfulLaunch"), 60,
+               message="relaunched after resume")

@@ -474,13 +474,17 @@ def test_suspending_deletes_workers_then_the_head_and_creates_nothing() -> None:
     step1 = plan_cluster(d, observed, NOW, suspended=True)
     assert not step1.creates and not step1.patches
     head = [p for p in observed.pods if p["metadata"]["labels"]["ray.k8s.io/node-kind"] == "head"]
-    assert sorted(deleted(step1)) == sorted(p["metadata"]["name"] for p in observed.pods if p not in head)
+    pod_deletes = sorted(a.name for a in step1.deletes if a.kind == "Pod")
+    assert pod_deletes == sorted(p["metadata"]["name"] for p in observed.pods if p not in head)
+    assert [a.kind for a in step1.deletes if a.kind != "Pod"] == ["Job"] * len(observed.jobs)
     assert {a.reason for a in step1.deletes} == {"Suspended"}
+    observed = Observed(**{**observed.__dict__, "jobs": []})
     # Workers still terminating: the head stays (their drains need its GCS); gone: the head goes.
     draining = [{**p, "metadata": {**p["metadata"], "deletionTimestamp": "2026-01-02T03:04:05Z"}}
                 for p in observed.pods if p not in head]
     assert plan_cluster(d, with_pods(observed, [*head, *draining]), NOW, suspended=True).actions == ()
     step3 = plan_cluster(d, with_pods(observed, head), NOW, suspended=True)
     assert deleted(step3) == [head[0]["metadata"]["name"]] and not step3.creates
-    # Nothing left: nothing to do, no launcher, while the named children stay.
-    assert plan_cluster(d, with_pods(observed, []), NOW, suspended=True).actions == ()
+    # Nothing left: no launcher is created, the named children stay, earlier launcher Jobs go.
+    empty = Observed(**{**with_pods(observed, []).__dict__, "jobs": []})
+    assert plan_cluster(d, empty, NOW, suspended=True).actions == ()
