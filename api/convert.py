@@ -157,6 +157,7 @@ def convert_spec(spec: Any, *, name: str, namespace: str = "") -> Conversion:
         head, groups, autoscaling = _from_structured(typed, name=name, warnings=warnings, budget=budget)
         form = "structured"
     groups = _apply_desired(groups, typed.desired_workers or {}, warnings)
+    groups = _apply_rolling_update(groups, typed)
     autoscaling = _finish_autoscaling(autoscaling, groups)
     cluster = ClusterModel(
         name=name,
@@ -435,6 +436,23 @@ def _apply_desired(
         wanted = desired.get(g.name, g.initial_workers)
         count = min(max(wanted, g.min_workers), g.max_workers)
         out.append(_replace_desired(g, count))
+    return out
+
+
+def _apply_rolling_update(groups: list[WorkerGroup], spec: RaySpec) -> list[WorkerGroup]:
+    """Each group's rolling-update bounds: its own (workerGroups[].rollingUpdate), else spec.rollingUpdate."""
+    own = {g.name: g.rolling_update for g in spec.worker_groups or () if g.rolling_update is not None}
+    out = []
+    for g in groups:
+        bounds = own.get(g.name) or spec.rolling_update
+        if bounds is None:
+            out.append(g)
+            continue
+        surge, unavailable = bounds.max_surge, bounds.max_unavailable
+        if (1 if surge is None else surge) + (unavailable or 0) <= 0:
+            raise ConfigurationError("maxSurge and maxUnavailable must not both be 0",
+                                     field="spec.rollingUpdate" if g.name not in own else "spec.workerGroups")
+        out.append(replace(g, max_surge=surge, max_unavailable=unavailable))
     return out
 
 

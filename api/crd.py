@@ -120,6 +120,14 @@ def _root_rules() -> list[Rule]:
 _CLASS_RULES: dict[type, list[Rule]] = {
     t.RaySpec: _spec_rules(),
     t.WorkerGroupSpec: _range_rules(""),
+    t.RollingUpdateSpec: [
+        (
+            "(has(self.maxSurge) ? self.maxSurge : 1) + (has(self.maxUnavailable) ? self.maxUnavailable : 0) > 0",
+            "rollingUpdate.maxSurge and rollingUpdate.maxUnavailable must not both be 0: the update could never "
+            "replace a pod",
+            None,
+        )
+    ],
 }
 
 

@@ -19,9 +19,10 @@ Guarantees:
      and names them; the operator never kills a busy one to follow a lowered count;
   4. below `desired`, pods are created — but only once the head pod is running.
 - Rolling updates: pods whose `ray.k8s.io/template-hash` differs from the group's are replaced in batches, one
-  group at a time (in model order), at most `Options.max_surge` pods above `desired`, and a ready old pod is
-  deleted only while the ready pods of the group stay at or above `desired` — so the last ready old pod never
-  goes before a new one is ready.
+  group at a time (in model order), at most maxSurge pods above `desired` (the group's rollingUpdate, else
+  `Options.max_surge`; terminating pods count), and a ready old pod is deleted only while the ready pods of the
+  group stay at or above `desired - maxUnavailable` (default 0) — so with the defaults the last ready old pod never
+  goes before a new one is ready. `Plan.progress` says where the rolling group stands.
 - The head: created when missing (after a terminating head is gone); recreated only when its own template hash
   changes (deleted first, created once gone: never two live heads) or when it failed (delete and create at once,
   with the same back-off as workers). Extra heads are deleted.
@@ -136,6 +137,22 @@ Action = Union[Create, Delete, Patch]
 
 
 @dataclass(frozen=True)
+class RollingProgress:
+    """Where a group's rolling update stands in this plan (before its actions)."""
+
+    group: str
+    updated: int  # live pods with the current template
+    total: int  # live pods
+    desired: int
+    max_surge: int
+    max_unavailable: int
+
+    def describe(self) -> str:
+        return (f"worker group {self.group}: {self.updated} of {self.total} pod(s) updated, {self.desired} "
+                f"desired (maxSurge {self.max_surge}, maxUnavailable {self.max_unavailable})")
+
+
+@dataclass(frozen=True)
 class Plan:
     """What to do, in order (named children, head, worker groups, launcher, clean-up), and when to look again."""
 
@@ -145,6 +162,8 @@ class Plan:
     requeue_after: float | None = None
     # Why something is not done yet, for logs (e.g. "worker group gpu waits for the rolling update of cpu").
     notes: tuple[str, ...] = ()
+    # The group rolling now, if any.
+    progress: tuple[RollingProgress, ...] = ()
 
     @property
     def creates(self) -> tuple[Create, ...]:
@@ -340,6 +359,7 @@ class _Builder:
     notes: list[str] = field(default_factory=list)
     requeue: float | None = None
     busy: Collection[str] = frozenset()
+    progress: list[RollingProgress] = field(default_factory=list)
 
     @property
     def options(self) -> Options:
@@ -393,7 +413,7 @@ def plan_cluster(desired: Desired, observed: Observed, now: datetime, *,
     _plan_workers(b, [p for p in mine if labels(p).get(LABEL_NODE_KIND) == KIND_WORKER], paused, head_running)
     _plan_launcher(b, head, [j for j in observed.jobs if not _owned_by_other(j, owner_uid)
                              and labels(j).get(LABEL_NODE_KIND) == KIND_LAUNCHER])
-    return Plan(actions=tuple(b.actions), requeue_after=b.requeue, notes=tuple(b.notes))
+    return Plan(actions=tuple(b.actions), requeue_after=b.requeue, notes=tuple(b.notes), progress=tuple(b.progress))
 
 
 def _plan_suspended(b: _Builder, pods: Sequence[Mapping[str, Any]], paused: Collection[str]) -> None:
@@ -642,12 +662,17 @@ def _plan_group(b: _Builder, gp: GroupPods, pods: Sequence[Mapping[str, Any]], *
     old = [p for p in live if template_hash(p) != gp.template_hash]
     removed: set[str] = set()
     if may_roll and old:
+        surge = group.max_surge if group is not None and group.max_surge is not None else b.options.max_surge
+        unavailable = group.max_unavailable or 0 if group is not None else 0
+        # Pods still terminating (draining their Ray node) count against the surge: never more than desired +
+        # maxSurge pods exist at once.
+        terminating = sum(1 for p in pods if is_terminating(p) and phase(p) not in ("Succeeded", "Failed"))
         # Above desired + surge: trim like a scale-down first (the ready budget below handles the rest).
-        limit = want + b.options.max_surge
+        limit = want + surge
         _scale_down(b, gp, live, len(live) - limit, order, autoscaling, max_workers, removed, REASON_SCALE_DOWN)
         remaining = [p for p in live if name_of(p) not in removed]
         ready = sum(1 for p in remaining if is_ready(p) and name_of(p) not in broken)
-        budget = max(0, ready - want)
+        budget = max(0, ready - (want - unavailable))
         for p in sorted((p for p in remaining if template_hash(p) != gp.template_hash), key=order):
             healthy = is_ready(p) and name_of(p) not in broken
             if healthy:
@@ -658,9 +683,12 @@ def _plan_group(b: _Builder, gp: GroupPods, pods: Sequence[Mapping[str, Any]], *
             b.delete(p, REASON_ROLLING_UPDATE, f"worker {name_of(p)} has an outdated template", group=gp.group)
         remaining = [p for p in live if name_of(p) not in removed]
         old_left = any(template_hash(p) != gp.template_hash for p in remaining)
-        target = want + b.options.max_surge if old_left else want
-        missing = target - len(remaining)
+        target = want + surge if old_left else want
+        missing = target - len(remaining) - (terminating if old_left else 0)
         reason = REASON_ROLLING_UPDATE
+        updated = sum(1 for p in remaining if template_hash(p) == gp.template_hash)
+        b.progress.append(RollingProgress(group=gp.group, updated=updated, total=len(remaining),
+                                          desired=want, max_surge=surge, max_unavailable=unavailable))
     else:
         excess = len(live) - want
         if excess > 0:

@@ -179,6 +179,9 @@ class RayReconciler:
             if busy:
                 plan = plan_cluster(desired, observed, now, paused=paused, busy=busy, suspended=suspended)
         failures = self.apply(ray, key, plan)
+        if any(a.reason == REASON_ROLLING_UPDATE for a in plan.actions):
+            for progress in plan.progress:
+                self.recorder.record(ray, NORMAL, "RollingUpdate", progress.describe())
         status = compute_status(ray, conversion, observed, now, desired=desired, failures=failures,
                                 options=self.options)
         self.write_status(ray, status)

@@ -488,3 +488,32 @@ def test_suspending_deletes_workers_then_the_head_and_creates_nothing() -> None:
     # Nothing left: no launcher is created, the named children stay, earlier launcher Jobs go.
     empty = Observed(**{**with_pods(observed, []).__dict__, "jobs": []})
     assert plan_cluster(d, empty, NOW, suspended=True).actions == ()
+
+
+def test_rolling_update_bounds_per_group_and_terminating_pods_count_against_the_surge() -> None:
+    spec = static(3)
+    spec["rollingUpdate"] = {"maxSurge": 2, "maxUnavailable": 1}
+    new, observed = _rolled(spec)
+    step = plan_cluster(new, observed, NOW)
+    # maxUnavailable 1: one ready old pod may go at once; maxSurge 2: two new pods at once.
+    assert len(step.deletes) == 1 and created(step, "worker") == 2
+    (progress,) = step.progress
+    assert (progress.updated, progress.total, progress.max_surge, progress.max_unavailable) == (0, 3, 2, 1)
+    assert "0 of 3 pod(s) updated" in progress.describe()
+    # The default bounds (1, 0) with a draining old pod still terminating: nothing more is created.
+    new, observed = _rolled(static(2))
+    h = new.workers[0].template_hash
+    old = [p for p in observed.pods if p["metadata"]["labels"].get("ray.k8s.io/node-kind") == "worker"]
+    draining = {**old[0], "metadata": {**old[0]["metadata"], "deletionTimestamp": "2026-01-02T03:04:05Z"}}
+    fresh = pod("n1", hash=h, age=1)
+    step = plan_cluster(new, with_pods(observed, [*[p for p in observed.pods if p not in old], draining, old[1],
+                                                  fresh]), NOW)
+    assert created(step, "worker") == 0  # 1 terminating + 2 live = desired 2 + surge 1
+
+
+def test_rolling_update_bounds_must_let_it_progress() -> None:
+    from rayop.api.convert import effective_cluster
+    from rayop.api.model import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        effective_cluster(ray({**static(2), "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}))
