@@ -138,7 +138,7 @@ Action = Union[Create, Delete, Patch]
 
 @dataclass(frozen=True)
 class RollingProgress:
-    """Where a group's rolling update stands in this plan (before its actions)."""
+    """Where a group's rolling update stands in this plan: after its deletes, before its creates."""
 
     group: str
     updated: int  # live pods with the current template
