@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,3 +241,98 @@ def test_suspend_and_resume_a_live_ray(kube: KubeClient, namespace: str, operato
     assert (c.get("status"), c.get("reason")) == ("False", "Resumed")
     wait_until(lambda: is_true(kube.get(rays_path(namespace, "static")), "SuccessfulLaunch"), 60,
                message="relaunched after resume")
+
+
+# -- rolling updates ----------------------------------------------------------------------------------------------
+
+
+class PodHistory:
+    """Every pod of a namespace the API server showed (watch), and the most alive (not terminated) at once."""
+
+    def __init__(self, cluster: LocalCluster, kube: KubeClient, namespace: str) -> None:
+        self.added: list[dict[str, Any]] = []
+        self.peak: dict[str, int] = {}
+        self._seen: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._rv = kube.get(f"/api/v1/namespaces/{namespace}/pods", limit=1)["metadata"]["resourceVersion"]
+        self._watcher = cluster.client()
+        self._namespace = namespace
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for event in self._watcher.watch(f"/api/v1/namespaces/{self._namespace}/pods",
+                                             {"resourceVersion": self._rv, "timeoutSeconds": 5}, timeout=15):
+                obj = event["object"]
+                meta = obj["metadata"]
+                self._rv = meta.get("resourceVersion", self._rv)
+                if event["type"] == "ADDED":
+                    self.added.append(obj)
+                if event["type"] == "DELETED":
+                    self._seen.pop(meta["name"], None)
+                elif event["type"] in ("ADDED", "MODIFIED"):
+                    self._seen[meta["name"]] = obj
+                for kind in ("head", "worker"):
+                    alive = [p for p in self._seen.values() if (p["metadata"].get("labels") or {}).get(
+                        "ray.k8s.io/node-kind") == kind and p.get("status", {}).get("phase") not in (
+                        "Succeeded", "Failed")]
+                    self.peak[kind] = max(self.peak.get(kind, 0), len(alive))
+
+    def added_of(self, kind: str) -> list[str]:
+        return [p["metadata"]["name"] for p in self.added
+                if (p["metadata"].get("labels") or {}).get("ray.k8s.io/node-kind") == kind]
+
+    def stop(self) -> None:
+        time.sleep(1)
+        self._stop.set()
+        self._thread.join(20)
+
+
+def uids(kube: KubeClient, namespace: str, name: str) -> set[str]:
+    return {p["metadata"]["uid"] for kind in ("head", "worker") for p in live(pods(kube, namespace, name, kind))}
+
+
+def test_rolling_updates_of_workers_head_and_knobs(cluster: LocalCluster, kube: KubeClient, namespace: str,
+                                                  operator: OperatorProcess) -> None:
+    kube.create(rays_path(namespace), load_sample("static.yaml", namespace))
+    wait_ready(kube, namespace, "static")
+    wait_until(lambda: is_true(kube.get(rays_path(namespace, "static")), "SuccessfulLaunch"), 60,
+               message="launched")
+
+    # A knob-only change restarts nothing (the ConfigMap follows).
+    before = uids(kube, namespace, "static")
+    history = PodHistory(cluster, kube, namespace)
+    kube.patch(rays_path(namespace, "static"), {"spec": {"idleTimeoutMinutes": 9, "maxWorkers": 6,
+                                                         "rollingUpdate": {"maxSurge": 1}}})
+    wait_ready(kube, namespace, "static")
+    time.sleep(3)
+    assert uids(kube, namespace, "static") == before
+    assert history.added_of("head") == [] and history.added_of("worker") == []
+
+    # A worker template change rolls the workers within desired (3) + maxSurge (1), with an Event per step.
+    kube.patch(rays_path(namespace, "static"), {"spec": {"worker": {"metadata": {"labels": {"rolled": "yes"}}}}})
+    rolled = wait_until(lambda: (r := kube.get(rays_path(namespace, "static"))) and is_true(r, "Ready")
+                        and r["status"]["observedGeneration"] == r["metadata"]["generation"]
+                        and r["status"]["workerGroups"][0]["updatedReplicas"] == 3
+                        and r["status"]["workerGroups"][0]["replicas"] == 3 and r, 120,
+                        message="workers rolled")
+    workers = live(pods(kube, namespace, "static", "worker"))
+    assert len(workers) == 3 and all(p["metadata"]["labels"].get("rolled") == "yes" for p in workers)
+    assert len(history.added_of("worker")) == 3
+    assert history.peak["worker"] <= 3 + 1, history.peak
+    steps = [e for e in events(kube, namespace, "static") if e["reason"] == "RollingUpdate"]
+    assert steps and all("maxSurge 1, maxUnavailable 0" in e["message"] for e in steps), steps
+    assert history.added_of("head") == []
+    assert rolled["status"]["head"]["updatedReplicas"] == 1
+
+    # A head template change recreates the head once; the workers stay.
+    worker_uids = {p["metadata"]["uid"] for p in workers}
+    kube.patch(rays_path(namespace, "static"), {"spec": {"head": {"metadata": {"labels": {"rolled": "yes"}}}}})
+    wait_until(lambda: (h := live(pods(kube, namespace, "static", "head"))) and
+               h[0]["metadata"]["labels"].get("rolled") == "yes", 60, message="a new head")
+    wait_ready(kube, namespace, "static")
+    history.stop()
+    assert len(history.added_of("head")) == 1, history.added_of("head")
+    assert history.peak["head"] == 1
+    assert {p["metadata"]["uid"] for p in live(pods(kube, namespace, "static", "worker"))} == worker_uids
