@@ -223,3 +223,71 @@ def test_scale_down_and_rolling_update_drain_busy_workers_last(pm: PrivateCluste
             driver.kill()
         op.stop()
     assert "Traceback" not in op.log(), op.log()[-5000:]
+
+
+def test_an_image_tag_change_rolls_the_workers_within_the_surge_and_a_knob_restarts_nothing(
+        pm: PrivateCluster, kube: KubeClient, namespace: str, tmp_path: Path) -> None:
+    from tests.integration.test_day_two import PodHistory, events, uids
+
+    op = OperatorProcess(pm, [namespace], tmp_path / "operator.log", extra_args=["--drain-timeout", "60"])
+    op.start()
+    history: PodHistory | None = None
+    try:
+        worker = {"spec": {"containers": [{"name": "ray-worker", "image": "rayproject/ray:2.60.0"}]}}
+        ray = {
+            "apiVersion": "ray.k8s.io/v1alpha1", "kind": "Ray", "metadata": {"name": "roll", "namespace": namespace},
+            "spec": {"minWorkers": 2, "maxWorkers": 3, "initialWorkers": 2, "idleTimeoutMinutes": 5,
+                     "headRayStartParams": {**SMALL, "num-cpus": "0"}, "workerRayStartParams": dict(SMALL),
+                     "worker": worker},
+        }
+        kube.create(rays_path(namespace), ray)
+
+        def settled() -> dict[str, Any] | None:
+            r = kube.get(rays_path(namespace, "roll"))
+            ok = condition(r, "Ready").get("status") == "True" and \
+                condition(r, "SuccessfulLaunch").get("status") == "True" and \
+                r["status"].get("observedGeneration") == r["metadata"]["generation"]
+            return r if ok else None
+
+        wait_until(settled, 300, interval=2, message="Ray roll Ready and launched")
+        history = PodHistory(pm, kube, namespace)
+        before = uids(kube, namespace, "roll")
+
+        # Only idleTimeoutMinutes: Ray's monitor re-reads the ConfigMap; no pod restarts.
+        kube.patch(rays_path(namespace, "roll"), {"spec": {"idleTimeoutMinutes": 7}})
+        wait_until(lambda: '"idle_timeout_minutes":7' in kube.get(
+            f"/api/v1/namespaces/{namespace}/configmaps/roll-ray")["data"]["autoscaler.yaml"], 60,
+            message="the ConfigMap follows")
+        time.sleep(15)
+        assert uids(kube, namespace, "roll") == before
+        assert history.added_of("worker") == [] and history.added_of("head") == []
+
+        # The worker image tag: the workers roll, never more than desired (2) + maxSurge (1) at once.
+        t0 = time.monotonic()
+        kube.patch(rays_path(namespace, "roll"), {"spec": {"worker": {"spec": {"containers": [
+            {"name": "ray-worker", "image": "rayproject/ray:2.60.0-py311"}]}}}})
+        progress: list[tuple[int, int]] = []
+
+        def rolled() -> bool:
+            r = kube.get(rays_path(namespace, "roll"))
+            g = r["status"]["workerGroups"][0]
+            if not progress or progress[-1] != (g.get("updatedReplicas", 0), g.get("replicas", 0)):
+                progress.append((g.get("updatedReplicas", 0), g.get("replicas", 0)))
+            return bool(settled()) and g.get("updatedReplicas") == 2 and g.get("replicas") == 2
+
+        wait_until(rolled, 400, interval=1, message="workers rolled")
+        print(f"image rolled in {time.monotonic() - t0:.0f}s; status progress (updated, replicas): {progress}; "
+              f"peak worker pods {history.peak.get('worker')}")
+        workers = [p for p in kube.get(f"/api/v1/namespaces/{namespace}/pods",
+                                       labelSelector="ray.k8s.io/cluster=roll,ray.k8s.io/node-kind=worker")["items"]
+                   if not p["metadata"].get("deletionTimestamp")]
+        assert {c["image"] for p in workers for c in p["spec"]["containers"]} == {"rayproject/ray:2.60.0-py311"}
+        assert history.peak["worker"] <= 3, history.peak
+        assert len(history.added_of("worker")) >= 2 and history.added_of("head") == []
+        assert any(u > 0 for u, _ in progress[:-1]) or len(progress) > 1, progress
+        assert [e for e in events(kube, namespace, "roll") if e["reason"] == "RollingUpdate"]
+    finally:
+        if history is not None:
+            history.stop()
+        op.stop()
+    assert "Traceback" not in op.log(), op.log()[-5000:]
