@@ -15,8 +15,9 @@ Guarantees:
   start Ray again, so a drained raylet never rejoins while its pod is going (restartPolicy Always).
 - Ends with one line of JSON on stdout: {"node", "outcome", "message", "elapsedSeconds"}; outcomes `idle` (idle
   termination accepted), `drained` (busy, then idle before the deadline), `deadline` (still busy at the deadline:
-  what runs there is lost), `gone` (no such node: nothing to drain), `error`. Exit 0 except for `error` (1); the
-  pod goes either way.
+  what runs there is lost), `gone` (no such node: nothing to drain), `error`. Exit 0 for `idle`, `drained` and
+  `gone`; 2 for `deadline` and 1 for `error`, so the kubelet reports the hook's failure (a `FailedPreStopHook`
+  Warning Event on the pod, with this output): a loss is never silent. The pod goes either way.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary.update(outcome="error", message=f"{type(e).__name__}: {e}")
     summary["elapsedSeconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(summary, sort_keys=True), flush=True)
-    return 1 if summary["outcome"] == "error" else 0
+    return {"error": 1, "deadline": 2}.get(summary["outcome"], 0)
 
 
 if __name__ == "__main__":
