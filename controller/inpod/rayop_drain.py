@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -114,6 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f.write("drained by rayop_drain.py\n")
         except OSError:
             pass
+        host, _, port = args.address.rpartition(":")
+        try:
+            # The head may be gone already (the whole Ray is being deleted): then there is nothing to drain.
+            with socket.create_connection((host.strip("[]") or args.address, int(port or 6379)), timeout=3):
+                pass
+        except OSError as e:
+            summary.update(outcome="gone", message=f"the head's GCS at {args.address} does not answer: {e}")
+            summary["elapsedSeconds"] = round(time.monotonic() - started, 1)
+            print(json.dumps(summary, sort_keys=True), flush=True)
+            return 0
         from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
         client = GcsClient(address=args.address)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,5 +73,12 @@ def test_the_exit_code_reports_a_loss(monkeypatch: Any, tmp_path: Any, capsys: A
 
     monkeypatch.setattr(ray._raylet, "GcsClient", lambda address: object())
     marker = tmp_path / "marker"
-    assert rayop_drain.main(["--address", "x:6379", "--marker", str(marker)]) == 2
+    with socket.socket() as gcs:  # something that accepts connections where the GCS would be
+        gcs.bind(("127.0.0.1", 0))
+        gcs.listen()
+        address = f"127.0.0.1:{gcs.getsockname()[1]}"
+        assert rayop_drain.main(["--address", address, "--marker", str(marker)]) == 2
     assert marker.exists() and '"outcome": "deadline"' in capsys.readouterr().out
+    # The head already gone (the whole Ray is being deleted): nothing to drain, at once.
+    assert rayop_drain.main(["--address", address, "--marker", str(marker)]) == 0
+    assert '"outcome": "gone"' in capsys.readouterr().out
