@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -83,6 +84,9 @@ POD_TRIM = make_trimmer(
 # Removals of running, ready workers the operator decides itself: idle workers go first (see busy_workers).
 DRAINING_REASONS = frozenset({REASON_SCALE_DOWN, REASON_ROLLING_UPDATE, REASON_SUSPENDED})
 
+# A head whose dashboard did not answer is not asked again for this long.
+DASHBOARD_RETRY_SECONDS = 60.0
+
 # A deadline that is due now is looked at again after this long (never a hot loop on a clock that lags).
 MIN_REQUEUE_SECONDS = 0.5
 
@@ -133,6 +137,8 @@ class RayReconciler:
         # The clamp notice last reported per live Ray (UID, text): a Normal Event only when it changes.
         self._clamped: dict[ObjectKey, tuple[str, str]] = {}
         self.busy_nodes: Callable[[str, int], frozenset[str] | None] = busy_node_ips
+        # Head pod IP -> when its dashboard last failed to answer (bounded by the heads the operator talked to).
+        self._silent_dashboards: dict[str, float] = {}
         limit = os.environ.get(EXIT_AFTER_WRITES_ENV)
         self._writes = _WriteCounter(int(limit)) if limit else None
 
@@ -225,11 +231,21 @@ class RayReconciler:
         if not heads:
             return frozenset()
         port = int(model.head.ray_start_params.get("dashboard-port", DASHBOARD_PORT))
-        busy = self.busy_nodes(str(heads[0]["status"]["podIP"]), port)
+        host = str(heads[0]["status"]["podIP"])
+        silent = self._silent_dashboards.get(host)
+        if silent is not None and time.monotonic() - silent < DASHBOARD_RETRY_SECONDS:
+            return frozenset()
+        busy = self.busy_nodes(host, port)
         if busy is None:
+            # Not asked again for a while: a dashboard that does not answer must not slow every reconcile.
+            now = time.monotonic()
+            self._silent_dashboards = {h: t for h, t in self._silent_dashboards.items()
+                                       if now - t < DASHBOARD_RETRY_SECONDS}
+            self._silent_dashboards[host] = now
             log.info("the dashboard does not say which workers are busy", key=f"{ray['metadata']['namespace']}/"
                      f"{ray['metadata']['name']}")
             return frozenset()
+        self._silent_dashboards.pop(host, None)
         return busy
 
     def paused_groups(self, key: ObjectKey, observed: Observed, groups: list[str]) -> set[str]:
