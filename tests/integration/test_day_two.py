@@ -158,6 +158,7 @@ IDLE_RESYNC = float(os.environ.get("RAYOP_IDLE_RESYNC", "20"))
 IDLE_RAYS = 20
 
 
+@pytest.mark.slow
 def test_an_idle_fleet_is_resynced_boundedly_and_costs_no_writes(cluster: LocalCluster, kube: KubeClient,
                                                                  crd: None, tmp_path: Path) -> None:
     """20 idle Rays for RAYOP_IDLE_SECONDS (60 s here; 300 s is the documented long run) with a resync every
