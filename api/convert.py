@@ -15,11 +15,15 @@ Guarantees:
   are renamed or dropped (never passed to a `ray start` that would refuse them), pods that name a ServiceAccount the
   configuration asked `ray up` to create run as the operator's, and `provider.services` become `DeclaredService`s.
   What is honoured differently is in `Conversion.notes`, what is not honoured in `Conversion.warnings`.
+- `initialWorkers` (`initial_workers`) outside [min, max] is an error only while the `Ray` is as it was created
+  (`metadata.generation` 1 or unset); after an update the bounds clamp the desired count instead, so raising
+  `minWorkers` on a live `Ray` works (the CRD's CEL rules check the range on create only, likewise).
 - Pure: no I/O, no clock, no environment; the input is never modified and the model shares no mutable state with it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import re
@@ -86,6 +90,8 @@ MAX_TEMPLATE_VALUES = 200_000
 MAX_DEPTH = 100
 
 _NOT_SET: tuple[Any, ...] = (None, {}, [], "", False)
+# True while converting a `Ray` that was updated since its creation: `initialWorkers` is then clamped, not checked.
+_CLAMP_INITIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("clamp_initial", default=False)
 
 
 # -- entry points ---------------------------------------------------------------------------------------------------
@@ -110,7 +116,13 @@ def effective_cluster(ray: Mapping[str, Any]) -> Conversion:
     if namespace is not None and not isinstance(namespace, str):
         raise ConfigurationError("must be a string", field="metadata.namespace")
     spec = ray.get("spec")
-    return convert_spec({} if spec is None else spec, name=name, namespace=namespace or "")
+    generation = metadata.get("generation")
+    updated = isinstance(generation, int) and not isinstance(generation, bool) and generation > 1
+    token = _CLAMP_INITIAL.set(updated)
+    try:
+        return convert_spec({} if spec is None else spec, name=name, namespace=namespace or "")
+    finally:
+        _CLAMP_INITIAL.reset(token)
 
 
 def convert_spec(spec: Any, *, name: str, namespace: str = "") -> Conversion:
@@ -145,6 +157,7 @@ def convert_spec(spec: Any, *, name: str, namespace: str = "") -> Conversion:
         head, groups, autoscaling = _from_structured(typed, name=name, warnings=warnings, budget=budget)
         form = "structured"
     groups = _apply_desired(groups, typed.desired_workers or {}, warnings)
+    groups = _apply_rolling_update(groups, typed)
     autoscaling = _finish_autoscaling(autoscaling, groups)
     cluster = ClusterModel(
         name=name,
@@ -384,10 +397,14 @@ def _resources(
 def _bounds(
     minimum: int | None, maximum: int | None, initial: int | None, path: str, names: tuple[str, str, str]
 ) -> tuple[int, int, int]:
-    """(min, max, initial) with defaults min=0, initial=min, max=max(min, initial); errors name the field."""
+    """(min, max, initial) with defaults min=0, initial=min, max=max(min, initial); errors name the field. After
+    an update (`_CLAMP_INITIAL`) an initial count outside [min, max] is kept as asked and clamped later."""
     low = 0 if minimum is None else minimum
     if maximum is not None and low > maximum:
         raise ConfigurationError(f"must be less than or equal to {names[1]} ({maximum})", field=f"{path}{names[0]}")
+    if initial is not None and _CLAMP_INITIAL.get():
+        high = max(low, initial) if maximum is None else maximum
+        return low, high, initial
     if initial is not None:
         if initial < low:
             raise ConfigurationError(
@@ -419,6 +436,23 @@ def _apply_desired(
         wanted = desired.get(g.name, g.initial_workers)
         count = min(max(wanted, g.min_workers), g.max_workers)
         out.append(_replace_desired(g, count))
+    return out
+
+
+def _apply_rolling_update(groups: list[WorkerGroup], spec: RaySpec) -> list[WorkerGroup]:
+    """Each group's rolling-update bounds: its own (workerGroups[].rollingUpdate), else spec.rollingUpdate."""
+    own = {g.name: g.rolling_update for g in spec.worker_groups or () if g.rolling_update is not None}
+    out = []
+    for g in groups:
+        bounds = own.get(g.name) or spec.rolling_update
+        if bounds is None:
+            out.append(g)
+            continue
+        surge, unavailable = bounds.max_surge, bounds.max_unavailable
+        if (1 if surge is None else surge) + (unavailable or 0) <= 0:
+            raise ConfigurationError("maxSurge and maxUnavailable must not both be 0",
+                                     field="spec.rollingUpdate" if g.name not in own else "spec.workerGroups")
+        out.append(replace(g, max_surge=surge, max_unavailable=unavailable))
     return out
 
 

@@ -28,6 +28,15 @@ API_APPROVAL = "unapproved, the group ray.k8s.io comes from the rayop proposal a
 Rule = tuple[str, str, str | None]
 
 
+# `initialWorkers` is checked against the bounds only when the object (or the worker group) is created, or when
+# the update changes `initialWorkers` itself: afterwards the bounds clamp the desired count (as KubeRay clamps
+# `replicas` to [minReplicas, maxReplicas]), so raising `minWorkers` on a live `Ray` is accepted. These rules are
+# transition rules with `optionalOldSelf`: `oldSelf` is empty on create.
+_INITIAL_UNCHANGED = (
+    "(oldSelf.hasValue() && has(oldSelf.value().initialWorkers) && "
+    "oldSelf.value().initialWorkers == self.initialWorkers)"
+)
+
 def _range_rules(prefix: str) -> list[Rule]:
     return [
         (
@@ -36,13 +45,15 @@ def _range_rules(prefix: str) -> list[Rule]:
             ".minWorkers",
         ),
         (
-            "!has(self.initialWorkers) || !has(self.minWorkers) || self.initialWorkers >= self.minWorkers",
+            f"!has(self.initialWorkers) || {_INITIAL_UNCHANGED} || !has(self.minWorkers) || "
+            "self.initialWorkers >= self.minWorkers",
             f"{prefix}initialWorkers must lie within [{prefix}minWorkers, {prefix}maxWorkers]: it is below "
             f"{prefix}minWorkers",
             ".initialWorkers",
         ),
         (
-            "!has(self.initialWorkers) || !has(self.maxWorkers) || self.initialWorkers <= self.maxWorkers",
+            f"!has(self.initialWorkers) || {_INITIAL_UNCHANGED} || !has(self.maxWorkers) || "
+            "self.initialWorkers <= self.maxWorkers",
             f"{prefix}initialWorkers must lie within [{prefix}minWorkers, {prefix}maxWorkers]: it is above "
             f"{prefix}maxWorkers",
             ".initialWorkers",
@@ -109,6 +120,14 @@ def _root_rules() -> list[Rule]:
 _CLASS_RULES: dict[type, list[Rule]] = {
     t.RaySpec: _spec_rules(),
     t.WorkerGroupSpec: _range_rules(""),
+    t.RollingUpdateSpec: [
+        (
+            "(has(self.maxSurge) ? self.maxSurge : 1) + (has(self.maxUnavailable) ? self.maxUnavailable : 0) > 0",
+            "rollingUpdate.maxSurge and rollingUpdate.maxUnavailable must not both be 0: the update could never "
+            "replace a pod",
+            None,
+        )
+    ],
 }
 
 
@@ -118,6 +137,8 @@ def _cel(rules: list[Rule]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"rule": rule, "message": message}
         if field_path:
             entry["fieldPath"] = field_path
+        if "oldSelf" in rule:
+            entry["optionalOldSelf"] = True
         out.append(entry)
     return out
 

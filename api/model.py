@@ -135,6 +135,9 @@ class WorkerGroup:
     setup_commands: tuple[str, ...] = ()
     # A per-group idle timeout (available_node_types' idle_timeout_s); None means the cluster-wide one.
     idle_timeout_seconds: float | None = None
+    # Rolling-update bounds (spec.rollingUpdate / workerGroups[].rollingUpdate); None: the operator's defaults.
+    max_surge: int | None = None
+    max_unavailable: int | None = None
 
 
 @dataclass(frozen=True)

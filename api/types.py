@@ -107,6 +107,22 @@ def _count(json: str, doc: str, **kwargs: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class RollingUpdateSpec:
+    """How a worker group's pods are replaced when its template changes (per group, one group at a time)."""
+
+    max_surge: int | None = _count(
+        "maxSurge",
+        "Pods the group may run above its desired count while it rolls. Defaults to 1 (the operator's "
+        "default).",
+    )
+    max_unavailable: int | None = _count(
+        "maxUnavailable",
+        "Ready pods the group may lack below its desired count while it rolls: outdated ready pods are deleted "
+        "while the ready pods stay at or above desired - maxUnavailable. Defaults to 0.",
+    )
+
+
+@dataclass(frozen=True)
 class WorkerGroupSpec:
     """One explicitly named group of identical worker pods."""
 
@@ -139,6 +155,9 @@ class WorkerGroupSpec:
         int_or_string=True,
         max_properties=64,
         rules=_start_params_rules("spec.workerGroups[].rayStartParams"),
+    )
+    rolling_update: RollingUpdateSpec | None = prop(
+        "rollingUpdate", "This group's surge and unavailability bounds; overrides spec.rollingUpdate."
     )
 
 
@@ -257,6 +276,17 @@ class RaySpec:
         max_items=1000,
         item_max_length=253,
         list_type="set",
+    )
+    rolling_update: RollingUpdateSpec | None = prop(
+        "rollingUpdate",
+        "Surge and unavailability bounds of every worker group's rolling update (a group's own rollingUpdate "
+        "wins). Works with both forms.",
+    )
+    suspend: bool | None = prop(
+        "suspend",
+        "Suspends the cluster (what Kueue and other queueing systems set): true deletes the cluster's pods, "
+        "workers first, each draining its Ray node, then the head; the Ray, its Service, ConfigMap and RBAC stay. "
+        "false (or unset) brings the cluster back with its configuration.",
     )
 
 

@@ -22,6 +22,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -56,6 +57,7 @@ __all__ = [
     "validate_with_ray",
     "autoscaler_role_rules",
     "inpod_files",
+    "drain_command",
     "monitor_command",
     "monitor_env",
     "launcher_command",
@@ -70,6 +72,7 @@ CONFIG_PATH = f"{INPOD_DIR}/{CONFIG_FILE}"
 PROVIDER_FILE = "rayop_provider.py"
 MONITOR_FILE = "rayop_monitor.py"
 LAUNCHER_FILE = "rayop_launcher.py"
+DRAIN_FILE = "rayop_drain.py"
 INPOD_FILES = (PROVIDER_FILE, MONITOR_FILE, LAUNCHER_FILE)
 PROVIDER_MODULE = "rayop_provider.RayopNodeProvider"
 
@@ -220,6 +223,21 @@ def inpod_files() -> dict[str, str]:
     """The in-pod programs by file name, to be put verbatim into the ConfigMap `<name>-ray`."""
     package = resources.files("rayop.inpod")
     return {name: package.joinpath(name).read_text(encoding="utf-8") for name in INPOD_FILES}
+
+
+@functools.lru_cache(maxsize=1)
+def drain_program() -> str:
+    """rayop_drain.py without its docstring and comments: the program text the preStop hook runs with `python -c`
+    (worker pods mount nothing of the operator's)."""
+    text = resources.files("rayop.inpod").joinpath(DRAIN_FILE).read_text(encoding="utf-8")
+    body = text.split('"""', 2)[2] if text.startswith('"""') else text
+    lines = [line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return "\n".join(lines) + "\n"
+
+
+def drain_command(head_address: str, deadline_seconds: float) -> list[str]:
+    """The worker pods' preStop hook: drain this pod's Ray node through the GCS, wait for it (up to the deadline)."""
+    return ["python", "-c", drain_program(), "--address", head_address, "--deadline", f"{deadline_seconds:g}"]
 
 
 def monitor_command(config_path: str = CONFIG_PATH) -> list[str]:

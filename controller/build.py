@@ -50,6 +50,7 @@ from rayop.autoscaler import (
     HEAD_ENV,
     INPOD_DIR,
     autoscaler_role_rules,
+    drain_command,
     launcher_command,
     monitor_command,
     monitor_env,
@@ -85,6 +86,8 @@ AUTOSCALER_CONFIG_KEY = CONFIG_FILE
 CONFIGURATION_KEY = "configuration.yaml"
 CONFIG_VOLUME = "rayop-config"
 SHM_VOLUME = "shared-mem"
+# Left in the pod's /dev/shm by rayop_drain.py (the preStop hook): Ray is not started again in this pod.
+DRAIN_MARKER = "/dev/shm/rayop-drained"
 LOG_VOLUME = "ray-logs"
 RAY_TMP = "/tmp/ray"
 
@@ -443,9 +446,17 @@ def _build_pod(owner: Owner, model: ClusterModel, group: HeadGroup | WorkerGroup
         ray["resources"] = _clone(options.head_resources if is_head else options.worker_resources)
 
     env = [_env_var("RAY_CLOUD_INSTANCE_ID", field_path="metadata.name"), _env_var("RAY_NODE_TYPE_NAME", name)]
+    if not is_head:
+        env.append(_env_var("RAYOP_POD_IP", field_path="status.podIP"))
     if is_head:
         env += [dict(e) for e in HEAD_ENV]
     script = ray_start_script(model, group, options)
+    drains = not is_head and "plasma-directory" not in group.ray_start_params
+    if drains:
+        # A worker whose Ray node was drained (rayop_drain.py left its marker in the pod's /dev/shm) never starts
+        # Ray again while its pod goes: the container may restart (restartPolicy Always), the node never rejoins.
+        script = (f"if [ -e {DRAIN_MARKER} ]; then echo 'this pod was drained: Ray is not started again'; "
+                  f"while true; do sleep 3600; done; fi; {script}")
     if ray.get("command") or ray.get("args"):
         # The user's command is kept as given; it can start Ray with `eval "exec $RAYOP_RAY_START_COMMAND"`.
         env.append(_env_var("RAYOP_RAY_START_COMMAND", script))
@@ -497,6 +508,13 @@ def _build_pod(owner: Owner, model: ClusterModel, group: HeadGroup | WorkerGroup
             containers.append(sidecar)
             spec.setdefault("serviceAccountName", autoscaler_name(model.name))
             spec["automountServiceAccountToken"] = True  # the sidecar talks to the API server
+    if drains:
+        # Graceful removal: before the kubelet stops the worker, its Ray node is drained through Ray's GCS.
+        lifecycle = ray.setdefault("lifecycle", {})
+        if isinstance(lifecycle, dict) and "preStop" not in lifecycle:
+            lifecycle["preStop"] = {"exec": {"command": drain_command(head_address(model, options),
+                                                                       options.drain_timeout_seconds)}}
+        spec.setdefault("terminationGracePeriodSeconds", int(options.drain_timeout_seconds) + 30)
     if "automountServiceAccountToken" not in spec:
         spec["automountServiceAccountToken"] = False
 
@@ -635,6 +653,8 @@ def build_launcher_job(owner: Owner, model: ClusterModel, options: Options, head
         "env": [_env_var("PYTHONPATH", CONFIG_DIR), _env_var("RAY_CLUSTER_NAME", model.name)],
         "resources": _clone(options.launcher_resources),
         "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}],
+        # The launcher's JSON summary: written to /dev/termination-log, and its last log line when that is empty.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_spec: JSON = {
         "restartPolicy": "Never",

@@ -27,7 +27,7 @@ import structlog
 
 from rayop.defaults import Options, add_option_arguments, options_from_args
 from rayop.reconciler import CHILDREN as CHILD_RESOURCES
-from rayop.reconciler import MANAGED_BY_SELECTOR, RAY, RayReconciler, child_informers
+from rayop.reconciler import MANAGED_BY_SELECTOR, RAY, RayReconciler, child_informers, launcher_pod_owner
 from rayop.render import add_render_parser
 from rayop.runtime.handlers import controller_owner_key, generation_changed
 from rayop.runtime.kube import KubeClient, Resource
@@ -43,6 +43,9 @@ MANAGED_BY = MANAGED_BY_SELECTOR
 CHILDREN: tuple[Resource, ...] = tuple(CHILD_RESOURCES.values())
 CONTROLLER_NAME = "ray"
 DEFAULT_RECONCILER = "rayop.reconciler:ray_reconciler"
+# Every Ray is reconciled at least this often (plus up to 10 % jitter) even when no event arrives: a safety net
+# for lost events and deadlines. On an idle cluster a resync writes nothing.
+DEFAULT_RESYNC_SECONDS = 600.0
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 ReconcilerFactory = Callable[[Manager], Reconcile]
@@ -86,14 +89,17 @@ def load_reconciler(spec: str, options: Options | None = None) -> ReconcilerFact
 # -- wiring ------------------------------------------------------------------------------------------------------
 
 
-def wire(manager: Manager, factory: ReconcilerFactory, workers: int) -> None:
+def wire(manager: Manager, factory: ReconcilerFactory, workers: int,
+         resync_period: float | None = DEFAULT_RESYNC_SECONDS) -> None:
     """Informers for Ray and its children, one controller calling the reconciler built by `factory`."""
     reconcile = factory(manager)
-    controller = manager.controller(CONTROLLER_NAME, reconcile, workers=workers)
+    controller = manager.controller(CONTROLLER_NAME, reconcile, workers=workers, resync_period=resync_period)
     controller.watch_primary(manager.informer(RAY), predicate=generation_changed)
     to_owner = controller_owner_key("Ray", RAY_GROUP)
-    for informer in child_informers(manager).values():
+    informers = child_informers(manager)
+    for informer in informers.values():
         controller.watch(informer, to_owner)
+    controller.watch(informers["Pod"], launcher_pod_owner)
 
 
 def default_lease_namespace() -> str:
@@ -136,6 +142,9 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--reconciler", default=DEFAULT_RECONCILER,
                    help="module:factory, factory(manager) -> reconcile(key) (default: the Ray reconciler); "
                         "'observe' only reads the caches and logs")
+    p.add_argument("--resync-period", type=float, default=DEFAULT_RESYNC_SECONDS, metavar="SECONDS",
+                   help="reconcile every Ray at least this often, plus up to 10%% jitter, even without events; "
+                        f"0 turns it off (default {DEFAULT_RESYNC_SECONDS:g})")
     add_option_arguments(p)
     p.set_defaults(func=cmd_run)
 
@@ -159,7 +168,8 @@ def build_manager(args: argparse.Namespace) -> Manager:
         leader_election=election,
         shutdown_timeout=args.shutdown_timeout,
     )
-    wire(manager, load_reconciler(args.reconciler, options_from_args(args)), args.workers)
+    wire(manager, load_reconciler(args.reconciler, options_from_args(args)), args.workers,
+         getattr(args, "resync_period", DEFAULT_RESYNC_SECONDS))
     return manager
 
 

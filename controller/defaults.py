@@ -77,6 +77,9 @@ class Options:
     # A worker Running but not Ready this long never joined Ray (or left it): the autoscaler will not remove it,
     # so it counts as failed and is replaced.
     join_timeout_seconds: float = 300.0
+    # A worker pod the operator deletes first drains its Ray node (its preStop hook asks Ray's GCS, then waits up to
+    # this long for what runs there); its terminationGracePeriodSeconds is this plus 30 s.
+    drain_timeout_seconds: float = 300.0
 
     # -- status --------------------------------------------------------------------------------------------------
     # lastReconcileTime is refreshed when something else in the status changed, or when it is older than this.
@@ -100,6 +103,15 @@ def add_option_arguments(parser: argparse.ArgumentParser | Any) -> None:
     parser.add_argument("--ray-probes", action=argparse.BooleanOptionalAction, default=d.probes,
                         help="add readiness/liveness probes on Ray's health check (default on)")
     parser.add_argument("--cluster-domain", default=d.cluster_domain, help="cluster DNS domain (default cluster.local)")
+    parser.add_argument("--join-timeout", type=float, default=d.join_timeout_seconds, metavar="SECONDS",
+                        help="a worker Running but not Ready this long is replaced "
+                             f"(default {d.join_timeout_seconds:g})")
+    parser.add_argument("--drain-timeout", type=float, default=d.drain_timeout_seconds, metavar="SECONDS",
+                        help="how long a deleted worker waits for its busy Ray node to drain "
+                             f"(default {d.drain_timeout_seconds:g})")
+    parser.add_argument("--launcher-deadline", type=int, default=d.launcher_deadline_seconds, metavar="SECONDS",
+                        help="activeDeadlineSeconds of the launcher Job; the launcher gives up a minute earlier "
+                             f"(default {d.launcher_deadline_seconds})")
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -128,6 +140,9 @@ def options_from_args(args: argparse.Namespace) -> Options:
         ),
         probes=bool(getattr(args, "ray_probes", d.probes)),
         cluster_domain=getattr(args, "cluster_domain", None) or d.cluster_domain,
+        join_timeout_seconds=float(getattr(args, "join_timeout", None) or d.join_timeout_seconds),
+        drain_timeout_seconds=float(getattr(args, "drain_timeout", None) or d.drain_timeout_seconds),
+        launcher_deadline_seconds=int(getattr(args, "launcher_deadline", None) or d.launcher_deadline_seconds),
     )
 
 

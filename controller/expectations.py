@@ -81,6 +81,17 @@ class Expectations:
                 return True
             return False
 
+    def expires_in(self, scope: Hashable) -> float | None:
+        """Seconds until the oldest outstanding expectation of `scope` expires (0 if one has); None if none."""
+        with self._lock:
+            state = self._scopes.get(scope)
+            if state is None:
+                return None
+            times = [*state.created.values(), *state.deleted.values()]
+            if not times:
+                return None
+            return max(0.0, min(times) + self.ttl - self._clock())
+
     def pending(self, scope: Hashable) -> tuple[int, int]:
         """(creates, deletes) still outstanding for a scope."""
         with self._lock:

@@ -13,14 +13,16 @@ Guarantees:
      back-off has passed (base * 2**n seconds, n = how often the slot was refilled, capped; reset after a pod ran
      `replace_backoff_reset_seconds`); until then `Plan.requeue_after` says when to look again;
   3. above `desired`, pods are removed in this order: not yet scheduled, pending, failed or not ready, and only
-     then running-and-ready ones (old template first, newest first). With the autoscaler on, a running ready
+     then running-and-ready ones, idle before busy (`busy`: what Ray says runs there), old template first, newest
+     first. With the autoscaler on, a running ready
      worker is removed only by name or while the group is above its maxWorkers: the autoscaler drains idle nodes
      and names them; the operator never kills a busy one to follow a lowered count;
   4. below `desired`, pods are created — but only once the head pod is running.
 - Rolling updates: pods whose `ray.k8s.io/template-hash` differs from the group's are replaced in batches, one
-  group at a time (in model order), at most `Options.max_surge` pods above `desired`, and a ready old pod is
-  deleted only while the ready pods of the group stay at or above `desired` — so the last ready old pod never
-  goes before a new one is ready.
+  group at a time (in model order), at most maxSurge pods above `desired` (the group's rollingUpdate, else
+  `Options.max_surge`; terminating pods count), and a ready old pod is deleted only while the ready pods of the
+  group stay at or above `desired - maxUnavailable` (default 0) — so with the defaults the last ready old pod never
+  goes before a new one is ready. `Plan.progress` says where the rolling group stands.
 - The head: created when missing (after a terminating head is gone); recreated only when its own template hash
   changes (deleted first, created once gone: never two live heads) or when it failed (delete and create at once,
   with the same back-off as workers). Extra heads are deleted.
@@ -66,6 +68,7 @@ REASON_DUPLICATE_HEAD = "DuplicateHead"
 REASON_GROUP_REMOVED = "GroupRemoved"
 REASON_LAUNCH = "Launch"
 REASON_STALE_LAUNCH = "StaleLaunch"
+REASON_SUSPENDED = "Suspended"
 
 
 # -- inputs and outputs -------------------------------------------------------------------------------------------
@@ -82,6 +85,8 @@ class Observed:
     service_accounts: Sequence[Mapping[str, Any]] = ()
     roles: Sequence[Mapping[str, Any]] = ()
     role_bindings: Sequence[Mapping[str, Any]] = ()
+    # The pods of the launcher Jobs (owned by the Jobs, not the `Ray`): read for the launcher's summary only.
+    launcher_pods: Sequence[Mapping[str, Any]] = ()
 
     def of_kind(self, kind: str) -> Sequence[Mapping[str, Any]]:
         return {
@@ -132,14 +137,33 @@ Action = Union[Create, Delete, Patch]
 
 
 @dataclass(frozen=True)
+class RollingProgress:
+    """Where a group's rolling update stands in this plan: after its deletes, before its creates."""
+
+    group: str
+    updated: int  # live pods with the current template
+    total: int  # live pods
+    desired: int
+    max_surge: int
+    max_unavailable: int
+
+    def describe(self) -> str:
+        return (f"worker group {self.group}: {self.updated} of {self.total} pod(s) updated, {self.desired} "
+                f"desired (maxSurge {self.max_surge}, maxUnavailable {self.max_unavailable})")
+
+
+@dataclass(frozen=True)
 class Plan:
     """What to do, in order (named children, head, worker groups, launcher, clean-up), and when to look again."""
 
     actions: tuple[Action, ...] = ()
-    # Seconds until a back-off ends (a failed pod may then be replaced); None when nothing waits on time.
+    # Seconds until the earliest time-based decision of this plan is due (a back-off ends, a running worker that
+    # is not ready reaches its join deadline); None when nothing waits on time.
     requeue_after: float | None = None
     # Why something is not done yet, for logs (e.g. "worker group gpu waits for the rolling update of cpu").
     notes: tuple[str, ...] = ()
+    # The group rolling now, if any.
+    progress: tuple[RollingProgress, ...] = ()
 
     @property
     def creates(self) -> tuple[Create, ...]:
@@ -271,17 +295,25 @@ def pod_failure(pod: Mapping[str, Any], options: Options, now: datetime | None =
                         f"{last.get('exitCode', '?')} ({last.get('reason', 'unknown')})",
                 at=parse_time(last.get("finishedAt")),
             )
-    if now is not None and p == "Running" and not is_ready(pod):
-        ready = condition(pod, "Ready") or {}
-        times = [t for t in (parse_time(status.get("startTime")), parse_time(ready.get("lastTransitionTime")))
-                 if t is not None]
-        if times:
-            since = max(times)
-            if (now - since).total_seconds() >= options.join_timeout_seconds:
-                return Failure(reason="NeverReady",
-                               message=f"running but not ready for {options.join_timeout_seconds:.0f}s",
-                               at=since + timedelta(seconds=options.join_timeout_seconds))
+    if now is not None:
+        deadline = never_ready_deadline(pod, options)
+        if deadline is not None and now >= deadline:
+            return Failure(reason="NeverReady",
+                           message=f"running but not ready for {options.join_timeout_seconds:.0f}s",
+                           at=deadline)
     return None
+
+
+def never_ready_deadline(pod: Mapping[str, Any], options: Options) -> datetime | None:
+    """For a pod Running but not Ready: the moment it counts as failed (`NeverReady`); else None."""
+    if phase(pod) != "Running" or is_ready(pod):
+        return None
+    ready = condition(pod, "Ready") or {}
+    times = [t for t in (parse_time(_status(pod).get("startTime")), parse_time(ready.get("lastTransitionTime")))
+             if t is not None]
+    if not times:
+        return None
+    return max(times) + timedelta(seconds=options.join_timeout_seconds)
 
 
 def replacements(pod: Mapping[str, Any]) -> int:
@@ -326,6 +358,8 @@ class _Builder:
     actions: list[Action] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     requeue: float | None = None
+    busy: Collection[str] = frozenset()
+    progress: list[RollingProgress] = field(default_factory=list)
 
     @property
     def options(self) -> Options:
@@ -354,20 +388,50 @@ class _Builder:
 
 
 def plan_cluster(desired: Desired, observed: Observed, now: datetime, *,
-                 paused: Collection[str] = frozenset()) -> Plan:
+                 paused: Collection[str] = frozenset(), busy: Collection[str] = frozenset(),
+                 suspended: bool = False) -> Plan:
     """Everything to do for one cluster. `paused`: group names (`head` for the head) whose expectations are not
-    yet satisfied — their pods are left alone this time."""
-    b = _Builder(desired=desired, now=now)
+    yet satisfied — their pods are left alone this time. `busy`: pod IPs of workers whose Ray node runs tasks or
+    actors; among running ready workers, idle ones are removed first. `suspended` (spec.suspend): no pod is
+    created; worker pods are deleted, idle first, and the head once no worker pod is left, launcher Jobs too; the
+    named children stay."""
+    b = _Builder(desired=desired, now=now, busy=busy)
     owner_uid = desired.owner.uid
     mine = [p for p in observed.pods if not _owned_by_other(p, owner_uid) and
             labels(p).get(LABEL_MANAGED_BY) == MANAGED_BY]
     _plan_singletons(b, observed, owner_uid)
+    if suspended:
+        _plan_suspended(b, mine, paused)
+        for j in observed.jobs:
+            if not _owned_by_other(j, owner_uid) and labels(j).get(LABEL_NODE_KIND) == KIND_LAUNCHER \
+                    and not is_terminating(j):
+                b.delete({**j, "kind": "Job"}, REASON_SUSPENDED, f"launcher Job {name_of(j)}: the cluster is "
+                         "suspended", propagation="Background")
+        return Plan(actions=tuple(b.actions), requeue_after=b.requeue, notes=tuple(b.notes))
     head, head_running = _plan_head(b, [p for p in mine if labels(p).get(LABEL_NODE_KIND) == KIND_HEAD],
                                     paused=HEAD_GROUP in paused)
     _plan_workers(b, [p for p in mine if labels(p).get(LABEL_NODE_KIND) == KIND_WORKER], paused, head_running)
     _plan_launcher(b, head, [j for j in observed.jobs if not _owned_by_other(j, owner_uid)
                              and labels(j).get(LABEL_NODE_KIND) == KIND_LAUNCHER])
-    return Plan(actions=tuple(b.actions), requeue_after=b.requeue, notes=tuple(b.notes))
+    return Plan(actions=tuple(b.actions), requeue_after=b.requeue, notes=tuple(b.notes), progress=tuple(b.progress))
+
+
+def _plan_suspended(b: _Builder, pods: Sequence[Mapping[str, Any]], paused: Collection[str]) -> None:
+    workers = [p for p in pods if labels(p).get(LABEL_NODE_KIND) == KIND_WORKER]
+    heads = [p for p in pods if labels(p).get(LABEL_NODE_KIND) == KIND_HEAD]
+    for p in sorted(workers, key=lambda p: _scale_down_order(p, "", False, b.busy)):
+        group = str(labels(p).get(LABEL_GROUP) or "")
+        if group in paused or is_terminating(p):
+            continue
+        b.delete(p, REASON_SUSPENDED, f"worker {name_of(p)}: the cluster is suspended", group=group)
+    if workers:
+        b.notes.append(f"suspended: {len(workers)} worker pod(s) go before the head")
+        return
+    if HEAD_GROUP in paused:
+        return
+    for p in heads:
+        if not is_terminating(p):
+            b.delete(p, REASON_SUSPENDED, f"head pod {name_of(p)}: the cluster is suspended", group=HEAD_GROUP)
 
 
 # -- named children -----------------------------------------------------------------------------------------------
@@ -536,15 +600,22 @@ def _plan_workers(b: _Builder, pods: Sequence[Mapping[str, Any]], paused: Collec
                 b.delete(p, REASON_GROUP_REMOVED, f"worker group {group!r} no longer exists", group=group)
 
 
-def _scale_down_order(pod: Mapping[str, Any], want_hash: str, broken: bool) -> tuple[int, bool, float, str]:
+def pod_ip(pod: Mapping[str, Any]) -> str:
+    return str(_status(pod).get("podIP") or "")
+
+
+def _scale_down_order(pod: Mapping[str, Any], want_hash: str, broken: bool,
+                      busy: Collection[str] = frozenset()) -> tuple[int, bool, float, str]:
     if not is_scheduled(pod):
         category = 0
     elif phase(pod) == "Pending":
         category = 1
     elif broken or not is_ready(pod):
         category = 2
-    else:
+    elif pod_ip(pod) not in busy:
         category = 3
+    else:
+        category = 4  # its Ray node runs tasks or actors: last
     # Old template first, then newest first.
     created = parse_time(_created(pod))
     return category, template_hash(pod) == want_hash, -(created.timestamp() if created else 0.0), name_of(pod)
@@ -578,20 +649,30 @@ def _plan_group(b: _Builder, gp: GroupPods, pods: Sequence[Mapping[str, Any]], *
                 refills.append(count)
                 continue
             broken.add(name_of(p))
+        else:
+            deadline = never_ready_deadline(p, b.options)
+            if deadline is not None:
+                # Nothing else may happen to this pod: look again when it would count as never ready.
+                b.wait((deadline - b.now).total_seconds())
         live.append(p)
 
     def order(p: Mapping[str, Any]) -> tuple[int, bool, float, str]:
-        return _scale_down_order(p, gp.template_hash, name_of(p) in broken)
+        return _scale_down_order(p, gp.template_hash, name_of(p) in broken, b.busy)
 
     old = [p for p in live if template_hash(p) != gp.template_hash]
     removed: set[str] = set()
     if may_roll and old:
+        surge = group.max_surge if group is not None and group.max_surge is not None else b.options.max_surge
+        unavailable = group.max_unavailable or 0 if group is not None else 0
+        # Pods still terminating (draining their Ray node) count against the surge: never more than desired +
+        # maxSurge pods exist at once.
+        terminating = sum(1 for p in pods if is_terminating(p) and phase(p) not in ("Succeeded", "Failed"))
         # Above desired + surge: trim like a scale-down first (the ready budget below handles the rest).
-        limit = want + b.options.max_surge
+        limit = want + surge
         _scale_down(b, gp, live, len(live) - limit, order, autoscaling, max_workers, removed, REASON_SCALE_DOWN)
         remaining = [p for p in live if name_of(p) not in removed]
         ready = sum(1 for p in remaining if is_ready(p) and name_of(p) not in broken)
-        budget = max(0, ready - want)
+        budget = max(0, ready - (want - unavailable))
         for p in sorted((p for p in remaining if template_hash(p) != gp.template_hash), key=order):
             healthy = is_ready(p) and name_of(p) not in broken
             if healthy:
@@ -602,9 +683,12 @@ def _plan_group(b: _Builder, gp: GroupPods, pods: Sequence[Mapping[str, Any]], *
             b.delete(p, REASON_ROLLING_UPDATE, f"worker {name_of(p)} has an outdated template", group=gp.group)
         remaining = [p for p in live if name_of(p) not in removed]
         old_left = any(template_hash(p) != gp.template_hash for p in remaining)
-        target = want + b.options.max_surge if old_left else want
-        missing = target - len(remaining)
+        target = want + surge if old_left else want
+        missing = target - len(remaining) - (terminating if old_left else 0)
         reason = REASON_ROLLING_UPDATE
+        updated = sum(1 for p in remaining if template_hash(p) == gp.template_hash)
+        b.progress.append(RollingProgress(group=gp.group, updated=updated, total=len(remaining),
+                                          desired=want, max_surge=surge, max_unavailable=unavailable))
     else:
         excess = len(live) - want
         if excess > 0:
@@ -636,7 +720,7 @@ def _scale_down(b: _Builder, gp: GroupPods, live: Sequence[Mapping[str, Any]], e
         if name_of(p) in removed:
             continue
         # With the autoscaler on, running ready workers go only while the group is above its maximum.
-        if order(p)[0] == 3 and autoscaling and remaining <= max_workers:
+        if order(p)[0] >= 3 and autoscaling and remaining <= max_workers:
             b.notes.append(f"worker group {gp.group}: {excess} pod(s) above desired are running and ready; "
                            "the autoscaler removes idle ones by name")
             break

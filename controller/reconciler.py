@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -30,19 +31,31 @@ from typing import Any
 import structlog
 
 from rayop.api.convert import effective_cluster
-from rayop.api.model import ConfigurationError
-from rayop.api.types import GROUP, HEAD_GROUP, KIND, LABEL_GROUP, LABEL_NODE_KIND, PLURAL, VERSION
+from rayop.api.model import ClusterModel, ConfigurationError
+from rayop.api.types import GROUP, HEAD_GROUP, KIND, LABEL_CLUSTER, LABEL_GROUP, LABEL_NODE_KIND, PLURAL, VERSION
 from rayop.autoscaler import inpod_files
-from rayop.build import KIND_HEAD, KIND_WORKER, build_children
+from rayop.build import DASHBOARD_PORT, KIND_HEAD, KIND_LAUNCHER, KIND_WORKER, build_children
 from rayop.defaults import Options
 from rayop.expectations import Expectations
-from rayop.plan import Create, Delete, Observed, Patch, Plan, plan_cluster
+from rayop.plan import (
+    REASON_ROLLING_UPDATE,
+    REASON_SCALE_DOWN,
+    REASON_SUSPENDED,
+    Create,
+    Delete,
+    Observed,
+    Patch,
+    Plan,
+    is_ready,
+    plan_cluster,
+)
+from rayop.runtime.raystate import busy_node_ips
 from rayop.runtime.events import NORMAL, WARNING
-from rayop.runtime.informer import Informer
+from rayop.runtime.informer import Event, Informer
 from rayop.runtime.kube import CONTENT_MERGE_PATCH, ApiError, KubeClient, Resource
 from rayop.runtime.manager import Manager, Reconcile, ReconcileError, Result
 from rayop.runtime.store import INDEX_OWNER_UID, ObjectKey, make_trimmer
-from rayop.status import WriteFailure, compute_status
+from rayop.status import WriteFailure, clamp_notices, compute_status
 
 log = structlog.get_logger("rayop.reconciler")
 
@@ -62,10 +75,20 @@ CHILDREN: dict[str, Resource] = {
 POD_TRIM = make_trimmer(
     ["spec.volumes", "spec.containers.*.volumeMounts", "spec.containers.*.env", "spec.containers.*.args",
      "spec.containers.*.command", "spec.containers.*.readinessProbe", "spec.containers.*.livenessProbe",
+     "spec.containers.*.lifecycle",
      "spec.tolerations", "spec.initContainers.*.volumeMounts", "spec.initContainers.*.env"]
 )
 # The data of our ConfigMaps (the autoscaler config and in-pod programs, tens of KiB) is compared by the plan, so
 # it stays; other children are cached whole (minus managedFields).
+
+# Removals of running, ready workers the operator decides itself: idle workers go first (see busy_workers).
+DRAINING_REASONS = frozenset({REASON_SCALE_DOWN, REASON_ROLLING_UPDATE, REASON_SUSPENDED})
+
+# A head whose dashboard did not answer is not asked again for this long.
+DASHBOARD_RETRY_SECONDS = 60.0
+
+# A deadline that is due now is looked at again after this long (never a hot loop on a clock that lags).
+MIN_REQUEUE_SECONDS = 0.5
 
 # Test hook: exit the process right after the Nth successful write, to prove that a crash at any point of a
 # reconcile is repaired by the next run. Never set outside tests.
@@ -111,6 +134,11 @@ class RayReconciler:
         # (Ray UID, generation) whose configuration Event was recorded, per kind ("invalid", "ignored") and key;
         # forgotten when the Ray goes, so the memory is bounded by the live Rays.
         self._reported: dict[tuple[ObjectKey, str], tuple[str, int]] = {}
+        # The clamp notice last reported per live Ray (UID, text): a Normal Event only when it changes.
+        self._clamped: dict[ObjectKey, tuple[str, str]] = {}
+        self.busy_nodes: Callable[[str, int], frozenset[str] | None] = busy_node_ips
+        # Head pod IP -> when its dashboard last failed to answer (bounded by the heads the operator talked to).
+        self._silent_dashboards: dict[str, float] = {}
         limit = os.environ.get(EXIT_AFTER_WRITES_ENV)
         self._writes = _WriteCounter(int(limit)) if limit else None
 
@@ -124,6 +152,7 @@ class RayReconciler:
             self._reported.pop((key, "invalid"), None)
             self._reported.pop((key, "ignored"), None)
             self._reported.pop((key, "translated"), None)
+            self._clamped.pop(key, None)
             return None
         meta = ray["metadata"]
         if meta.get("deletionTimestamp"):
@@ -145,26 +174,79 @@ class RayReconciler:
         if conversion.notes and self._first_report(key, "translated", ray):
             self.recorder.record(ray, NORMAL, "TranslatedConfiguration",
                                  "; ".join(str(n) for n in conversion.notes))
+        self._report_clamps(key, ray, conversion.cluster)
         desired = build_children(ray, conversion.cluster, self.options, programs=self.programs)
         paused = self.paused_groups(key, observed, [HEAD_GROUP, *(w.group for w in desired.workers)])
-        plan = plan_cluster(desired, observed, now, paused=paused)
+        suspended = (ray.get("spec") or {}).get("suspend") is True
+        plan = plan_cluster(desired, observed, now, paused=paused, suspended=suspended)
+        if self._removes_ready_workers(plan, observed):
+            # About to remove running, ready workers: ask Ray which ones are busy, so idle ones go first.
+            busy = self.busy_workers(ray, conversion.cluster, observed)
+            if busy:
+                plan = plan_cluster(desired, observed, now, paused=paused, busy=busy, suspended=suspended)
         failures = self.apply(ray, key, plan)
+        if any(a.reason == REASON_ROLLING_UPDATE for a in plan.actions):
+            for progress in plan.progress:
+                self.recorder.record(ray, NORMAL, "RollingUpdate", progress.describe())
         status = compute_status(ray, conversion, observed, now, desired=desired, failures=failures,
                                 options=self.options)
         self.write_status(ray, status)
         if failures:
             # Retried with back-off; the status already tells what the server refused.
             raise ReconcileError("; ".join(f"{f.verb} {f.kind} {f.name}: {f.message}" for f in failures[:3]))
-        return Result(requeue_after=plan.requeue_after) if plan.requeue_after else None
+        # The earliest deadline this reconcile depends on: the plan's (back-offs, join deadlines) and the expiry of
+        # the expectations of the groups left out now (a lost watch event must not stall them for good).
+        waits = [w for w in (plan.requeue_after, *(self.expectations.expires_in((key, g)) for g in paused))
+                 if w is not None]
+        requeue = min(waits) if waits else None
+        if requeue is None:
+            return None
+        return Result(requeue_after=max(requeue, MIN_REQUEUE_SECONDS))
 
     def observe(self, uid: str) -> Observed:
         def owned(kind: str) -> list[dict[str, Any]]:
             return self.children[kind].store.by_index(INDEX_OWNER_UID, uid)
 
+        jobs = owned("Job")
+        pods = self.children["Pod"].store
+        launcher_pods = [p for j in jobs for p in pods.by_index(INDEX_OWNER_UID, str(j["metadata"]["uid"]))]
         return Observed(
-            pods=owned("Pod"), services=owned("Service"), config_maps=owned("ConfigMap"), jobs=owned("Job"),
+            pods=owned("Pod"), services=owned("Service"), config_maps=owned("ConfigMap"), jobs=jobs,
             service_accounts=owned("ServiceAccount"), roles=owned("Role"), role_bindings=owned("RoleBinding"),
+            launcher_pods=launcher_pods,
         )
+
+    @staticmethod
+    def _removes_ready_workers(plan: Plan, observed: Observed) -> bool:
+        ready = {str(p["metadata"]["name"]) for p in observed.pods
+                 if (p["metadata"].get("labels") or {}).get(LABEL_NODE_KIND) == KIND_WORKER and is_ready(p)}
+        return any(isinstance(a, Delete) and a.kind == "Pod" and a.name in ready and a.reason in DRAINING_REASONS
+                   for a in plan.actions)
+
+    def busy_workers(self, ray: Mapping[str, Any], model: ClusterModel, observed: Observed) -> frozenset[str]:
+        """Pod IPs of the workers whose Ray node runs tasks or actors, from the head's dashboard; empty when it
+        does not answer."""
+        heads = [p for p in observed.pods if (p["metadata"].get("labels") or {}).get(LABEL_NODE_KIND) == KIND_HEAD
+                 and is_ready(p) and (p.get("status") or {}).get("podIP")]
+        if not heads:
+            return frozenset()
+        port = int(model.head.ray_start_params.get("dashboard-port", DASHBOARD_PORT))
+        host = str(heads[0]["status"]["podIP"])
+        silent = self._silent_dashboards.get(host)
+        if silent is not None and time.monotonic() - silent < DASHBOARD_RETRY_SECONDS:
+            return frozenset()
+        busy = self.busy_nodes(host, port)
+        if busy is None:
+            # Not asked again for a while: a dashboard that does not answer must not slow every reconcile.
+            now = time.monotonic()
+            self._silent_dashboards = {h: t for h, t in self._silent_dashboards.items()
+                                       if now - t < DASHBOARD_RETRY_SECONDS}
+            self._silent_dashboards[host] = now
+            log.info("the dashboard does not say which workers are busy", key=f"{ray['metadata']['namespace']}/"
+                     f"{ray['metadata']['name']}")
+            return frozenset()
+        self._silent_dashboards.pop(host, None)
+        return busy
 
     def paused_groups(self, key: ObjectKey, observed: Observed, groups: list[str]) -> set[str]:
         """Groups (the head as `head`) whose last creates or deletes the cache does not show yet."""
@@ -306,6 +388,20 @@ class RayReconciler:
             raise
         self._wrote()
 
+    def _report_clamps(self, key: ObjectKey, ray: Mapping[str, Any], model: ClusterModel) -> None:
+        """A Normal Event when the bounds change the worker count the user or the autoscaler asked for (once per
+        distinct notice)."""
+        notices = clamp_notices(ray, model)
+        if not notices:
+            self._clamped.pop(key, None)
+            return
+        text = "; ".join(notices)
+        seen = (str(ray["metadata"]["uid"]), text)
+        if self._clamped.get(key) == seen:
+            return
+        self._clamped[key] = seen
+        self.recorder.record(ray, NORMAL, "WorkersClamped", text)
+
     def _first_report(self, key: ObjectKey, kind: str, ray: Mapping[str, Any]) -> bool:
         """True once per (Ray UID, generation) for each kind of configuration report: no Event storm."""
         meta = ray["metadata"]
@@ -356,6 +452,15 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
         if k not in new:
             patch[k] = None
     return patch
+
+
+def launcher_pod_owner(event: Event) -> Iterable[ObjectKey]:
+    """A launcher pod (owned by its Job) maps to its `Ray`, by label: its termination message is the launcher's
+    summary, which the status reports."""
+    labels = (event.obj.get("metadata") or {}).get("labels") or {}
+    if labels.get(LABEL_NODE_KIND) != KIND_LAUNCHER or not labels.get(LABEL_CLUSTER):
+        return ()
+    return (ObjectKey(event.key.namespace, str(labels[LABEL_CLUSTER])),)
 
 
 def ray_reconciler(manager: Manager) -> Reconcile:

@@ -15,6 +15,9 @@ Guarantees:
   updatedReplicas (those with the group's current template hash), readyReplicas, availableReplicas (ready; the
   operator uses minReadySeconds 0) and unavailableReplicas (desired - available, never negative). The launcher's
   counts come from its Job (desired 1 until the Job finished).
+- SuccessfulLaunch carries the launcher's own reason and message (its one-line JSON summary, read from the
+  termination message of the launcher container of the Job's last finished pod) when the Job failed; the Job's
+  reason (e.g. BackoffLimitExceeded) only when no attempt left a summary.
 - Conditions: ConfigurationValid, HeadReady, WorkersReady, Ready, SuccessfulLaunch, ReplicaFailure, each with
   type/status/reason (CamelCase)/message/observedGeneration/lastTransitionTime. Conditions of other types that
   someone else set are kept as they are.
@@ -28,6 +31,7 @@ from datetime import datetime, timezone
 from typing import Any, Union
 
 from rayop.api.model import ClusterModel, ConfigurationError, Conversion, ConfigWarning
+from rayop.autoscaler import REASON_NO_SUMMARY, LaunchSummary, parse_launch_summary
 from rayop.api.types import (
     CONDITION_CONFIGURATION_VALID,
     CONDITION_HEAD_READY,
@@ -47,6 +51,7 @@ from rayop.build import (
     KIND_HEAD,
     KIND_LAUNCHER,
     KIND_WORKER,
+    LAUNCHER_CONTAINER,
     MANAGED_BY,
     METRICS_PORT,
     Desired,
@@ -71,6 +76,8 @@ from rayop.plan import (
 )
 
 CONDITION_REPLICA_FAILURE = "ReplicaFailure"
+# Present once a Ray was suspended (spec.suspend): True while it is, False (Resumed) after.
+CONDITION_SUSPENDED = "Suspended"
 MANAGED_CONDITIONS = (
     CONDITION_CONFIGURATION_VALID,
     CONDITION_HEAD_READY,
@@ -78,6 +85,7 @@ MANAGED_CONDITIONS = (
     CONDITION_READY,
     CONDITION_SUCCESSFUL_LAUNCH,
     CONDITION_REPLICA_FAILURE,
+    CONDITION_SUSPENDED,
 )
 MAX_MESSAGE = 4096
 _MAX_LISTED = 3
@@ -228,7 +236,44 @@ def _workers_condition(groups: Sequence[_GroupView], options: Options, valid: bo
     return _condition(CONDITION_WORKERS_READY, "True", "AllWorkersReady", f"{desired}/{desired} workers ready"), True
 
 
-def _launch(job: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, int]]:
+def _controller_uid(obj: Mapping[str, Any]) -> str:
+    for ref in meta(obj).get("ownerReferences") or ():
+        if isinstance(ref, Mapping) and ref.get("controller"):
+            return str(ref.get("uid") or "")
+    return ""
+
+
+def launch_summary(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> LaunchSummary | None:
+    """The summary of the launcher Job's last finished attempt that left one (its launcher container's termination
+    message: the launcher writes one line of JSON there), else what the last finished attempt's exit code says;
+    None while no attempt has finished. An attempt killed at the Job's deadline leaves no summary; the one before
+    it says why the launch did not succeed."""
+    uid = uid_of(job)
+    finished: list[tuple[str, str, Mapping[str, Any]]] = []
+    for pod in pods:
+        if _controller_uid(pod) != uid:
+            continue
+        for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+            if not isinstance(cs, Mapping) or cs.get("name") != LAUNCHER_CONTAINER:
+                continue
+            terminated = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+            if isinstance(terminated, Mapping):
+                finished.append((str(terminated.get("finishedAt") or ""), name_of(pod), terminated))
+    if not finished:
+        return None
+    summaries = []
+    for _, _, terminated in sorted(finished, key=lambda f: (f[0], f[1]), reverse=True):
+        code = terminated.get("exitCode")
+        summary = parse_launch_summary(str(terminated.get("message") or ""),
+                                       exit_code=code if isinstance(code, int) else None)
+        if summary.reason != REASON_NO_SUMMARY:
+            return summary
+        summaries.append(summary)
+    return summaries[0]
+
+
+def _launch(job: Mapping[str, Any] | None,
+            pods: Sequence[Mapping[str, Any]] = ()) -> tuple[dict[str, Any], dict[str, int]]:
     if job is None:
         return (_condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "WaitingForHead",
                            "the launcher starts once the head pod exists"),
@@ -243,14 +288,25 @@ def _launch(job: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, in
     counts = {"replicas": active, "updatedReplicas": active, "readyReplicas": ready, "availableReplicas": ready,
               "unavailableReplicas": 0 if finished else max(0, 1 - ready)}
     name = name_of(job)
+    summary = launch_summary(job, pods)
     if (complete or {}).get("status") == "True":
-        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "True", "Launched", f"launcher Job {name} completed")
+        detail = f": {summary.message}" if summary is not None and summary.succeeded and summary.message else ""
+        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "True", "Launched", f"launcher Job {name} completed{detail}")
     elif (failed or {}).get("status") == "True":
-        reason = str((failed or {}).get("reason") or "LaunchFailed")
-        message = str((failed or {}).get("message") or "the launcher failed")
-        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", reason, f"launcher Job {name}: {message}")
+        job_reason = str((failed or {}).get("reason") or "LaunchFailed")
+        job_message = str((failed or {}).get("message") or "the launcher failed")
+        if summary is not None and not summary.succeeded:
+            # The launcher's own reason (InvalidConfig, HeadUnreachable, WorkersNotJoined, ...) and message.
+            cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", summary.reason,
+                              f"{summary.message} (launcher Job {name}: {job_reason})")
+        else:
+            cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", job_reason, f"launcher Job {name}: {job_message}")
     else:
-        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "Launching", f"launcher Job {name} is running")
+        detail = ""
+        if summary is not None and not summary.succeeded:
+            detail = f"; the last attempt failed: {summary.reason}: {summary.message}"
+        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "Launching",
+                          f"launcher Job {name} is running{detail}")
     return cond, counts
 
 
@@ -282,6 +338,29 @@ def _stamp(conditions: Sequence[dict[str, Any]], old: Sequence[Any], generation:
         out.append(stamped)
     managed = {c["type"] for c in conditions}
     out += [dict(c) for c in old if isinstance(c, Mapping) and c.get("type") not in managed]
+    return out
+
+
+# -- clamping -------------------------------------------------------------------------------------------------------
+
+
+def clamp_notices(ray: Mapping[str, Any], model: ClusterModel) -> list[str]:
+    """One line per worker group whose asked-for count (`spec.desiredWorkers[group]`, else the initial count) lies
+    outside [minWorkers, maxWorkers] and was clamped, naming both numbers; [] when nothing was clamped."""
+    spec = ray.get("spec") or {}
+    raw = spec.get("desiredWorkers")
+    asked_map: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    out = []
+    for g in model.worker_groups:
+        value = asked_map.get(g.name)
+        source = "spec.desiredWorkers"
+        if not isinstance(value, int) or isinstance(value, bool):
+            value, source = g.initial_workers, "the initial count"
+        if value == g.desired_workers:
+            continue
+        bound = "minWorkers" if value < g.desired_workers else "maxWorkers"
+        out.append(f"worker group {g.name}: {source} asks for {value}, clamped to {g.desired_workers} "
+                   f"({bound} {g.min_workers if bound == 'minWorkers' else g.max_workers})")
     return out
 
 
@@ -350,12 +429,18 @@ def compute_status(ray: Mapping[str, Any], model_or_error: ModelOrError, observe
     }
 
     job = _current_launch(observed.jobs, head, desired)
-    launch_condition, launcher_counts = _launch(job)
+    launch_condition, launcher_counts = _launch(job, observed.launcher_pods)
 
     head_condition = _head_condition(head, bool(head_pods), opts)
     workers_condition, workers_ready = _workers_condition(groups, opts, model is not None, now)
     head_ready = head_condition["status"] == "True"
-    if model is None:
+    suspended = (ray.get("spec") or {}).get("suspend") is True
+    remaining = sum(1 for p in head_pods + worker_pods if is_active(p) or is_terminating(p))
+    if model is not None and suspended:
+        ready = _condition(CONDITION_READY, "False", "Suspended",
+                           "spec.suspend is true: the cluster's pods are removed" +
+                           (f" ({remaining} left)" if remaining else ""))
+    elif model is None:
         error = model_or_error.describe() if isinstance(model_or_error, ConfigurationError) else "invalid"
         ready = _condition(CONDITION_READY, "False", "InvalidConfiguration", error)
     elif not head_ready:
@@ -367,10 +452,14 @@ def compute_status(ray: Mapping[str, Any], model_or_error: ModelOrError, observe
                            f"the head and {desired_total} worker(s) are ready")
     old_conditions = [c for c in old.get("conditions") or () if isinstance(c, Mapping)]
     previous_failure = next((c for c in old_conditions if c.get("type") == CONDITION_REPLICA_FAILURE), None)
-    conditions = _stamp(
-        [_configuration(model_or_error), head_condition, workers_condition, ready, launch_condition,
-         _replica_failure(failures, previous_failure)],
-        old_conditions, generation if isinstance(generation, int) else None, now_text)
+    managed = [_configuration(model_or_error), head_condition, workers_condition, ready, launch_condition,
+               _replica_failure(failures, previous_failure)]
+    if suspended:
+        managed.append(_condition(CONDITION_SUSPENDED, "True", "Suspended",
+                                  f"{remaining} pod(s) still going" if remaining else "no pod runs"))
+    elif any(c.get("type") == CONDITION_SUSPENDED for c in old_conditions):
+        managed.append(_condition(CONDITION_SUSPENDED, "False", "Resumed", "spec.suspend is not set"))
+    conditions = _stamp(managed, old_conditions, generation if isinstance(generation, int) else None, now_text)
 
     service = head_service_name(name)
     host = f"{service}.{namespace}.svc"

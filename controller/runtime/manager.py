@@ -6,6 +6,9 @@ Contract of a reconcile function, `reconcile(key: ObjectKey) -> Result | None`:
 - Returning None or `Result()` is success: the key's backoff is forgotten.
 - `Result(requeue_after=s)` is success plus a delayed retry in `s` seconds (backoff forgotten).
 - `Result(requeue=True)` asks for a rate-limited retry without it being an error.
+- With a `resync_period`, every successful reconcile of a key whose object still exists also schedules the key
+  again after `resync_period` plus up to 10 % jitter (the earlier of that and a `requeue_after` wins), so every
+  object is looked at at least once per period even when no event arrives.
 - Raising `TerminalError` means retrying cannot help: a Warning Event is recorded on the primary object (when it
   is cached), the key's backoff is forgotten and it is not retried until something changes.
 - Raising an expected error (`ApiError`, `WritesForbidden`, network errors, `ReconcileError`) is an error: a
@@ -49,7 +52,7 @@ from rayop.runtime.kube import JSON, ApiError, KubeClient, Resource, WritesForbi
 from rayop.runtime.leaderelection import KubeLeaseClient, LeaderElectionConfig, LeaderElector, LeaseClient
 from rayop.runtime.metrics import CONTENT_TYPE, Metrics
 from rayop.runtime.store import IndexFunc, ObjectKey, trim_object
-from rayop.runtime.workqueue import Clock, RateLimiter, WorkQueue
+from rayop.runtime.workqueue import Clock, RateLimiter, WorkQueue, jittered
 
 log = structlog.get_logger("rayop.manager")
 
@@ -97,8 +100,12 @@ class Controller:
         recorder: EventRecorder | None = None,
         rate_limiter: RateLimiter[ObjectKey] | None = None,
         clock: Clock | None = None,
+        resync_period: float | None = None,
     ) -> None:
         self.name = name
+        # Every key of the primary informer is reconciled again at most this long (plus up to 10 % jitter) after
+        # its last successful reconcile, even when no event arrives; None or 0: never.
+        self.resync_period = resync_period or None
         self.reconcile = reconcile
         self.workers = max(1, workers)
         self.metrics = metrics
@@ -225,11 +232,21 @@ class Controller:
                 outcome = "success"
                 self.queue.forget(key)
             self._m_total[outcome].inc()
+            self._schedule_resync(key)
         duration = time.monotonic() - started
         self._m_time.observe(duration)
         getattr(log, level)(
             "reconciled", controller=self.name, key=str(key), result=outcome, duration=round(duration, 6), **fields
         )
+
+    def _schedule_resync(self, key: ObjectKey) -> None:
+        """A delayed add for the bounded resync, while the key's object still exists (an earlier pending add,
+        e.g. a requeue_after, wins: the queue keeps one pending time per key)."""
+        if self.resync_period is None:
+            return
+        if self.primary is not None and self.primary.store.get(key) is None:
+            return
+        self.queue.add_after(key, jittered(self.resync_period))
 
     def _record_terminal(self, key: ObjectKey, error: TerminalError) -> None:
         if self.recorder is None or self.primary is None:
@@ -348,9 +365,11 @@ class Manager:
         *,
         workers: int = 1,
         rate_limiter: RateLimiter[ObjectKey] | None = None,
+        resync_period: float | None = None,
     ) -> Controller:
         controller = Controller(
-            name, reconcile, workers=workers, metrics=self.metrics, recorder=self.recorder, rate_limiter=rate_limiter
+            name, reconcile, workers=workers, metrics=self.metrics, recorder=self.recorder, rate_limiter=rate_limiter,
+            resync_period=resync_period,
         )
         self.controllers.append(controller)
         return controller

@@ -135,6 +135,8 @@ class Agent:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.workers = workers
+        # UIDs of pods whose termination (preStop hooks, then stop) runs in a thread of its own.
+        self.terminating: set[str] = set()
         self.threads: list[threading.Thread] = []
         self.kubelet_port = kubelet_port
         # Process mode: a pod keeps the IP in its status across agent restarts (its namespace is rebuilt with it).
@@ -284,7 +286,10 @@ class Agent:
                 return
             del self.pods[key]
             self._forget_uid(pod["metadata"]["uid"])
-        self.runtime.stop(pod)
+        if getattr(self.runtime, "has_pre_stop", None) is not None:
+            self.runtime.stop(pod, pre_stop=False)  # the object is gone (force-deleted): no time for hooks
+        else:
+            self.runtime.stop(pod)
 
     def _forget_uid(self, uid: str) -> None:
         self.runtime.forget(uid)
@@ -324,6 +329,24 @@ class Agent:
             return
         meta = pod["metadata"]
         if meta.get("deletionTimestamp"):
+            has_hooks = getattr(self.runtime, "has_pre_stop", None)
+            if has_hooks is not None and has_hooks(pod):
+                # preStop hooks may take most of the grace period: never hold a sync worker that long.
+                with self.lock:
+                    if meta["uid"] in self.terminating:
+                        return
+                    self.terminating.add(meta["uid"])
+                threading.Thread(target=self._terminate, args=(key, pod), daemon=True,
+                                 name=f"terminate-{key[1]}").start()
+                return
+            self._terminate(key, pod)
+            return
+        self._sync_live(key, pod, node)
+
+    def _terminate(self, key: tuple[str, str], pod: dict[str, Any]) -> None:
+        """Stop the pod's containers (preStop hooks first, in process mode) and remove the pod object."""
+        meta = pod["metadata"]
+        try:
             self.runtime.stop(pod)
             try:
                 self.client.delete(
@@ -333,7 +356,12 @@ class Agent:
             except ApiError as e:
                 if not (e.not_found or e.conflict):
                     raise
-            return
+        finally:
+            with self.lock:
+                self.terminating.discard(meta["uid"])
+
+    def _sync_live(self, key: tuple[str, str], pod: dict[str, Any], node: Node) -> None:
+        meta = pod["metadata"]
         if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             return
         self.ip_for(pod, node)

@@ -55,6 +55,8 @@ VENV_BIN = REPO / ".venv" / "bin"
 INIT = Path(__file__).resolve().parent / "container_init.py"
 MAX_BACKOFF = 300.0
 GRACE_CAP = 10.0
+# preStop hooks may use this much of a pod's grace period (a Ray worker drains its node in them).
+PRE_STOP_CAP = 600.0
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_PROFILE = Path("/etc/profile")
 
@@ -134,6 +136,31 @@ class ApiLookup:
         return str(out["status"]["token"])
 
 
+# What the kubelet keeps of a failed container's log under terminationMessagePolicy FallbackToLogsOnError.
+FALLBACK_LOG_LINES = 80
+FALLBACK_LOG_BYTES = 2048
+
+
+def termination_message(spec: dict[str, Any], exit_code: int, logfile: Path | None) -> str:
+    """A failed container's termination message under `FallbackToLogsOnError`: the tail of its log (at most 80
+    lines and 2048 bytes, the agent's timestamps removed). The `File` policy is not honoured: no file is mounted at
+    terminationMessagePath in process mode."""
+    if exit_code == 0 or spec.get("terminationMessagePolicy") != "FallbackToLogsOnError" or logfile is None:
+        return ""
+    try:
+        with open(logfile, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.split(" ", 1)[1] if " " in line else line for line in tail.splitlines()[-FALLBACK_LOG_LINES:]]
+    text = "\n".join(lines)
+    data = text.encode()
+    return data[-FALLBACK_LOG_BYTES:].decode("utf-8", "ignore") if len(data) > FALLBACK_LOG_BYTES else text
+
+
 @dataclass
 class Container:
     name: str
@@ -155,6 +182,7 @@ class Container:
     log_done: threading.Event = field(default_factory=threading.Event)
     env: dict[str, str] = field(default_factory=dict)
     backoff_delay: float = 0.0
+    logfile: Path | None = None  # the log of the latest run
 
     @property
     def restart_count(self) -> int:
@@ -280,7 +308,7 @@ class ProcessRuntime:
             st.failed = (now, reason, message)
         self._stop_containers(st, 0.0)
 
-    def stop(self, pod: dict[str, Any]) -> None:
+    def stop(self, pod: dict[str, Any], pre_stop: bool = True) -> None:
         uid = pod["metadata"]["uid"]
         with self._lock:
             st = self._pods.get(uid)
@@ -291,7 +319,47 @@ class ProcessRuntime:
         grace = meta.get("deletionGracePeriodSeconds")
         if grace is None:
             grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
-        self._teardown(st, True, min(float(grace), GRACE_CAP))
+        grace = float(grace)
+        started = time.monotonic()
+        if pre_stop and grace > 0 and not st.torn_down:
+            self._pre_stop(st, min(grace, PRE_STOP_CAP))
+        remaining = grace - (time.monotonic() - started)
+        # As the kubelet: what the preStop hooks left of the grace period, at least 2 s, for SIGTERM.
+        self._teardown(st, True, min(max(remaining, 2.0 if grace > 0 else 0.0), GRACE_CAP))
+
+    def _pre_stop(self, st: PodState, budget: float) -> None:
+        """Run the running containers' `lifecycle.preStop` exec hooks inside them, at once, for at most `budget`
+        seconds in all (httpGet hooks and sleep actions are not supported)."""
+        with st.lock:
+            hooks = [(c, ((c.spec.get("lifecycle") or {}).get("preStop") or {}))
+                     for c in st.containers.values() if c.running and c.proc is not None]
+        runs = []
+        for c, hook in hooks:
+            command = (hook.get("exec") or {}).get("command")
+            if not command or c.proc is None:
+                continue
+            cmd = ["nsenter", "-t", str(c.proc.pid), "-n", "-m", "-u", "--wd", "--", *command]
+            logdir = st.dir / "logs" / c.name
+            logdir.mkdir(parents=True, exist_ok=True)
+            out = open(logdir / "prestop.log", "ab")
+            runs.append((c, out, subprocess.Popen(cmd, env=c.env, stdin=subprocess.DEVNULL, stdout=out,
+                                                  stderr=subprocess.STDOUT, start_new_session=True)))
+            log.info("%s/%s container %s: preStop hook started", st.namespace, st.name, c.name)
+        deadline = time.monotonic() + budget
+        for c, out, proc in runs:
+            try:
+                code = proc.wait(max(0.0, deadline - time.monotonic()))
+                log.info("%s/%s container %s: preStop hook exited %d", st.namespace, st.name, c.name, code)
+            except subprocess.TimeoutExpired:
+                kill_group(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+                log.info("%s/%s container %s: preStop hook killed at the grace period", st.namespace, st.name,
+                         c.name)
+            out.close()
+
+    def has_pre_stop(self, pod: dict[str, Any]) -> bool:
+        return any(((c.get("lifecycle") or {}).get("preStop") or {}).get("exec")
+                   for c in pod.get("spec", {}).get("containers") or [])
 
     def observe(self, pod: dict[str, Any], now: float) -> PodView:
         st = self.record(pod, now)
@@ -385,6 +453,7 @@ class ProcessRuntime:
         logdir = st.dir / "logs" / c.name
         logdir.mkdir(parents=True, exist_ok=True)
         logfile = logdir / f"{run_index}.log"
+        c.logfile = logfile
         cmd = [sys.executable, str(INIT), str(spec_path)]
         cmd = ["unshare", "--mount", "--uts", "--propagation", "private", "--", *cmd]
         if st.netns:
@@ -466,6 +535,9 @@ class ProcessRuntime:
             c.exited = {"exitCode": exit_code, "reason": reason, "startedAt": iso(c.started_at),
                         "finishedAt": iso(finished),
                         "containerID": f"process://{st.uid}/{c.name}/{c.restart_count}"}
+            message = termination_message(c.spec, exit_code, c.logfile)
+            if message:
+                c.exited["message"] = message
             c.ready = False
             ran = finished - c.started_at
             if ran > 2 * MAX_BACKOFF:

@@ -544,3 +544,30 @@ def test_quantities(text: Any, value: float) -> None:
 def test_bad_quantities(text: Any) -> None:
     with pytest.raises(ValueError):
         parse_quantity(text)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        # The seed's sample after `kubectl patch ... {"spec":{"minWorkers":2,"maxWorkers":3}}`.
+        ({"minWorkers": 2, "maxWorkers": 3, "initialWorkers": 1}, (2, 3, 2)),
+        ({"minWorkers": 0, "maxWorkers": 1, "initialWorkers": 3}, (0, 1, 1)),
+        ({"minWorkers": 2, "maxWorkers": 3, "initialWorkers": 1, "desiredWorkers": {"worker": 5}}, (2, 3, 3)),
+        ({"configuration": "min_workers: 2\nmax_workers: 4\ninitial_workers: 1"}, (2, 4, 2)),
+        ({"workerGroups": [{"name": "g", "minWorkers": 3, "maxWorkers": 5, "initialWorkers": 1}]}, (3, 5, 3)),
+    ],
+)
+def test_after_an_update_the_bounds_clamp_the_initial_count(spec: dict[str, Any],
+                                                            expected: tuple[int, int, int]) -> None:
+    created = ray(spec)
+    created["metadata"]["generation"] = 1
+    with pytest.raises(ConfigurationError) as e:
+        effective_cluster(created)
+    assert e.value.field is not None and e.value.field.endswith(("initialWorkers", "initial_workers"))
+    updated = ray(spec)
+    updated["metadata"]["generation"] = 2
+    (g,) = effective_cluster(updated).cluster.worker_groups
+    assert (g.min_workers, g.max_workers, g.desired_workers) == expected
+    # The model keeps what was asked, so the clamp can be reported with both numbers.
+    assert g.initial_workers == (spec.get("initialWorkers") or (spec.get("workerGroups") or [{}])[0].get(
+        "initialWorkers") or 1)

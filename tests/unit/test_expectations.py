@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from rayop.expectations import Expectations
 
 
@@ -62,3 +64,17 @@ def test_scopes_are_independent_and_forgettable() -> None:
     exp.forget(lambda scope: isinstance(scope, tuple) and scope[0] == "ns/a")
     assert exp.satisfied(("ns/a", "w"), [])
     assert not exp.satisfied(("ns/b", "w"), [])
+
+
+def test_expires_in_counts_down_from_the_oldest_expectation() -> None:
+    now = [100.0]
+    e = Expectations(ttl=300.0, clock=lambda: now[0])
+    assert e.expires_in("g") is None
+    e.expect_created("g", "p1")
+    now[0] += 50
+    e.expect_deleted("g", "uid")
+    assert e.expires_in("g") == pytest.approx(250.0)
+    now[0] += 400
+    assert e.expires_in("g") == 0.0
+    assert e.satisfied("g", [])
+    assert e.expires_in("g") is None

@@ -217,3 +217,17 @@ def test_a_repository_under_tmp_stays_visible(tmp_path: Path) -> None:
     assert mounts[1].source == "/tmp/clone"
     elsewhere = container_mounts(pod, {"name": "c"}, tmp_path / "pod", tmp_path / "pod" / "c", Path("/work/main"))
     assert "/work/main" not in [m.target for m in elsewhere]
+
+
+def test_a_failed_container_falls_back_to_its_log_tail_as_termination_message(tmp_path: Path) -> None:
+    from process import FALLBACK_LOG_BYTES, termination_message
+
+    log = tmp_path / "0.log"
+    lines = [f"2026-01-01T00:00:00.{i:06d}Z line {i}" for i in range(200)]
+    log.write_text("\n".join([*lines, '2026-01-01T00:00:01.000000Z {"reason": "WorkersNotJoined"}']) + "\n")
+    fallback = {"terminationMessagePolicy": "FallbackToLogsOnError"}
+    message = termination_message(fallback, 4, log)
+    assert message.endswith('{"reason": "WorkersNotJoined"}') and "2026-01-01T" not in message
+    assert len(message.encode()) <= FALLBACK_LOG_BYTES and len(message.splitlines()) <= 80
+    assert termination_message(fallback, 0, log) == ""  # only for a failure
+    assert termination_message({}, 4, log) == ""  # the File policy: nothing is mounted in process mode

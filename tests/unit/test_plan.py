@@ -420,3 +420,100 @@ def test_options_steer_the_planner() -> None:
                   finished_ago=0)
     plan = plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], looping]), NOW)
     assert plan.requeue_after == pytest.approx(1.0)
+
+
+def test_a_running_worker_that_is_not_ready_gets_a_requeue_for_its_join_deadline() -> None:
+    d = desired_for(ray(static(1)))
+    young = pod("w", hash=d.workers[0].template_hash, ready=False, age=100, ready_since=100)
+    plan = plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], young]), NOW)
+    assert plan.actions == ()
+    assert plan.requeue_after == pytest.approx(200.0)  # 300 s join timeout, 100 s gone
+    # At the deadline it counts as failed; its replacement waits for the first back-off (10 s) from then.
+    due = pod("w", hash=d.workers[0].template_hash, ready=False, age=300, ready_since=300)
+    plan = plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], due]), NOW)
+    assert plan.actions == () and plan.requeue_after == pytest.approx(10.0)
+    ready = plan_cluster(d, healthy(d), NOW)
+    assert ready.requeue_after is None
+
+
+def test_scale_down_removes_idle_ready_workers_before_busy_ones() -> None:
+    d = desired_for(ray(static(1)))
+    h = d.workers[0].template_hash
+    old_busy = pod("busy", hash=h, age=100, ip="10.0.0.7")
+    new_idle = pod("idle", hash=h, age=50, ip="10.0.0.8")
+    observed = with_pods(healthy(d), [healthy(d).pods[0], old_busy, new_idle])
+    assert deleted(plan_cluster(d, observed, NOW)) == ["idle"]  # newest first without Ray's view
+    newest_busy = pod("busy", hash=h, age=10, ip="10.0.0.7")
+    observed = with_pods(healthy(d), [healthy(d).pods[0], newest_busy, new_idle])
+    assert deleted(plan_cluster(d, observed, NOW)) == ["busy"]
+    assert deleted(plan_cluster(d, observed, NOW, busy={"10.0.0.7"})) == ["idle"]
+    # Pending and not-ready pods still go before any running ready one, busy or not.
+    pending = pod("pending", hash=h, phase="Pending", age=5)
+    observed = with_pods(healthy(d), [healthy(d).pods[0], newest_busy, new_idle, pending])
+    assert deleted(plan_cluster(d, observed, NOW, busy={"10.0.0.7"})) == ["pending", "idle"]
+
+
+def test_a_rolling_update_replaces_busy_workers_last() -> None:
+    new, observed = _rolled(static(2))
+    h = new.workers[0].template_hash
+    others = [p for p in observed.pods if p["metadata"]["labels"].get("ray.k8s.io/node-kind") != "worker"]
+    old = [p for p in observed.pods if p["metadata"]["labels"].get("ray.k8s.io/node-kind") == "worker"]
+    old = [{**p, "status": {**p["status"], "podIP": f"10.0.1.{i}"}} for i, p in enumerate(old)]
+    fresh = pod("n1", hash=h, age=1, ip="10.0.9.1")
+    pods_now = [*others, *old, fresh]
+    # Without Ray's view the newest old pod goes first; with it, the busy one (the newest) waits.
+    assert [a.name for a in plan_cluster(new, with_pods(observed, pods_now), NOW).deletes] == [
+        old[-1]["metadata"]["name"]]
+    step = plan_cluster(new, with_pods(observed, pods_now), NOW, busy={old[-1]["status"]["podIP"]})
+    assert [a.name for a in step.deletes] == [old[0]["metadata"]["name"]]
+
+
+def test_suspending_deletes_workers_then_the_head_and_creates_nothing() -> None:
+    d = desired_for(ray(static(2)))
+    observed = healthy(d)
+    step1 = plan_cluster(d, observed, NOW, suspended=True)
+    assert not step1.creates and not step1.patches
+    head = [p for p in observed.pods if p["metadata"]["labels"]["ray.k8s.io/node-kind"] == "head"]
+    pod_deletes = sorted(a.name for a in step1.deletes if a.kind == "Pod")
+    assert pod_deletes == sorted(p["metadata"]["name"] for p in observed.pods if p not in head)
+    assert [a.kind for a in step1.deletes if a.kind != "Pod"] == ["Job"] * len(observed.jobs)
+    assert {a.reason for a in step1.deletes} == {"Suspended"}
+    observed = Observed(**{**observed.__dict__, "jobs": []})
+    # Workers still terminating: the head stays (their drains need its GCS); gone: the head goes.
+    draining = [{**p, "metadata": {**p["metadata"], "deletionTimestamp": "2026-01-02T03:04:05Z"}}
+                for p in observed.pods if p not in head]
+    assert plan_cluster(d, with_pods(observed, [*head, *draining]), NOW, suspended=True).actions == ()
+    step3 = plan_cluster(d, with_pods(observed, head), NOW, suspended=True)
+    assert deleted(step3) == [head[0]["metadata"]["name"]] and not step3.creates
+    # Nothing left: no launcher is created, the named children stay, earlier launcher Jobs go.
+    empty = Observed(**{**with_pods(observed, []).__dict__, "jobs": []})
+    assert plan_cluster(d, empty, NOW, suspended=True).actions == ()
+
+
+def test_rolling_update_bounds_per_group_and_terminating_pods_count_against_the_surge() -> None:
+    spec = static(3)
+    spec["rollingUpdate"] = {"maxSurge": 2, "maxUnavailable": 1}
+    new, observed = _rolled(spec)
+    step = plan_cluster(new, observed, NOW)
+    # maxUnavailable 1: one ready old pod may go at once; maxSurge 2: up to 3 + 2 pods, so three new ones.
+    assert len(step.deletes) == 1 and created(step, "worker") == 3
+    (progress,) = step.progress
+    assert (progress.updated, progress.total, progress.max_surge, progress.max_unavailable) == (0, 2, 2, 1)
+    assert "0 of 2 pod(s) updated" in progress.describe()
+    # The default bounds (1, 0) with a draining old pod still terminating: nothing more is created.
+    new, observed = _rolled(static(2))
+    h = new.workers[0].template_hash
+    old = [p for p in observed.pods if p["metadata"]["labels"].get("ray.k8s.io/node-kind") == "worker"]
+    draining = {**old[0], "metadata": {**old[0]["metadata"], "deletionTimestamp": "2026-01-02T03:04:05Z"}}
+    fresh = pod("n1", hash=h, age=1)
+    step = plan_cluster(new, with_pods(observed, [*[p for p in observed.pods if p not in old], draining, old[1],
+                                                  fresh]), NOW)
+    assert created(step, "worker") == 0  # 1 terminating + 2 live = desired 2 + surge 1
+
+
+def test_rolling_update_bounds_must_let_it_progress() -> None:
+    from rayop.api.convert import effective_cluster
+    from rayop.api.model import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        effective_cluster(ray({**static(2), "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}))

@@ -198,3 +198,33 @@ def test_logging_json_is_one_object_per_line(capsys: pytest.CaptureFixture[str])
     assert record["event"] == "reconciled" and record["key"] == "ns/r" and record["level"] == "info"
     assert "timestamp" in record
     configure_logging("console", "info", stream=io.StringIO())
+
+
+def test_resync_schedules_a_successful_key_again_after_the_period_with_jitter() -> None:
+    clock = FakeClock()
+    metrics = Metrics(process=False)
+    c = Controller("t", lambda key: None, metrics=metrics, clock=clock, resync_period=100.0)
+    c.queue.add(KEY)
+    assert c.process_next(timeout=0)
+    assert c.queue.pending_delayed() == 1
+    clock.step(99.9)
+    assert c.queue.get(0.02) is None
+    clock.step(10.2)  # period + 10 % jitter at most
+    assert c.queue.get(1) == KEY
+    c.queue.done(KEY)
+    # An earlier requeue_after wins over the resync; the queue keeps one pending time per key.
+    c.reconcile = lambda key: Result(requeue_after=5)
+    c.queue.add(KEY)
+    assert c.process_next(timeout=0)
+    assert c.queue.pending_delayed() == 1
+    clock.step(5.0)
+    assert c.queue.get(1) == KEY
+    c.queue.done(KEY)
+
+
+def test_no_resync_for_an_error_or_without_a_period() -> None:
+    clock = FakeClock()
+    c = Controller("t", lambda key: None, metrics=Metrics(process=False), clock=clock)
+    c.queue.add(KEY)
+    assert c.process_next(timeout=0)
+    assert c.queue.pending_delayed() == 0

@@ -220,3 +220,83 @@ def test_times_are_rfc3339_utc() -> None:
 
     assert format_time(datetime(2026, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)) == "2026-05-06T07:08:09Z"
     assert format_time(datetime(2026, 5, 6, 9, 8, 9, tzinfo=timezone(timedelta(hours=2)))) == "2026-05-06T07:08:09Z"
+
+
+def test_clamp_notices_name_what_was_asked_and_what_runs() -> None:
+    from rayop.status import clamp_notices
+
+    obj = ray({"minWorkers": 2, "maxWorkers": 3, "initialWorkers": 1})
+    obj["metadata"]["generation"] = 2
+    (notice,) = clamp_notices(obj, effective_cluster(obj).cluster)
+    assert "asks for 1" in notice and "clamped to 2" in notice and "minWorkers 2" in notice
+    obj["spec"]["desiredWorkers"] = {"worker": 7}
+    (notice,) = clamp_notices(obj, effective_cluster(obj).cluster)
+    assert "spec.desiredWorkers asks for 7" in notice and "clamped to 3" in notice and "maxWorkers 3" in notice
+    obj["spec"]["desiredWorkers"] = {"worker": 3}
+    assert clamp_notices(obj, effective_cluster(obj).cluster) == []
+
+
+def _launcher_pod(job: dict[str, Any], name: str, message: str, exit_code: int, finished: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "ray", "uid": f"uid-{name}",
+                     "labels": {"ray.k8s.io/node-kind": "launcher"},
+                     "ownerReferences": [{"kind": "Job", "name": job["metadata"]["name"],
+                                          "uid": job["metadata"]["uid"], "controller": True}]},
+        "status": {"phase": "Failed", "containerStatuses": [{"name": "launcher", "state": {"terminated": {
+            "exitCode": exit_code, "reason": "Error", "message": message, "finishedAt": finished}}}]},
+    }
+
+
+def test_a_failed_launch_reports_the_launchers_own_reason_and_message() -> None:
+    import json as _json
+
+    obj = ray(static(1))
+    d = desired_for(obj)
+    observed = healthy(d)
+    job = stored(d.launcher_job("uid-demo-head-abcde"))
+    summary = {"succeeded": False, "reason": "WorkersNotJoined", "message": "0 of 1 worker(s) joined Ray within 60 s",
+               "workersExpected": 1, "workersJoined": 0}
+    older = _launcher_pod(job, "l-1", _json.dumps({**summary, "reason": "HeadUnreachable", "message": "no GCS"}), 3,
+                          "2026-01-02T03:00:00Z")
+    newer = _launcher_pod(job, "l-2", _json.dumps(summary), 4, "2026-01-02T03:02:00Z")
+    other_job = _launcher_pod({"metadata": {"name": "x", "uid": "another-job"}}, "l-9",
+                              _json.dumps({**summary, "reason": "InvalidConfig"}), 2, "2026-01-02T03:03:00Z")
+    job["status"] = {"active": 1}
+    running = compute(obj, Observed(**{**observed.__dict__, "jobs": [job], "launcher_pods": [older, newer, other_job]}))
+    c = conditions(running)["SuccessfulLaunch"]
+    assert (c["status"], c["reason"]) == ("Unknown", "Launching") and "WorkersNotJoined" in c["message"]
+    job["status"] = {"failed": 3, "conditions": [{"type": "Failed", "status": "True",
+                                                  "reason": "BackoffLimitExceeded", "message": "backoff limit"}]}
+    failed = compute(obj, Observed(**{**observed.__dict__, "jobs": [job], "launcher_pods": [older, newer, other_job]}))
+    c = conditions(failed)["SuccessfulLaunch"]
+    assert (c["status"], c["reason"]) == ("False", "WorkersNotJoined")
+    assert "0 of 1 worker(s) joined Ray within 60 s" in c["message"] and "BackoffLimitExceeded" in c["message"]
+    # The last attempt killed at the Job's deadline without a summary: the attempt before it says why.
+    killed = _launcher_pod(job, "l-4", "INFO waiting for 1 worker(s)", 143, "2026-01-02T03:05:00Z")
+    c = conditions(compute(obj, Observed(**{**observed.__dict__, "jobs": [job], "launcher_pods": [newer, killed]})))[
+        "SuccessfulLaunch"]
+    assert (c["status"], c["reason"]) == ("False", "WorkersNotJoined")
+    # No summary (a pod killed before it wrote one, with an empty log): the exit code and the Job say why.
+    bare = _launcher_pod(job, "l-3", "", 137, "2026-01-02T03:04:00Z")
+    c = conditions(compute(obj, Observed(**{**observed.__dict__, "jobs": [job], "launcher_pods": [bare]})))[
+        "SuccessfulLaunch"]
+    assert (c["status"], c["reason"]) == ("False", "NoSummary") and "137" in c["message"]
+
+
+def test_a_suspended_cluster_says_so_and_resuming_flips_the_condition() -> None:
+    obj = ray(static(1))
+    d = desired_for(obj)
+    running = compute(obj, healthy(d))
+    assert "Suspended" not in conditions(running)
+    obj["spec"]["suspend"] = True
+    going = compute({**obj, "status": running}, healthy(d))
+    c = conditions(going)
+    assert (c["Suspended"]["status"], c["Suspended"]["reason"]) == ("True", "Suspended")
+    assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("False", "Suspended")
+    gone = compute({**obj, "status": going}, Observed())
+    assert conditions(gone)["Suspended"]["message"] == "no pod runs"
+    obj["spec"]["suspend"] = False
+    resumed = compute({**obj, "status": gone}, healthy(d))
+    c = conditions(resumed)
+    assert (c["Suspended"]["status"], c["Suspended"]["reason"]) == ("False", "Resumed")
+    assert c["Ready"]["status"] == "True"
