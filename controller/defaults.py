@@ -82,8 +82,9 @@ class Options:
     drain_timeout_seconds: float = 300.0
 
     # -- status --------------------------------------------------------------------------------------------------
-    # lastReconcileTime is refreshed when something else in the status changed, or when it is older than this.
-    status_refresh_seconds: float = 600.0
+    # lastReconcileTime is refreshed when something else in the status changed, or, when this is above 0, once it is
+    # older than this. 0 (the default): an idle cluster costs no status write at all, however long it stays idle.
+    status_refresh_seconds: float = 0.0
 
 
 def add_option_arguments(parser: argparse.ArgumentParser | Any) -> None:

@@ -5,9 +5,9 @@ Guarantees:
 - No I/O and no clock: `now` is an argument; times are written as RFC 3339 in UTC with a `Z` and whole seconds.
 - Idempotent: for an unchanged cluster the result equals the stored status, so the caller writes nothing. A
   condition keeps its `lastTransitionTime` while its status is unchanged (reason and message may change without
-  a transition); `startTime` is set once; `lastReconcileTime` is refreshed only when something else in the status
-  changed or when it is older than `Options.status_refresh_seconds` (10 minutes by default) — so an idle cluster
-  costs at most one status write per period.
+  a transition); `startTime` is set once; `lastReconcileTime` is the time of the last reconcile that changed the
+  status (with `Options.status_refresh_seconds` above 0 it is also refreshed once older than that) — so an idle
+  cluster costs no status write.
 - Honest readiness: `Ready` is True only when the head pod is Ready and every group has at least its desired
   number of Ready worker pods; pending, terminating or failed pods never count. A `Ray` whose configuration is
   invalid is never Ready (`InvalidConfiguration`), but its pods are still counted.
@@ -517,5 +517,6 @@ def _reconcile_time(old: Mapping[str, Any], new: Mapping[str, Any], now: datetim
     if last is None or not isinstance(previous, str):
         return now_text
     unchanged = {k: v for k, v in old.items() if k != "lastReconcileTime"} == dict(new)
-    fresh = 0 <= (now - last).total_seconds() < options.status_refresh_seconds
+    period = options.status_refresh_seconds
+    fresh = period <= 0 or 0 <= (now - last).total_seconds() < period
     return previous if unchanged and fresh else now_text

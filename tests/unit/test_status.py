@@ -11,6 +11,7 @@ import pytest
 
 from rayop.api.convert import effective_cluster
 from rayop.api.model import ConfigurationError
+from rayop.defaults import Options
 from rayop.plan import Observed
 from rayop.status import WriteFailure, compute_status, format_time
 from tests.unit.test_plan_fixtures import NOW, autoscaling, desired_for, healthy, pod, ray, static, stored, with_pods
@@ -60,11 +61,13 @@ def test_an_unchanged_cluster_gives_the_same_status_and_no_write() -> None:
     stored_obj = {**obj, "status": copy.deepcopy(first)}
     shuffled = list(observed.pods)
     random.Random(7).shuffle(shuffled)
-    for later in (timedelta(seconds=1), timedelta(minutes=9)):
+    for later in (timedelta(seconds=1), timedelta(minutes=9), timedelta(days=3)):
         again = compute(stored_obj, with_pods(observed, shuffled), NOW + later, failures=[])
         assert again == first
-    # Refreshed once the period has passed, and only lastReconcileTime changes.
-    late = compute(stored_obj, observed, NOW + timedelta(minutes=10), failures=[])
+    # With a refresh period set, lastReconcileTime alone is refreshed once the period has passed.
+    refreshing = Options(status_refresh_seconds=600)
+    assert compute(stored_obj, observed, NOW + timedelta(minutes=9), failures=[], options=refreshing) == first
+    late = compute(stored_obj, observed, NOW + timedelta(minutes=10), failures=[], options=refreshing)
     assert late["lastReconcileTime"] == "2026-01-02T03:14:05Z"
     assert {k: v for k, v in late.items() if k != "lastReconcileTime"} == \
            {k: v for k, v in first.items() if k != "lastReconcileTime"}
