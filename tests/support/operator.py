@@ -18,12 +18,13 @@ from rayop.runtime.kube import ApiError, KubeClient
 from tests.support.cluster import REPO, LocalCluster, wait_until
 
 CRD_PATH = REPO / "manifests" / "crd.yaml"
+RAYJOB_CRD_PATH = REPO / "manifests" / "crd-rayjob.yaml"
 SAMPLES = REPO / "manifests" / "samples"
 
 
-def install_crd(kube: KubeClient) -> None:
-    """Create or update the `Ray` CRD from manifests/ and wait until it is served."""
-    crd = yaml.safe_load(CRD_PATH.read_text())
+def install_crd(kube: KubeClient, path: Path = CRD_PATH, plural: str = PLURAL) -> None:
+    """Create or update the `Ray` CRD (or another from manifests/) and wait until it is served."""
+    crd = yaml.safe_load(path.read_text())
     name = crd["metadata"]["name"]
     path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
     try:
@@ -40,12 +41,17 @@ def install_crd(kube: KubeClient) -> None:
         if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
             return False
         try:
-            kube.get(f"/apis/{GROUP}/{VERSION}/{PLURAL}")
+            kube.get(f"/apis/{GROUP}/{VERSION}/{plural}")
             return True
         except ApiError:
             return False
 
-    wait_until(established, 30, message="Ray CRD established")
+    wait_until(established, 30, message=f"{name} established")
+
+
+def install_rayjob_crd(kube: KubeClient) -> None:
+    """Create or update the `RayJob` CRD from manifests/ and wait until it is served."""
+    install_crd(kube, RAYJOB_CRD_PATH, "rayjobs")
 
 
 def rays_path(namespace: str, name: str | None = None) -> str:
