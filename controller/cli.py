@@ -5,6 +5,9 @@ by the label `app.kubernetes.io/managed-by=rayop`, mapped to their owner through
 kind `Ray`), one controller whose reconcile function is pluggable (`--reconciler module:factory`), leader election,
 and the health/metrics port. SIGTERM or SIGINT drains and exits 0; losing the lease exits 1.
 
+A second controller, `rayjob` (`rayop.jobreconciler`), runs `RayJob`s when their CRD is served at start-up
+(`--rayjobs auto`; `on` or `off` force it).
+
 The default reconciler is the Ray reconciler (`rayop.reconciler`); `--reconciler observe` only reads the caches
 and logs what it sees (it writes nothing), for debugging the watch loop alone.
 
@@ -26,6 +29,8 @@ from typing import Any
 import structlog
 
 from rayop.defaults import Options, add_option_arguments, options_from_args
+from rayop.jobplan import Timing
+from rayop.jobreconciler import rayjob_crd_served, wire_rayjobs
 from rayop.reconciler import CHILDREN as CHILD_RESOURCES
 from rayop.reconciler import MANAGED_BY_SELECTOR, RAY, RayReconciler, child_informers, launcher_pod_owner
 from rayop.render import add_render_parser
@@ -139,6 +144,12 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--kube-api-burst", type=int, default=100, help="client burst (default 100)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds to let reconciles in flight finish on SIGTERM (default 30)")
+    p.add_argument("--rayjobs", choices=("auto", "on", "off"), default="auto",
+                   help="run the RayJob controller: auto (default) when the RayJob CRD is served at start-up, "
+                        "on, or off")
+    p.add_argument("--rayjob-workers", type=int, default=2, help="concurrent RayJob reconciles (default 2)")
+    p.add_argument("--rayjob-poll-interval", type=float, default=Timing.poll_interval,
+                   help="seconds between polls of a running Ray job (default 2)")
     p.add_argument("--reconciler", default=DEFAULT_RECONCILER,
                    help="module:factory, factory(manager) -> reconcile(key) (default: the Ray reconciler); "
                         "'observe' only reads the caches and logs")
@@ -170,6 +181,10 @@ def build_manager(args: argparse.Namespace) -> Manager:
     )
     wire(manager, load_reconciler(args.reconciler, options_from_args(args)), args.workers,
          getattr(args, "resync_period", DEFAULT_RESYNC_SECONDS))
+    rayjobs = args.rayjobs == "on" or (args.rayjobs == "auto" and rayjob_crd_served(client))
+    if rayjobs:
+        wire_rayjobs(manager, args.rayjob_workers, Timing(poll_interval=args.rayjob_poll_interval))
+    log.info("rayjob controller", enabled=rayjobs, mode=args.rayjobs)
     return manager
 
 

@@ -18,14 +18,17 @@ ROOTS = {"rayop": REPO / "controller", "rayop.api": REPO / "api"}
 API = ("rayop.api",)
 RUNTIME = ("rayop.runtime",)
 PURE = API + ("rayop.build", "rayop.plan", "rayop.status", "rayop.defaults", "rayop.autoscaler",
-              "rayop.expectations")
+              "rayop.expectations", "rayop.jobplan")
 RULES: list[tuple[str, tuple[str, ...]]] = [
     ("rayop.api", API),
     ("rayop.runtime", RUNTIME),
     ("rayop.inpod", ()),
     ("rayop.reconciler", PURE + RUNTIME + ("rayop.reconciler",)),
+    # Ray's Job Submission REST API: the standard library only.
+    ("rayop.jobsubmit", ()),
+    ("rayop.jobreconciler", PURE + RUNTIME + ("rayop.reconciler", "rayop.jobsubmit", "rayop.jobreconciler")),
     ("rayop.render", PURE + ("rayop.render",)),
-    ("rayop.cli", PURE + RUNTIME + ("rayop.reconciler", "rayop.render", "rayop.cli")),
+    ("rayop.cli", PURE + RUNTIME + ("rayop.reconciler", "rayop.jobreconciler", "rayop.render", "rayop.cli")),
     ("rayop", PURE),  # every other module is pure: no client, no runtime
 ]
 

@@ -1,0 +1,490 @@
+"""The pure core of the RayJob reconciler: from a `RayJob`, the `Ray` it runs on and what Ray's Job Submission API
+reported, decide the next step (create the cluster, submit, poll, delete the finished job's cluster) and the
+status.
+
+Guarantees:
+- Pure: no I/O, no clock (the caller passes `now`), no Kubernetes client. The same inputs give the same decision.
+- One submission per attempt: the submission id is `rayjob-<RayJob UID>-<attempt>` (`rayop.api.rayjob`). Until
+  the status records the submission, the caller asks Ray about that id first (`wants_job_info`), and a job Ray
+  already knows is adopted, never submitted again; the submission itself is idempotent on Ray's side too (Ray
+  refuses a second submission with the same id).
+- The status always says why: every state carries a CamelCase `reason` and a `message` (the cluster is not Ready
+  and why, the selector matches nothing, the dashboard does not answer, the entrypoint failed with Ray's message).
+- Finished jobs (`Complete`, `Failed`, `ValidationFailed`) stay finished; only their own cluster is deleted once
+  `ttlSecondsAfterFinished` passed (with `shutdownAfterJobFinishes`). A cluster picked by `clusterSelector` is
+  never created, changed or deleted.
+- No hot loop: the caller is woken by changes of the RayJob and of Rays (owned or matching the selector); timed
+  requeues only poll a submitted job (`poll_interval`), back off while the dashboard does not answer
+  (1 s, 2 s, 4 s ... `max_backoff`) and wait for the TTL.
+- Unchanged inputs yield exactly the stored status (condition transition times are kept), so nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from rayop.api import rayjob as j
+from rayop.api.schema import DecodeError
+from rayop.api.types import API_VERSION, CONDITION_READY, LABEL_MANAGED_BY
+from rayop.api.types import KIND as RAY_KIND
+from rayop.build import DASHBOARD_PORT, head_service_name
+
+NORMAL = "Normal"
+WARNING = "Warning"
+
+# Ray job metadata keys the operator adds.
+META_NAME = "rayjob.k8s.io/name"
+META_NAMESPACE = "rayjob.k8s.io/namespace"
+
+
+@dataclass(frozen=True)
+class Timing:
+    poll_interval: float = 2.0
+    max_backoff: float = 60.0
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What Ray's `GET /api/jobs/<submission id>` reported."""
+
+    status: str
+    job_id: str | None = None
+    message: str = ""
+    exit_code: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobInfo:
+        status = str(data.get("status") or "")
+        code = data.get("driver_exit_code")
+        return cls(
+            status=status if status in j.JOB_STATUSES else j.JOB_PENDING,
+            job_id=str(data["job_id"]) if data.get("job_id") else None,
+            message=str(data.get("message") or ""),
+            exit_code=int(code) if isinstance(code, int) and not isinstance(code, bool) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the caller saw. `cluster` is the `Ray` the current attempt runs on (the owned child, or the one Ray the
+    selector matched); `selected` the names the selector matched; `foreign` is set when a Ray of the child's name
+    exists but is not this RayJob's. `job` is Ray's answer for the attempt's submission id, `job_missing` True
+    when Ray said it has no such job, `dashboard_error` why the dashboard could not be asked; `dashboard_failures`
+    counts consecutive failures for the back-off."""
+
+    cluster: Mapping[str, Any] | None = None
+    selected: Sequence[str] = ()
+    foreign: bool = False
+    job: JobInfo | None = None
+    job_missing: bool = False
+    dashboard_error: str | None = None
+    dashboard_failures: int = 0
+
+
+@dataclass(frozen=True)
+class CreateCluster:
+    manifest: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DeleteCluster:
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Submit:
+    address: str
+    body: Mapping[str, Any]
+
+
+Action = CreateCluster | DeleteCluster | Submit
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: dict[str, Any]
+    actions: tuple[Action, ...] = ()
+    requeue_after: float | None = None
+    events: tuple[tuple[str, str, str], ...] = field(default=())
+
+
+def _ts(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_ts(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=None)
+    except ValueError:
+        return None
+
+
+def backoff(failures: int, timing: Timing) -> float:
+    return float(min(timing.max_backoff, 2.0 ** max(0, failures - 1)))
+
+
+def attempt_of(rayjob: Mapping[str, Any]) -> int:
+    value = (rayjob.get("status") or {}).get("attempt")
+    return value if isinstance(value, int) and value > 0 else 1
+
+
+def is_ready(ray: Mapping[str, Any]) -> bool:
+    for c in (ray.get("status") or {}).get("conditions") or []:
+        if c.get("type") == CONDITION_READY:
+            return bool(c.get("status") == "True")
+    return False
+
+
+def not_ready_why(ray: Mapping[str, Any]) -> str:
+    for c in (ray.get("status") or {}).get("conditions") or []:
+        if c.get("type") == CONDITION_READY:
+            return f"{c.get('reason') or 'NotReady'}: {c.get('message') or ''}".rstrip(": ")
+    return "the Ray has no status yet"
+
+
+def dashboard_address(ray: Mapping[str, Any], cluster_domain: str = "cluster.local") -> str:
+    """The dashboard the Ray reconciler publishes (status.endpoints.dashboard), else the head Service's."""
+    endpoints = (ray.get("status") or {}).get("endpoints") or {}
+    address = endpoints.get("dashboard")
+    if isinstance(address, str) and address:
+        return address.rstrip("/")
+    meta = ray.get("metadata") or {}
+    host = f"{head_service_name(str(meta.get('name')))}.{meta.get('namespace')}.svc.{cluster_domain}"
+    return f"http://{host}:{DASHBOARD_PORT}"
+
+
+def labels_match(selector: Mapping[str, str], labels: Mapping[str, Any] | None) -> bool:
+    labels = labels or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def child_manifest(rayjob: Mapping[str, Any], attempt: int) -> dict[str, Any]:
+    """The child `Ray` of an attempt: the spec's rayClusterSpec as given, owned by the RayJob."""
+    meta = rayjob["metadata"]
+    spec = dict((rayjob.get("spec") or {}).get("rayClusterSpec") or {})
+    return {
+        "apiVersion": API_VERSION,
+        "kind": RAY_KIND,
+        "metadata": {
+            "name": j.cluster_name(str(meta["name"]), attempt),
+            "namespace": meta["namespace"],
+            "labels": {j.LABEL_RAYJOB: str(meta["name"]), LABEL_MANAGED_BY: "rayop"},
+            "ownerReferences": [{
+                "apiVersion": API_VERSION, "kind": j.KIND, "name": meta["name"], "uid": meta["uid"],
+                "controller": True, "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": spec,
+    }
+
+
+def submit_body(rayjob: Mapping[str, Any], job: j.RayJob, attempt: int) -> dict[str, Any]:
+    """The JSON body of Ray's `POST /api/jobs/` for an attempt."""
+    meta = rayjob["metadata"]
+    spec = job.spec
+    assert spec is not None
+    metadata = {str(k): str(v) for k, v in (spec.job_metadata or {}).items()}
+    metadata[META_NAME] = str(meta["name"])
+    metadata[META_NAMESPACE] = str(meta["namespace"])
+    body: dict[str, Any] = {
+        "submission_id": j.submission_id(str(meta["uid"]), attempt),
+        "entrypoint": spec.entrypoint,
+        "metadata": metadata,
+    }
+    raw = (rayjob.get("spec") or {}).get("runtimeEnv")
+    if raw:
+        body["runtime_env"] = raw
+    if spec.entrypoint_num_cpus is not None:
+        body["entrypoint_num_cpus"] = spec.entrypoint_num_cpus
+    if spec.entrypoint_num_gpus is not None:
+        body["entrypoint_num_gpus"] = spec.entrypoint_num_gpus
+    if spec.entrypoint_resources:
+        body["entrypoint_resources"] = dict(spec.entrypoint_resources)
+    return body
+
+
+def wants_job_info(rayjob: Mapping[str, Any], cluster: Mapping[str, Any] | None) -> bool:
+    """Whether the caller should ask Ray about the attempt's submission before `decide`: the job is not finished
+    and the cluster exists and is Ready (or the job was submitted already: then poll regardless)."""
+    status = rayjob.get("status") or {}
+    if status.get("jobDeploymentStatus") in j.DEPLOY_FINISHED or cluster is None:
+        return False
+    return is_ready(cluster) or _submitted(rayjob)
+
+
+def _submitted(rayjob: Mapping[str, Any]) -> bool:
+    status = rayjob.get("status") or {}
+    sid = j.submission_id(str(rayjob["metadata"]["uid"]), attempt_of(rayjob))
+    return bool(status.get("submissionId") == sid and status.get("jobStatus"))
+
+
+# -- status ---------------------------------------------------------------------------------------------------
+
+
+def _condition(old: Mapping[str, Any], kind: str, value: bool, reason: str, message: str, generation: Any,
+               now: datetime) -> dict[str, Any]:
+    prev: Mapping[str, Any] = next((c for c in old.get("conditions") or [] if c.get("type") == kind), {})
+    status = "True" if value else "False"
+    out: dict[str, Any] = {"type": kind, "status": status, "reason": reason, "message": message[:32768]}
+    if isinstance(generation, int):
+        out["observedGeneration"] = generation
+    out["lastTransitionTime"] = prev.get("lastTransitionTime") if prev.get("status") == status and \
+        prev.get("lastTransitionTime") else _ts(now)
+    return out
+
+
+@dataclass
+class _Status:
+    rayjob: Mapping[str, Any]
+    now: datetime
+    body: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        old = self.rayjob.get("status") or {}
+        self.old = old
+        # Carried over: what earlier reconciles learned and what is set once.
+        for key in ("jobId", "jobStatus", "startTime", "endTime", "rayClusterName", "dashboardURL",
+                    "clusterDeleted"):
+            if old.get(key) is not None:
+                self.body[key] = old[key]
+        self.body.setdefault("startTime", _ts(self.now))
+        self.body["attempt"] = attempt_of(self.rayjob)
+        self.body["submissionId"] = j.submission_id(str(self.rayjob["metadata"]["uid"]), self.body["attempt"])
+        generation = self.rayjob["metadata"].get("generation")
+        if isinstance(generation, int):
+            self.body["observedGeneration"] = generation
+        self.generation = generation
+
+    def set(self, deployment: str, reason: str, message: str, *, cluster_ready: bool | None = None,
+            submitted: bool | None = None) -> dict[str, Any]:
+        self.body["jobDeploymentStatus"] = deployment
+        self.body["reason"] = reason
+        self.body["message"] = message[:32768]
+        finished = deployment in j.DEPLOY_FINISHED
+        if finished:
+            self.body.setdefault("endTime", _ts(self.now))
+        old_conditions = {c.get("type"): c for c in self.old.get("conditions") or []}
+        conditions = []
+        if cluster_ready is None:
+            prev = old_conditions.get(j.CONDITION_CLUSTER_READY)
+            if prev:
+                conditions.append(dict(prev))
+        else:
+            conditions.append(_condition(self.old, j.CONDITION_CLUSTER_READY, cluster_ready,
+                                         "ClusterReady" if cluster_ready else reason,
+                                         "the cluster is Ready" if cluster_ready else message, self.generation,
+                                         self.now))
+        if submitted is None:
+            prev = old_conditions.get(j.CONDITION_SUBMITTED)
+            if prev:
+                conditions.append(dict(prev))
+        else:
+            conditions.append(_condition(self.old, j.CONDITION_SUBMITTED, submitted,
+                                         "Submitted" if submitted else "NotSubmitted",
+                                         f"submission {self.body['submissionId']}" if submitted
+                                         else "not submitted yet", self.generation, self.now))
+        conditions.append(_condition(self.old, j.CONDITION_FINISHED, finished, reason if finished else "NotFinished",
+                                     message if finished else "the job has not finished", self.generation,
+                                     self.now))
+        self.body["conditions"] = conditions
+        return self.body
+
+
+WARNING_REASONS = frozenset({
+    "InvalidSpec", "ClusterRejected", "SubmissionRejected", "JobFailed", "JobStopped", "JobLost",
+    "ClusterLost", "DashboardUnreachable", "ClusterSelectorNoMatch", "ClusterSelectorAmbiguous",
+    "ClusterNameConflict",
+})
+
+
+def _events(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """One Event per transition: a new deployment status or reason, or a new Ray job state."""
+    out = []
+    if (old.get("jobDeploymentStatus"), old.get("reason")) != (new.get("jobDeploymentStatus"), new.get("reason")):
+        reason = str(new.get("reason") or "")
+        out.append((WARNING if reason in WARNING_REASONS else NORMAL, reason,
+                    f"{new.get('jobDeploymentStatus')}: {new.get('message') or ''}"))
+    if new.get("jobStatus") and old.get("jobStatus") != new.get("jobStatus") and not out:
+        out.append((NORMAL, f"Job{str(new['jobStatus']).capitalize()}",
+                    f"Ray job {new.get('submissionId')} is {new['jobStatus']}"))
+    return tuple(out)
+
+
+def _done(rayjob: Mapping[str, Any], status: dict[str, Any], actions: tuple[Action, ...] = (),
+          requeue_after: float | None = None) -> Decision:
+    return Decision(status=status, actions=actions, requeue_after=requeue_after,
+                    events=_events(rayjob.get("status") or {}, status))
+
+
+# -- the decision ---------------------------------------------------------------------------------------------
+
+
+def decide(rayjob: Mapping[str, Any], observed: Observed, now: datetime, timing: Timing = Timing()) -> Decision:
+    """The next step for a RayJob (see the module's guarantees)."""
+    st = _Status(rayjob, now)
+    old = st.old
+    try:
+        job = j.RayJob.from_dict(rayjob)
+    except DecodeError as e:
+        return _done(rayjob, st.set(j.DEPLOY_VALIDATION_FAILED, "InvalidSpec", str(e)))
+    spec = job.spec
+    assert spec is not None
+    if old.get("jobDeploymentStatus") in j.DEPLOY_FINISHED:
+        return _finished(rayjob, spec, observed, st, now)
+    if (spec.ray_cluster_spec is None) == (spec.cluster_selector is None):
+        return _done(rayjob, st.set(j.DEPLOY_VALIDATION_FAILED, "InvalidSpec", j.ONE_CLUSTER_MESSAGE))
+    attempt = st.body["attempt"]
+    name = str(rayjob["metadata"]["name"])
+    namespace = str(rayjob["metadata"]["namespace"])
+    submitted = _submitted(rayjob)
+
+    # The cluster.
+    cluster = observed.cluster
+    if spec.ray_cluster_spec is not None:
+        child = j.cluster_name(name, attempt)
+        st.body["rayClusterName"] = child
+        if observed.foreign:
+            return _done(rayjob, st.set(
+                j.DEPLOY_INITIALIZING, "ClusterNameConflict",
+                f"a Ray named {child} exists in {namespace} and does not belong to this RayJob; delete or rename "
+                "it", cluster_ready=False, submitted=False))
+        if cluster is None:
+            if submitted:
+                return _done(rayjob, st.set(j.DEPLOY_FAILED, "ClusterLost",
+                                            f"the Ray {child} the job ran on was deleted before the job finished"))
+            return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "CreatingCluster", f"creating the Ray {child}",
+                                        cluster_ready=False, submitted=False),
+                         (CreateCluster(child_manifest(rayjob, attempt)),))
+    else:
+        selector = ",".join(f"{k}={v}" for k, v in sorted((spec.cluster_selector or {}).items()))
+        if not observed.selected:
+            st.body.pop("rayClusterName", None)
+            return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "ClusterSelectorNoMatch",
+                                        f"no Ray in {namespace} matches the clusterSelector {selector}; waiting "
+                                        "for one", cluster_ready=False, submitted=False))
+        if len(observed.selected) > 1 and not submitted:
+            return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "ClusterSelectorAmbiguous",
+                                        f"{len(observed.selected)} Rays match the clusterSelector {selector} "
+                                        f"({', '.join(sorted(observed.selected)[:5])}); it must match exactly one",
+                                        cluster_ready=False, submitted=False))
+        if cluster is None:
+            return _done(rayjob, st.set(j.DEPLOY_FAILED, "ClusterLost",
+                                        f"the Ray {old.get('rayClusterName')} the job ran on is gone"))
+        st.body["rayClusterName"] = str(cluster["metadata"]["name"])
+    address = dashboard_address(cluster)
+    st.body["dashboardURL"] = address
+    cluster_name = str(cluster["metadata"]["name"])
+
+    if not submitted and observed.job is None:
+        if not is_ready(cluster):
+            return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "ClusterNotReady",
+                                        f"waiting for the Ray {cluster_name} to be Ready ({not_ready_why(cluster)})",
+                                        cluster_ready=False, submitted=False))
+        if observed.dashboard_error is not None:
+            return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "DashboardUnreachable",
+                                        f"the Ray dashboard at {address} does not answer: {observed.dashboard_error}",
+                                        cluster_ready=True, submitted=False),
+                         requeue_after=backoff(observed.dashboard_failures, timing))
+        # Ray does not know this attempt's submission id: submit it.
+        st.body["jobStatus"] = j.JOB_PENDING
+        st.body.pop("jobId", None)
+        return _done(rayjob, st.set(j.DEPLOY_RUNNING, "Submitted",
+                                    f"submitted {st.body['submissionId']} to {address}", cluster_ready=True,
+                                    submitted=True),
+                     (Submit(address, submit_body(rayjob, job, attempt)),), requeue_after=timing.poll_interval)
+
+    # Submitted (or adopted): follow Ray's view of the job.
+    ready = is_ready(cluster)
+    if observed.dashboard_error is not None:
+        return _done(rayjob, st.set(j.DEPLOY_RUNNING, "DashboardUnreachable",
+                                    f"the Ray dashboard at {address} does not answer: {observed.dashboard_error}",
+                                    cluster_ready=ready, submitted=True),
+                     requeue_after=backoff(observed.dashboard_failures, timing))
+    if observed.job is None:
+        if observed.job_missing:
+            return _done(rayjob, st.set(j.DEPLOY_FAILED, "JobLost",
+                                        f"Ray no longer knows the submission {st.body['submissionId']} (the "
+                                        f"cluster {cluster_name} was restarted?)", cluster_ready=ready,
+                                        submitted=True))
+        # Not asked (the caller only asks when `wants_job_info`): ask next time.
+        return _done(rayjob, st.set(j.DEPLOY_RUNNING, str(old.get("reason") or "Submitted"),
+                                    str(old.get("message") or ""), cluster_ready=ready, submitted=True),
+                     requeue_after=timing.poll_interval)
+    info = observed.job
+    st.body["jobStatus"] = info.status
+    if info.job_id:
+        st.body["jobId"] = info.job_id
+    if info.status == j.JOB_SUCCEEDED:
+        status = st.set(j.DEPLOY_COMPLETE, "JobSucceeded", info.message or "the entrypoint succeeded",
+                        cluster_ready=ready, submitted=True)
+        return _done(rayjob, status, requeue_after=_ttl_wait(spec, status, now))
+    if info.status in (j.JOB_FAILED, j.JOB_STOPPED):
+        code = f" (exit code {info.exit_code})" if info.exit_code is not None else ""
+        reason = "JobFailed" if info.status == j.JOB_FAILED else "JobStopped"
+        status = st.set(j.DEPLOY_FAILED, reason, f"{info.message or 'the entrypoint failed'}{code}",
+                        cluster_ready=ready, submitted=True)
+        return _done(rayjob, status, requeue_after=_ttl_wait(spec, status, now))
+    reason = "JobRunning" if info.status == j.JOB_RUNNING else "JobPending"
+    message = info.message or f"Ray reports the job {info.status}"
+    return _done(rayjob, st.set(j.DEPLOY_RUNNING, reason, message, cluster_ready=ready, submitted=True),
+                 requeue_after=timing.poll_interval)
+
+
+def _ttl_wait(spec: j.RayJobSpec, status: Mapping[str, Any], now: datetime) -> float | None:
+    """Seconds until the finished job's own cluster is due for deletion (0: now), or None when it stays."""
+    if not spec.shutdown_after_job_finishes or spec.ray_cluster_spec is None or status.get("clusterDeleted"):
+        return None
+    end = _parse_ts(status.get("endTime"))
+    due = (end or now.replace(tzinfo=None)) + timedelta(seconds=spec.ttl_seconds_after_finished or 0)
+    return max(0.0, (due - now.replace(tzinfo=None)).total_seconds())
+
+
+def _finished(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed, st: _Status,
+              now: datetime) -> Decision:
+    """A finished job stays as it is; its own cluster goes once the TTL passed."""
+    old = st.old
+    status: dict[str, Any] = dict(old)
+    wait = _ttl_wait(spec, status, now)
+    if wait is None:
+        return Decision(status=status)
+    if observed.cluster is None:
+        if status.get("rayClusterName"):
+            status["clusterDeleted"] = True
+        return _done(rayjob, status)
+    if wait > 0:
+        return Decision(status=status, requeue_after=wait)
+    meta = observed.cluster["metadata"]
+    return Decision(status=status, actions=(DeleteCluster(str(meta["name"]), str(meta["uid"])),),
+                    events=((NORMAL, "DeletingCluster",
+                             f"deleting the Ray {meta['name']}: the job finished "
+                             f"{spec.ttl_seconds_after_finished or 0} s ago (shutdownAfterJobFinishes)"),))
+
+
+def submit_refused(decision: Decision, rayjob: Mapping[str, Any], message: str, now: datetime) -> Decision:
+    """The status when Ray refused the submission (HTTP 400: e.g. a runtimeEnv Ray cannot use)."""
+    st = _Status(rayjob, now)
+    st.body.update({k: v for k, v in decision.status.items() if k in ("rayClusterName", "dashboardURL")})
+    st.body.pop("jobStatus", None)
+    status = st.set(j.DEPLOY_VALIDATION_FAILED, "SubmissionRejected", f"Ray refused the submission: {message}",
+                    cluster_ready=True, submitted=False)
+    spec = j.RayJob.from_dict(rayjob).spec
+    assert spec is not None
+    return _done(rayjob, status, requeue_after=_ttl_wait(spec, status, now))
+
+
+def submit_unreachable(decision: Decision, rayjob: Mapping[str, Any], error: str, failures: int, now: datetime,
+                       timing: Timing = Timing()) -> Decision:
+    """The status when the submission could not be sent (the dashboard did not answer): try again later."""
+    st = _Status(rayjob, now)
+    st.body.update({k: v for k, v in decision.status.items() if k in ("rayClusterName", "dashboardURL")})
+    st.body.pop("jobStatus", None)
+    status = st.set(j.DEPLOY_INITIALIZING, "DashboardUnreachable",
+                    f"the Ray dashboard at {decision.status.get('dashboardURL')} does not answer: {error}",
+                    cluster_ready=True, submitted=False)
+    return _done(rayjob, status, requeue_after=backoff(failures, timing))

@@ -1,0 +1,265 @@
+"""The RayJob reconciler: the I/O around `rayop.jobplan`. One `RayJob` key in; its cluster found or created, the
+Ray job submitted and followed through Ray's Job Submission REST API, the status written.
+
+Guarantees:
+- Level-triggered: each call reads the `RayJob` and the `Ray`s from the informers' caches, asks Ray about the
+  attempt's submission id when the pure core wants it (`wants_job_info`), lets the core decide, applies the
+  decision and writes the status. It never branches on what event caused it.
+- The child `Ray` is created with a controller ownerReference to the RayJob; a Ray of the same name that is not
+  this RayJob's is never adopted. Create answered AlreadyExists is fine (a lagging cache); a create the API
+  server refuses as invalid (422) makes the job ValidationFailed with the server's message (no retry loop).
+- A submission Ray already has is never repeated (see `rayop.jobplan`); a submission refused by Ray (HTTP 400)
+  makes the job ValidationFailed with Ray's message; a dashboard that does not answer is retried with back-off.
+- Status goes through the `/status` subresource as a JSON merge patch, only when it differs from the stored one;
+  one Event per transition (the core's), plus Normal Events for the cluster created and deleted.
+- A deleted RayJob's child `Ray` goes with it through the ownerReference (garbage collector). Stopping the Ray
+  job before the cluster goes is not implemented yet (docs/rayjob.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from rayop.api import rayjob as j
+from rayop.api.types import GROUP, VERSION
+from rayop.jobplan import (
+    CreateCluster,
+    Decision,
+    DeleteCluster,
+    JobInfo,
+    Observed,
+    Submit,
+    Timing,
+    dashboard_address,
+    decide,
+    labels_match,
+    submit_refused,
+    submit_unreachable,
+    wants_job_info,
+)
+from rayop.jobsubmit import DashboardError, JobSubmissionClient, SubmissionRejected
+from rayop.reconciler import RAY, merge_patch
+from rayop.runtime.events import NORMAL, WARNING
+from rayop.runtime.handlers import generation_changed
+from rayop.runtime.informer import Event
+from rayop.runtime.kube import CONTENT_MERGE_PATCH, ApiError, KubeClient, Resource
+from rayop.runtime.manager import Manager, Reconcile, Result
+from rayop.runtime.store import INDEX_NAMESPACE, ObjectKey, controller_owner
+
+log = structlog.get_logger("rayop.jobreconciler")
+
+RAYJOB = Resource(GROUP, VERSION, j.PLURAL, j.KIND)
+CONTROLLER_NAME = "rayjob"
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    ref = controller_owner(obj)
+    return ref is not None and ref.get("kind") == j.KIND and ref.get("uid") == uid
+
+
+class RayJobReconciler:
+    def __init__(self, manager: Manager, timing: Timing | None = None,
+                 submitter: JobSubmissionClient | None = None, now: Callable[[], datetime] | None = None):
+        self.client: KubeClient = manager.client
+        self.recorder = manager.recorder
+        self.jobs = manager.informer(RAYJOB)
+        self.rays = manager.informer(RAY)
+        self.timing = timing or Timing()
+        self.submitter = submitter or JobSubmissionClient()
+        self._now = now or (lambda: datetime.now(timezone.utc))
+        self._failures: dict[ObjectKey, int] = {}
+        self._lock = threading.Lock()
+
+    # -- mapping Ray events to RayJobs ---------------------------------------------------------------------------
+
+    def rayjobs_of_ray(self, event: Event) -> Iterable[ObjectKey]:
+        """The RayJobs a Ray event concerns: its controlling RayJob, and the RayJobs whose clusterSelector matches
+        it or whose status names it."""
+        ray = event.obj
+        meta = ray.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "")
+        name = str(meta.get("name") or "")
+        keys = set()
+        ref = controller_owner(ray)
+        if ref is not None and ref.get("kind") == j.KIND:
+            keys.add(ObjectKey(namespace, str(ref.get("name") or "")))
+        for job in self.jobs.store.by_index(INDEX_NAMESPACE, namespace):
+            selector = (job.get("spec") or {}).get("clusterSelector")
+            named = (job.get("status") or {}).get("rayClusterName") == name
+            labels = [meta.get("labels")] + ([(event.old.get("metadata") or {}).get("labels")] if event.old else [])
+            if named or (isinstance(selector, Mapping) and selector
+                         and any(labels_match(selector, ls) for ls in labels)):
+                keys.add(ObjectKey(namespace, str(job["metadata"]["name"])))
+        return keys
+
+    # -- reconcile ------------------------------------------------------------------------------------------------
+
+    def __call__(self, key: ObjectKey) -> Result | None:
+        rayjob = self.jobs.store.get(key)
+        if rayjob is None:
+            with self._lock:
+                self._failures.pop(key, None)
+            return None
+        if rayjob["metadata"].get("deletionTimestamp"):
+            return None
+        observed = self.observe(key, rayjob)
+        now = self._now()
+        decision = decide(rayjob, observed, now, self.timing)
+        decision = self.apply(key, rayjob, decision, now)
+        self.write_status(rayjob, decision)
+        return Result(requeue_after=decision.requeue_after) if decision.requeue_after is not None else None
+
+    def observe(self, key: ObjectKey, rayjob: Mapping[str, Any]) -> Observed:
+        meta = rayjob["metadata"]
+        uid = str(meta["uid"])
+        spec = rayjob.get("spec") or {}
+        status = rayjob.get("status") or {}
+        attempt = status.get("attempt") if isinstance(status.get("attempt"), int) else 1
+        cluster: Mapping[str, Any] | None = None
+        selected: tuple[str, ...] = ()
+        foreign = False
+        if spec.get("rayClusterSpec") is not None:
+            cluster = self.rays.store.get(ObjectKey(key.namespace, j.cluster_name(key.name, int(attempt or 1))))
+            if cluster is not None and not _owned_by(cluster, uid):
+                cluster, foreign = None, True
+        elif isinstance(spec.get("clusterSelector"), Mapping) and spec["clusterSelector"]:
+            selector = spec["clusterSelector"]
+            matching = [r for r in self.rays.store.by_index(INDEX_NAMESPACE, key.namespace)
+                        if labels_match(selector, (r.get("metadata") or {}).get("labels"))
+                        and not (r.get("metadata") or {}).get("deletionTimestamp")]
+            selected = tuple(sorted(str(r["metadata"]["name"]) for r in matching))
+            # Once submitted, the job stays on the cluster it was submitted to.
+            named = status.get("rayClusterName")
+            pick = [r for r in matching if r["metadata"]["name"] == named] if named and status.get("jobStatus") \
+                else matching
+            cluster = pick[0] if len(pick) == 1 else None
+            if named and status.get("jobStatus") and not pick:
+                cluster = self.rays.store.get(ObjectKey(key.namespace, str(named)))
+        observed = Observed(cluster=cluster, selected=selected, foreign=foreign)
+        if cluster is None or not wants_job_info(rayjob, cluster):
+            return observed
+        address = dashboard_address(cluster)
+        sid = j.submission_id(uid, int(attempt or 1))
+        try:
+            info = self.submitter.get_job(address, sid)
+        except DashboardError as e:
+            failures = self._failed(key)
+            log.info("dashboard unreachable", key=str(key), error=str(e), failures=failures)
+            return Observed(cluster=cluster, selected=selected, dashboard_error=str(e), dashboard_failures=failures)
+        self._succeeded(key)
+        if info is None:
+            return Observed(cluster=cluster, selected=selected, job_missing=True)
+        return Observed(cluster=cluster, selected=selected, job=JobInfo.from_json(info))
+
+    def _failed(self, key: ObjectKey) -> int:
+        with self._lock:
+            self._failures[key] = self._failures.get(key, 0) + 1
+            return self._failures[key]
+
+    def _succeeded(self, key: ObjectKey) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+    # -- apply ----------------------------------------------------------------------------------------------------
+
+    def apply(self, key: ObjectKey, rayjob: Mapping[str, Any], decision: Decision, now: datetime) -> Decision:
+        for action in decision.actions:
+            if isinstance(action, CreateCluster):
+                decision = self.create_cluster(key, rayjob, decision, action)
+            elif isinstance(action, DeleteCluster):
+                self.delete_cluster(key, rayjob, action)
+            elif isinstance(action, Submit):
+                decision = self.submit(key, rayjob, decision, action, now)
+        return decision
+
+    def create_cluster(self, key: ObjectKey, rayjob: Mapping[str, Any], decision: Decision,
+                       action: CreateCluster) -> Decision:
+        name = str(action.manifest["metadata"]["name"])
+        try:
+            self.client.create(RAY.collection(key.namespace), dict(action.manifest))
+        except ApiError as e:
+            if e.already_exists:
+                return decision
+            if e.status in (400, 422):
+                status = dict(decision.status)
+                status.update(jobDeploymentStatus=j.DEPLOY_VALIDATION_FAILED, reason="ClusterRejected",
+                              message=f"the API server refused the Ray {name}: {e.message}")
+                status.setdefault("endTime", status.get("startTime"))
+                return Decision(status=status, events=((WARNING, "ClusterRejected", str(status["message"])),))
+            raise
+        log.info("created cluster", key=str(key), ray=name)
+        self.recorder.record(rayjob, NORMAL, "CreatedCluster", f"created the Ray {name}")
+        return decision
+
+    def delete_cluster(self, key: ObjectKey, rayjob: Mapping[str, Any], action: DeleteCluster) -> None:
+        try:
+            self.client.delete(RAY.object(key.namespace, action.name),
+                               {"preconditions": {"uid": action.uid}, "propagationPolicy": "Background"})
+        except ApiError as e:
+            if not (e.not_found or e.conflict):
+                raise
+            return
+        log.info("deleted cluster", key=str(key), ray=action.name)
+        self.recorder.record(rayjob, NORMAL, "DeletedCluster", f"deleted the Ray {action.name}")
+
+    def submit(self, key: ObjectKey, rayjob: Mapping[str, Any], decision: Decision, action: Submit,
+               now: datetime) -> Decision:
+        try:
+            sid = self.submitter.submit(action.address, action.body)
+        except SubmissionRejected as e:
+            log.info("submission rejected", key=str(key), error=str(e))
+            return submit_refused(decision, rayjob, str(e), now)
+        except DashboardError as e:
+            failures = self._failed(key)
+            return submit_unreachable(decision, rayjob, str(e), failures, now, self.timing)
+        self._succeeded(key)
+        log.info("submitted", key=str(key), submission_id=sid, address=action.address)
+        return decision
+
+    # -- status ---------------------------------------------------------------------------------------------------
+
+    def write_status(self, rayjob: Mapping[str, Any], decision: Decision) -> None:
+        old = rayjob.get("status") or {}
+        for type_, reason, message in decision.events:
+            self.recorder.record(rayjob, type_, reason, message)
+        patch = merge_patch(old, decision.status)
+        if not patch:
+            return
+        meta = rayjob["metadata"]
+        try:
+            self.client.patch(RAYJOB.object(meta["namespace"], meta["name"]) + "/status", {"status": patch},
+                              CONTENT_MERGE_PATCH)
+        except ApiError as e:
+            if e.not_found:
+                return
+            raise
+
+
+def rayjob_reconciler(manager: Manager) -> Reconcile:
+    return RayJobReconciler(manager)
+
+
+def wire_rayjobs(manager: Manager, workers: int, timing: Timing | None = None) -> RayJobReconciler:
+    """The `rayjob` controller: its own workqueue, fed by RayJob changes (spec: generation) and by every Ray
+    event that concerns a RayJob (the child it owns, a Ray its selector matches or its status names)."""
+    reconciler = RayJobReconciler(manager, timing)
+    controller = manager.controller(CONTROLLER_NAME, reconciler, workers=workers)
+    controller.watch_primary(reconciler.jobs, predicate=generation_changed)
+    controller.watch(reconciler.rays, reconciler.rayjobs_of_ray)
+    return reconciler
+
+
+def rayjob_crd_served(client: KubeClient) -> bool:
+    """Whether the API server serves the RayJob kind (its CRD is installed)."""
+    try:
+        resources = client.get(f"/apis/{GROUP}/{VERSION}")
+    except ApiError as e:
+        if e.not_found:
+            return False
+        raise
+    return any(r.get("name") == j.PLURAL for r in resources.get("resources") or [])

@@ -1,0 +1,222 @@
+"""The RayJob reconciler's pure core: each state's next step, deterministic submission ids, adoption instead of a
+second submission, reasons that say why, TTL deletion of the own cluster only, no writes when nothing changed."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from rayop.api import rayjob as j
+from rayop.jobplan import (
+    CreateCluster,
+    DeleteCluster,
+    JobInfo,
+    Observed,
+    Submit,
+    Timing,
+    decide,
+    submit_refused,
+    wants_job_info,
+)
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+UID = "0f0e-uid"
+
+
+def rayjob(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "ray.k8s.io/v1alpha1", "kind": "RayJob",
+        "metadata": {"name": "job", "namespace": "ns", "uid": UID, "generation": 1},
+        "spec": spec or {"entrypoint": "python x.py", "rayClusterSpec": {"maxWorkers": 1},
+                         "runtimeEnv": {"env_vars": {"A": "1"}}, "metadata": {"team": "ml"},
+                         "entrypointNumCpus": 0.5, "entrypointResources": {"r": 1}},
+    }
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def ray(name: str = "job-1", ready: bool = True, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "labels": labels or {}},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                            "reason": "Ready" if ready else "HeadPodPending",
+                            "message": "" if ready else "the head pod is Pending"}],
+            "endpoints": {"dashboard": f"http://{name}-head.ns.svc.cluster.local:8265"},
+        },
+    }
+
+
+def step(job: dict[str, Any], observed: Observed, now: datetime = NOW) -> tuple[dict[str, Any], Any]:
+    """Decide, then store the status as the API server would."""
+    decision = decide(job, observed, now)
+    after = copy.deepcopy(job)
+    after["status"] = decision.status
+    return after, decision
+
+
+def test_new_job_creates_its_cluster_owned_by_it() -> None:
+    job = rayjob()
+    after, d = step(job, Observed())
+    (create,) = d.actions
+    assert isinstance(create, CreateCluster)
+    m = create.manifest
+    assert m["kind"] == "Ray" and m["metadata"]["name"] == "job-1" and m["spec"] == {"maxWorkers": 1}
+    (owner,) = m["metadata"]["ownerReferences"]
+    assert owner["kind"] == "RayJob" and owner["uid"] == UID and owner["controller"] is True
+    s = after["status"]
+    assert (s["jobDeploymentStatus"], s["reason"], s["attempt"]) == ("Initializing", "CreatingCluster", 1)
+    assert s["submissionId"] == f"rayjob-{UID}-1" and s["rayClusterName"] == "job-1"
+    assert s["startTime"] == "2026-01-01T12:00:00Z"
+    assert d.requeue_after is None  # the child Ray's events wake the job up
+    assert d.events and d.events[0][1] == "CreatingCluster"
+
+
+def test_cluster_not_ready_says_why_and_does_not_poll() -> None:
+    job, _ = step(rayjob(), Observed())
+    after, d = step(job, Observed(cluster=ray(ready=False)))
+    s = after["status"]
+    assert s["reason"] == "ClusterNotReady"
+    assert "HeadPodPending" in s["message"] and "job-1" in s["message"]
+    assert not d.actions and d.requeue_after is None
+    assert not wants_job_info(job, ray(ready=False))
+
+
+def test_ready_cluster_gets_exactly_one_submission_with_deterministic_id() -> None:
+    job, _ = step(rayjob(), Observed())
+    job, _ = step(job, Observed(cluster=ray(ready=False)))
+    assert wants_job_info(job, ray())
+    after, d = step(job, Observed(cluster=ray(), job_missing=True))
+    (submit,) = d.actions
+    assert isinstance(submit, Submit)
+    assert submit.address == "http://job-1-head.ns.svc.cluster.local:8265"
+    assert submit.body == {
+        "submission_id": f"rayjob-{UID}-1", "entrypoint": "python x.py",
+        "metadata": {"team": "ml", "rayjob.k8s.io/name": "job", "rayjob.k8s.io/namespace": "ns"},
+        "runtime_env": {"env_vars": {"A": "1"}}, "entrypoint_num_cpus": 0.5, "entrypoint_resources": {"r": 1.0},
+    }
+    s = after["status"]
+    assert (s["jobDeploymentStatus"], s["jobStatus"], s["reason"]) == ("Running", "PENDING", "Submitted")
+    assert d.requeue_after == Timing().poll_interval
+    # Once recorded, the same job is polled, never submitted again, whatever Ray answers.
+    for info in (JobInfo("PENDING"), JobInfo("RUNNING", job_id="02000000")):
+        again, d2 = step(after, Observed(cluster=ray(), job=info))
+        assert not d2.actions
+    assert again["status"]["jobStatus"] == "RUNNING" and again["status"]["jobId"] == "02000000"
+
+
+def test_a_submission_ray_already_knows_is_adopted_not_repeated() -> None:
+    """The operator died after POSTing but before writing the status: Ray knows the id, nothing is submitted."""
+    job, _ = step(rayjob(), Observed())
+    after, d = step(job, Observed(cluster=ray(), job=JobInfo("RUNNING", job_id="03000000")))
+    assert not d.actions
+    assert after["status"]["jobStatus"] == "RUNNING" and after["status"]["jobDeploymentStatus"] == "Running"
+
+
+def test_success_completes_and_the_ttl_deletes_only_the_own_cluster() -> None:
+    spec = {"entrypoint": "x", "rayClusterSpec": {}, "shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": 5}
+    job, _ = step(rayjob(spec), Observed())
+    job, _ = step(job, Observed(cluster=ray(), job_missing=True))
+    job, d = step(job, Observed(cluster=ray(), job=JobInfo("SUCCEEDED", "02", "Job finished successfully.")))
+    s = job["status"]
+    assert (s["jobDeploymentStatus"], s["jobStatus"], s["reason"]) == ("Complete", "SUCCEEDED", "JobSucceeded")
+    assert s["endTime"] == "2026-01-01T12:00:00Z" and d.requeue_after == 5.0
+    assert not wants_job_info(job, ray())
+    later, d = step(job, Observed(cluster=ray()), NOW + timedelta(seconds=2))
+    assert not d.actions and d.requeue_after == 3.0 and later["status"] == job["status"]
+    gone, d = step(job, Observed(cluster=ray()), NOW + timedelta(seconds=5))
+    assert d.actions == (DeleteCluster("job-1", "uid-job-1"),)
+    final, d = step(gone, Observed(cluster=None), NOW + timedelta(seconds=6))
+    assert final["status"]["clusterDeleted"] is True and not d.actions and d.requeue_after is None
+    assert step(final, Observed(), NOW + timedelta(seconds=60))[0]["status"] == final["status"]
+
+
+def test_without_shutdown_the_cluster_stays() -> None:
+    job, _ = step(rayjob(), Observed())
+    job, _ = step(job, Observed(cluster=ray(), job_missing=True))
+    job, d = step(job, Observed(cluster=ray(), job=JobInfo("SUCCEEDED")))
+    assert d.requeue_after is None
+    _, d = step(job, Observed(cluster=ray()), NOW + timedelta(hours=1))
+    assert not d.actions and d.requeue_after is None
+
+
+def test_failed_entrypoint_says_the_exit_code() -> None:
+    job, _ = step(rayjob(), Observed())
+    job, _ = step(job, Observed(cluster=ray(), job_missing=True))
+    msg = "Job entrypoint command failed with exit code 1, last available logs: boom"
+    job, d = step(job, Observed(cluster=ray(), job=JobInfo("FAILED", "02", msg, exit_code=1)))
+    s = job["status"]
+    assert (s["jobDeploymentStatus"], s["jobStatus"], s["reason"]) == ("Failed", "FAILED", "JobFailed")
+    assert "exit code 1" in s["message"]
+    assert any(e[0] == "Warning" and e[1] == "JobFailed" for e in d.events)
+
+
+def test_selector_no_match_ambiguous_and_match() -> None:
+    spec = {"entrypoint": "x", "clusterSelector": {"team": "ml"}}
+    job, d = step(rayjob(spec), Observed())
+    assert job["status"]["reason"] == "ClusterSelectorNoMatch" and "team=ml" in job["status"]["message"]
+    assert not d.actions and d.requeue_after is None
+    job, d = step(job, Observed(selected=("a", "b")))
+    assert job["status"]["reason"] == "ClusterSelectorAmbiguous" and not d.actions
+    job, d = step(job, Observed(cluster=ray("shared"), selected=("shared",), job_missing=True))
+    (submit,) = d.actions
+    assert isinstance(submit, Submit) and "shared-head" in submit.address
+    assert job["status"]["rayClusterName"] == "shared"
+    spec["shutdownAfterJobFinishes"] = True
+    job["spec"] = spec
+    job, d = step(job, Observed(cluster=ray("shared"), selected=("shared",), job=JobInfo("SUCCEEDED")))
+    assert d.requeue_after is None
+    _, d = step(job, Observed(cluster=ray("shared"), selected=("shared",)), NOW + timedelta(hours=1))
+    assert not d.actions  # a selected cluster is never deleted
+
+
+def test_dashboard_unreachable_backs_off_without_hot_loop() -> None:
+    job, _ = step(rayjob(), Observed())
+    waits = []
+    for n in range(1, 9):
+        after, d = step(job, Observed(cluster=ray(), dashboard_error="connection refused", dashboard_failures=n))
+        assert not d.actions and after["status"]["reason"] == "DashboardUnreachable"
+        waits.append(d.requeue_after)
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+
+
+def test_unchanged_inputs_give_the_stored_status() -> None:
+    job, _ = step(rayjob(), Observed())
+    job, _ = step(job, Observed(cluster=ray(), job_missing=True))
+    job, _ = step(job, Observed(cluster=ray(), job=JobInfo("RUNNING", "02")))
+    again, d = step(job, Observed(cluster=ray(), job=JobInfo("RUNNING", "02")), NOW + timedelta(minutes=3))
+    assert again["status"] == job["status"] and not d.events
+
+
+def test_refused_submission_is_validation_failed() -> None:
+    job, _ = step(rayjob(), Observed())
+    decision = decide(job, Observed(cluster=ray(), job_missing=True), NOW)
+    refused = submit_refused(decision, job, "runtime_env: pip must be a list", NOW)
+    s = refused.status
+    assert (s["jobDeploymentStatus"], s["reason"]) == ("ValidationFailed", "SubmissionRejected")
+    assert "pip must be a list" in s["message"] and "jobStatus" not in s
+
+
+def test_invalid_spec_and_foreign_cluster_name() -> None:
+    bad = rayjob({"entrypoint": "x", "runtimeEnv": "pip", "clusterSelector": {"a": "b"}})
+    job, d = step(bad, Observed())
+    assert (job["status"]["jobDeploymentStatus"], job["status"]["reason"]) == ("ValidationFailed", "InvalidSpec")
+    assert "spec.runtimeEnv" in job["status"]["message"] and not d.actions
+    assert step(job, Observed())[0]["status"] == job["status"]
+    job, d = step(rayjob(), Observed(foreign=True))
+    assert job["status"]["reason"] == "ClusterNameConflict" and not d.actions
+
+
+def test_cluster_deleted_under_a_running_job_fails_it() -> None:
+    job, _ = step(rayjob(), Observed())
+    job, _ = step(job, Observed(cluster=ray(), job_missing=True))
+    job, _ = step(job, Observed(cluster=None))
+    assert (job["status"]["jobDeploymentStatus"], job["status"]["reason"]) == ("Failed", "ClusterLost")
+
+
+def test_submission_id_is_a_function_of_uid_and_attempt() -> None:
+    assert j.submission_id(UID, 1) == f"rayjob-{UID}-1"
+    job, _ = step(rayjob(status={"attempt": 3}), Observed())
+    assert job["status"]["submissionId"] == f"rayjob-{UID}-3" and job["status"]["rayClusterName"] == "job-3"
