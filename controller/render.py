@@ -7,6 +7,9 @@ Guarantees:
   (when autoscaling is on), ConfigMap, head Service, head pod, each worker group's pods (one document per desired
   pod), launcher Job. Objects that were never stored have no UID, so ownerReferences are left out and the launcher
   Job's name is computed for an unknown head pod; `kubectl create -f -` accepts the stream as it is.
+- A `RayJob` with `rayClusterSpec` renders as the `Ray` its first attempt creates (`<name>-1`, labelled with the
+  job's name) followed by that Ray's manifests; a `RayJob` with `clusterSelector` creates nothing and is named on
+  stderr. The Ray job's submission itself is not rendered (it is a request to Ray's dashboard, not a manifest).
 - A `Ray` that cannot be converted is reported on stderr with the offending field, and the exit code is 1; the
   other objects of the file are still rendered.
 """
@@ -25,7 +28,9 @@ from rayop.api.model import ClusterModel, ConfigurationError
 from rayop.api.types import API_VERSION, KIND
 from rayop.autoscaler import inpod_files
 from rayop.build import build_children
+from rayop.api import rayjob as j
 from rayop.defaults import Options, add_option_arguments, options_from_args
+from rayop.jobplan import child_manifest
 
 
 class _Dumper(yaml.SafeDumper):
@@ -57,12 +62,23 @@ def render_ray(ray: Mapping[str, Any], options: Options, *,
 
 
 def _rays(text: str, namespace: str | None) -> Iterator[dict[str, Any]]:
+    """The Rays of a file: each `Ray`, and for each `RayJob` with rayClusterSpec its first attempt's child Ray
+    (marked with the key `rayJob`, which is not part of the object)."""
     for doc in yaml.safe_load_all(text):
-        if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("apiVersion") != API_VERSION:
+        if not isinstance(doc, dict) or doc.get("apiVersion") != API_VERSION or doc.get("kind") not in (KIND, j.KIND):
             continue
         metadata = dict(doc.get("metadata") or {})
         if not metadata.get("namespace"):
             metadata["namespace"] = namespace or "default"
+        if doc.get("kind") == j.KIND:
+            if (doc.get("spec") or {}).get("rayClusterSpec") is None:
+                print(f"rayop render: RayJob {metadata.get('name')}: runs on an existing Ray (clusterSelector); "
+                      "nothing to create", file=sys.stderr)
+                continue
+            child = child_manifest({**doc, "metadata": {**metadata, "uid": ""}}, 1)
+            del child["metadata"]["ownerReferences"]  # the RayJob was never stored: no UID to own it by
+            yield {**child, "rayJob": True}
+            continue
         yield {**doc, "metadata": metadata}
 
 
@@ -86,13 +102,16 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"rayop render: {args.file}: invalid YAML: {e}", file=sys.stderr)
         return 1
     if not rays:
-        print(f"rayop render: {args.file}: no {API_VERSION} {KIND} objects", file=sys.stderr)
+        print(f"rayop render: {args.file}: no {API_VERSION} {KIND} objects (or RayJobs with rayClusterSpec)",
+              file=sys.stderr)
         return 1
     options = options_from_args(args)
     code = 0
     documents: list[dict[str, Any]] = []
     for ray in rays:
         try:
+            if ray.pop("rayJob", False):
+                documents.append(dict(ray))
             documents += render_ray(ray, options)
         except ConfigurationError as e:
             print(f"rayop render: {ray['metadata'].get('name')}: {e.describe()}", file=sys.stderr)

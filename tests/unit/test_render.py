@@ -69,3 +69,24 @@ def test_render_ray_is_pure() -> None:
     assert config["data"] == {"autoscaler.yaml": "cluster_name: x\n"}
     assert ray == {"apiVersion": "ray.k8s.io/v1alpha1", "kind": "Ray", "metadata": {"name": "x", "namespace": "n"},
                    "spec": {}}
+
+
+RAYJOB_SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "rayjob"
+
+
+def test_rayjob_renders_as_its_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    code, docs, err = run(capsys, str(RAYJOB_SAMPLES / "every-node.yaml"), "-n", "team")
+    assert code == 0, err
+    ray, *children = docs
+    assert (ray["kind"], ray["metadata"]["name"], ray["metadata"]["namespace"]) == ("Ray", "every-node-1", "team")
+    assert ray["metadata"]["labels"]["ray.k8s.io/rayjob"] == "every-node"
+    assert "ownerReferences" not in ray["metadata"]
+    assert ray["spec"]["initialWorkers"] == 1
+    assert [d["kind"] for d in children].count("Pod") == 2  # head and one worker
+    assert all(d["metadata"]["labels"]["ray.k8s.io/cluster"] == "every-node-1" for d in children)
+
+
+def test_rayjob_on_an_existing_cluster_renders_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    code, docs, err = run(capsys, str(RAYJOB_SAMPLES / "on-existing-cluster.yaml"))
+    assert code == 1 and not docs
+    assert "clusterSelector" in err
