@@ -5,8 +5,8 @@ Guarantees:
   `RayJob.from_dict` read the same declarations.
 - `rayClusterSpec` is the `Ray` kind's own `RaySpec` (same schema, same CEL rules), so a job's cluster is validated
   exactly like a `Ray`.
-- Only what the operator implements is declared: fields a later version adds (retries, deadlines, suspension, a
-  submitter Job) are absent, so the API server prunes them instead of the operator silently ignoring them.
+- Only what the operator implements is declared: fields a later version adds (suspension, a submitter Job, a
+  deletion policy) are absent, so the API server prunes them instead of the operator silently ignoring them.
 - Pure: no I/O, no clock, no environment, no Kubernetes client.
 """
 
@@ -27,6 +27,7 @@ SHORT_NAMES = ("rj",)
 CATEGORIES = ("all", "rayop")
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
+MAX_BACKOFF_LIMIT = 100
 # The child Ray of attempt n is named `<rayjob>-<n>`; with at most 40 characters for the RayJob's name the child's
 # name (and its pods' `<ray>-head-<5>` / `<ray>-worker-<5>`) fits the Ray kind's limits.
 MAX_NAME_LENGTH = 40
@@ -49,7 +50,9 @@ DEPLOY_RUNNING = "Running"
 DEPLOY_COMPLETE = "Complete"
 DEPLOY_FAILED = "Failed"
 DEPLOY_VALIDATION_FAILED = "ValidationFailed"
-DEPLOYMENT_STATUSES = (DEPLOY_INITIALIZING, DEPLOY_RUNNING, DEPLOY_COMPLETE, DEPLOY_FAILED, DEPLOY_VALIDATION_FAILED)
+DEPLOY_RETRYING = "Retrying"
+DEPLOYMENT_STATUSES = (DEPLOY_INITIALIZING, DEPLOY_RUNNING, DEPLOY_COMPLETE, DEPLOY_FAILED, DEPLOY_VALIDATION_FAILED,
+                       DEPLOY_RETRYING)
 DEPLOY_FINISHED = frozenset({DEPLOY_COMPLETE, DEPLOY_FAILED, DEPLOY_VALIDATION_FAILED})
 
 # Condition types on status.conditions.
@@ -135,6 +138,20 @@ class RayJobSpec:
         "to 0.",
         minimum=0,
     )
+    active_deadline_seconds: int | None = prop(
+        "activeDeadlineSeconds",
+        "Seconds from the job's startTime (over all attempts) after which the operator stops the Ray job and fails "
+        "the RayJob with reason DeadlineExceeded.",
+        minimum=1,
+    )
+    backoff_limit: int | None = prop(
+        "backoffLimit",
+        "How many times a failed attempt (Ray reports FAILED or STOPPED) is retried: each retry gets a fresh "
+        "cluster (rayClusterSpec: the failed attempt's Ray is deleted, <name>-<attempt+1> created) or, with "
+        f"clusterSelector, a new submission on the same Ray. Defaults to 0; at most {MAX_BACKOFF_LIMIT}.",
+        minimum=0,
+        maximum=MAX_BACKOFF_LIMIT,
+    )
 
 
 @dataclass(frozen=True)
@@ -158,6 +175,10 @@ class RayJobStatus:
     )
     end_time: str | None = prop("endTime", "When the job reached a final state (RFC 3339, UTC).", format="date-time")
     attempt: int | None = prop("attempt", "The current attempt, from 1.", minimum=0)
+    failed: int | None = prop("failed", "How many attempts failed.", minimum=0)
+    next_attempt_time: str | None = prop(
+        "nextAttemptTime", "While Retrying: when the next attempt starts (RFC 3339, UTC).", format="date-time"
+    )
     ray_cluster_name: str | None = prop("rayClusterName", "The `Ray` the job runs (or ran) on.")
     dashboard_url: str | None = prop("dashboardURL", "The Ray dashboard of that cluster.")
     cluster_deleted: bool | None = prop(

@@ -13,16 +13,20 @@ Guarantees:
 - Finished jobs (`Complete`, `Failed`, `ValidationFailed`) stay finished; only their own cluster is deleted once
   `ttlSecondsAfterFinished` passed (with `shutdownAfterJobFinishes`). A cluster picked by `clusterSelector` is
   never created, changed or deleted.
+- Retries (`backoffLimit`): a failed attempt moves `attempt` and the submission id to the next attempt in the same
+  status write that counts the failure, deletes the failed attempt's own cluster, and the next attempt starts on a
+  fresh cluster after a back-off (`retry_base` x 2^n, at most `max_backoff`). The deadline
+  (`activeDeadlineSeconds`, from `startTime`) fails the job and asks Ray to stop it until Ray reports it ended.
 - No hot loop: the caller is woken by changes of the RayJob and of Rays (owned or matching the selector); timed
   requeues only poll a submitted job (`poll_interval`), back off while the dashboard does not answer
-  (1 s, 2 s, 4 s ... `max_backoff`) and wait for the TTL.
+  (1 s, 2 s, 4 s ... `max_backoff`), wait between attempts, and wake at the deadline and the TTL.
 - Unchanged inputs yield exactly the stored status (condition transition times are kept), so nothing is written.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,6 +48,7 @@ META_NAMESPACE = "rayjob.k8s.io/namespace"
 class Timing:
     poll_interval: float = 2.0
     max_backoff: float = 60.0
+    retry_base: float = 2.0  # back-off between attempts: 2 s, 4 s, 8 s ... max_backoff
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,13 @@ class Submit:
     body: Mapping[str, Any]
 
 
-Action = CreateCluster | DeleteCluster | Submit
+@dataclass(frozen=True)
+class Stop:
+    address: str
+    submission_id: str
+
+
+Action = CreateCluster | DeleteCluster | Submit | Stop
 
 
 @dataclass(frozen=True)
@@ -213,9 +224,17 @@ def wants_job_info(rayjob: Mapping[str, Any], cluster: Mapping[str, Any] | None)
     """Whether the caller should ask Ray about the attempt's submission before `decide`: the job is not finished
     and the cluster exists and is Ready (or the job was submitted already: then poll regardless)."""
     status = rayjob.get("status") or {}
-    if status.get("jobDeploymentStatus") in j.DEPLOY_FINISHED or cluster is None:
+    if cluster is None:
         return False
+    if status.get("jobDeploymentStatus") in j.DEPLOY_FINISHED:
+        # A job failed by its deadline is followed until Ray reports it stopped.
+        return _stopping(status)
     return is_ready(cluster) or _submitted(rayjob)
+
+
+def _stopping(status: Mapping[str, Any]) -> bool:
+    return bool(status.get("reason") == "DeadlineExceeded" and status.get("jobStatus")
+                and status.get("jobStatus") not in j.JOB_TERMINAL)
 
 
 def _submitted(rayjob: Mapping[str, Any]) -> bool:
@@ -250,12 +269,16 @@ class _Status:
         self.old = old
         # Carried over: what earlier reconciles learned and what is set once.
         for key in ("jobId", "jobStatus", "startTime", "endTime", "rayClusterName", "dashboardURL",
-                    "clusterDeleted"):
+                    "clusterDeleted", "failed"):
             if old.get(key) is not None:
                 self.body[key] = old[key]
         self.body.setdefault("startTime", _ts(self.now))
         self.body["attempt"] = attempt_of(self.rayjob)
         self.body["submissionId"] = j.submission_id(str(self.rayjob["metadata"]["uid"]), self.body["attempt"])
+        if old.get("submissionId") != self.body["submissionId"]:
+            # Ray's view of an earlier attempt says nothing about this one.
+            self.body.pop("jobStatus", None)
+            self.body.pop("jobId", None)
         generation = self.rayjob["metadata"].get("generation")
         if isinstance(generation, int):
             self.body["observedGeneration"] = generation
@@ -297,7 +320,7 @@ class _Status:
 
 
 WARNING_REASONS = frozenset({
-    "InvalidSpec", "ClusterRejected", "SubmissionRejected", "JobFailed", "JobStopped", "JobLost",
+    "InvalidSpec", "DeadlineExceeded", "Retrying", "ClusterRejected", "SubmissionRejected", "JobFailed", "JobStopped", "JobLost",
     "ClusterLost", "DashboardUnreachable", "ClusterSelectorNoMatch", "ClusterSelectorAmbiguous",
     "ClusterNameConflict",
 })
@@ -336,9 +359,51 @@ def decide(rayjob: Mapping[str, Any], observed: Observed, now: datetime, timing:
     spec = job.spec
     assert spec is not None
     if old.get("jobDeploymentStatus") in j.DEPLOY_FINISHED:
-        return _finished(rayjob, spec, observed, st, now)
+        return _finished(rayjob, spec, observed, st, now, timing)
     if (spec.ray_cluster_spec is None) == (spec.cluster_selector is None):
         return _done(rayjob, st.set(j.DEPLOY_VALIDATION_FAILED, "InvalidSpec", j.ONE_CLUSTER_MESSAGE))
+    left = None
+    if spec.active_deadline_seconds:
+        start = _parse_ts(st.body["startTime"]) or _naive(now)
+        left = (start + timedelta(seconds=spec.active_deadline_seconds) - _naive(now)).total_seconds()
+        if left <= 0:
+            return _deadline(rayjob, spec, observed, st, timing)
+    if old.get("jobDeploymentStatus") == j.DEPLOY_RETRYING:
+        due = _parse_ts(old.get("nextAttemptTime"))
+        if due is not None and due > _naive(now):
+            wait = (due - _naive(now)).total_seconds()
+            return Decision(status=dict(old), requeue_after=wait if left is None else min(wait, left))
+    decision = _active(rayjob, job, spec, observed, st, now, timing)
+    if left is not None and decision.status.get("jobDeploymentStatus") not in j.DEPLOY_FINISHED:
+        decision = replace(decision, requeue_after=left if decision.requeue_after is None
+                           else min(left, decision.requeue_after))
+    return decision
+
+
+def _naive(now: datetime) -> datetime:
+    return now.replace(tzinfo=None)
+
+
+def _deadline(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed, st: _Status,
+              timing: Timing) -> Decision:
+    """The deadline passed: stop the Ray job (when Ray has it) and fail the RayJob."""
+    message = f"the job did not finish within activeDeadlineSeconds ({spec.active_deadline_seconds} s)"
+    if observed.job is not None:
+        st.body["jobStatus"] = observed.job.status
+        if observed.job.job_id:
+            st.body["jobId"] = observed.job.job_id
+    actions: tuple[Action, ...] = ()
+    running = st.body.get("jobStatus") and st.body["jobStatus"] not in j.JOB_TERMINAL
+    if observed.cluster is not None and running:
+        actions = (Stop(dashboard_address(observed.cluster), st.body["submissionId"]),)
+        message += f"; stopping the Ray job {st.body['submissionId']}"
+    status = st.set(j.DEPLOY_FAILED, "DeadlineExceeded", message)
+    return _done(rayjob, status, actions, timing.poll_interval if actions else _ttl_wait(spec, status, st.now))
+
+
+def _active(rayjob: Mapping[str, Any], job: j.RayJob, spec: j.RayJobSpec, observed: Observed, st: _Status,
+            now: datetime, timing: Timing) -> Decision:
+    old = st.old
     attempt = st.body["attempt"]
     name = str(rayjob["metadata"]["name"])
     namespace = str(rayjob["metadata"]["namespace"])
@@ -427,13 +492,47 @@ def decide(rayjob: Mapping[str, Any], observed: Observed, now: datetime, timing:
     if info.status in (j.JOB_FAILED, j.JOB_STOPPED):
         code = f" (exit code {info.exit_code})" if info.exit_code is not None else ""
         reason = "JobFailed" if info.status == j.JOB_FAILED else "JobStopped"
-        status = st.set(j.DEPLOY_FAILED, reason, f"{info.message or 'the entrypoint failed'}{code}",
-                        cluster_ready=ready, submitted=True)
+        why = f"{info.message or 'the entrypoint failed'}{code}"
+        failed = int(st.body.get("failed") or 0) + 1
+        st.body["failed"] = failed
+        limit = spec.backoff_limit or 0
+        if attempt <= limit:
+            return _retry(rayjob, spec, observed, st, attempt, failed, limit, f"{reason}: {why}", timing)
+        if attempt > 1:
+            why = f"attempt {attempt} of {attempt}: {why}"
+        status = st.set(j.DEPLOY_FAILED, reason, why, cluster_ready=ready, submitted=True)
         return _done(rayjob, status, requeue_after=_ttl_wait(spec, status, now))
     reason = "JobRunning" if info.status == j.JOB_RUNNING else "JobPending"
     message = info.message or f"Ray reports the job {info.status}"
     return _done(rayjob, st.set(j.DEPLOY_RUNNING, reason, message, cluster_ready=ready, submitted=True),
                  requeue_after=timing.poll_interval)
+
+
+def _retry(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed, st: _Status, attempt: int,
+           failed: int, limit: int, why: str, timing: Timing) -> Decision:
+    """Attempt `attempt` failed and retries are left: the next attempt gets a fresh cluster (the failed one is
+    deleted) or, on a selected cluster, a new submission; it starts after a back-off."""
+    delay = float(min(timing.max_backoff, timing.retry_base * 2 ** (failed - 1)))
+    nxt = attempt + 1
+    st.body["attempt"] = nxt
+    st.body["submissionId"] = j.submission_id(str(rayjob["metadata"]["uid"]), nxt)
+    st.body.pop("jobStatus", None)
+    st.body.pop("jobId", None)
+    st.body["nextAttemptTime"] = _ts(st.now + timedelta(seconds=delay))
+    actions: tuple[Action, ...] = ()
+    where = "on the same Ray"
+    if spec.ray_cluster_spec is not None:
+        child = j.cluster_name(str(rayjob["metadata"]["name"]), nxt)
+        st.body["rayClusterName"] = child
+        st.body.pop("dashboardURL", None)
+        where = f"on a fresh Ray {child}"
+        if observed.cluster is not None:
+            meta = observed.cluster["metadata"]
+            actions = (DeleteCluster(str(meta["name"]), str(meta["uid"])),)
+    status = st.set(j.DEPLOY_RETRYING, "Retrying",
+                    f"attempt {attempt} of {limit + 1} failed ({why}); attempt {nxt} starts in {delay:g} s {where}",
+                    cluster_ready=False, submitted=False)
+    return _done(rayjob, status, actions, delay)
 
 
 def _ttl_wait(spec: j.RayJobSpec, status: Mapping[str, Any], now: datetime) -> float | None:
@@ -446,13 +545,25 @@ def _ttl_wait(spec: j.RayJobSpec, status: Mapping[str, Any], now: datetime) -> f
 
 
 def _finished(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed, st: _Status,
-              now: datetime) -> Decision:
-    """A finished job stays as it is; its own cluster goes once the TTL passed."""
+              now: datetime, timing: Timing) -> Decision:
+    """A finished job stays as it is; its own cluster goes once the TTL passed. A job failed by its deadline is
+    followed (and asked to stop again) until Ray reports the Ray job ended."""
     old = st.old
     status: dict[str, Any] = dict(old)
+    if _stopping(old) and observed.cluster is not None:
+        if observed.job is not None:
+            status["jobStatus"] = observed.job.status
+        elif observed.job_missing:
+            status.pop("jobStatus", None)
+        if _stopping(status) and observed.dashboard_error is None:
+            stop = Stop(dashboard_address(observed.cluster), str(status.get("submissionId")))
+            return Decision(status=status, actions=(stop,), requeue_after=timing.poll_interval,
+                            events=_events(old, status))
+        if _stopping(status):
+            return Decision(status=status, requeue_after=backoff(observed.dashboard_failures, timing))
     wait = _ttl_wait(spec, status, now)
     if wait is None:
-        return Decision(status=status)
+        return _done(rayjob, status)
     if observed.cluster is None:
         if status.get("rayClusterName"):
             status["clusterDeleted"] = True
@@ -488,3 +599,65 @@ def submit_unreachable(decision: Decision, rayjob: Mapping[str, Any], error: str
                     f"the Ray dashboard at {decision.status.get('dashboardURL')} does not answer: {error}",
                     cluster_ready=True, submitted=False)
     return _done(rayjob, status, requeue_after=backoff(failures, timing))
+
+
+# -- deletion -------------------------------------------------------------------------------------------------
+
+# Held by a RayJob from its submission on, so that deleting it stops the Ray job before the RayJob (and with it,
+# through the ownerReference, its own cluster) goes.
+FINALIZER = "ray.k8s.io/stop-ray-job"
+# How long a deleted RayJob waits for Ray to stop its job before the finalizer is removed regardless.
+STOP_GRACE_SECONDS = 60.0
+# Consecutive dashboard failures after which a deleted RayJob gives up stopping.
+STOP_GIVE_UP_FAILURES = 5
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """What to do for a RayJob being deleted: ask Ray to stop the job, and/or remove the finalizer."""
+
+    stop: Stop | None = None
+    remove_finalizer: bool = False
+    requeue_after: float | None = None
+    why: str = ""
+
+
+def has_finalizer(rayjob: Mapping[str, Any]) -> bool:
+    return FINALIZER in ((rayjob.get("metadata") or {}).get("finalizers") or [])
+
+
+def needs_finalizer(rayjob: Mapping[str, Any], decision: Decision) -> bool:
+    """A job about to be submitted gets the finalizer first (so its deletion can never skip the stop)."""
+    return any(isinstance(a, Submit) for a in decision.actions) and not has_finalizer(rayjob)
+
+
+def wants_job_info_deleting(rayjob: Mapping[str, Any], cluster: Mapping[str, Any] | None) -> bool:
+    status = rayjob.get("status") or {}
+    return has_finalizer(rayjob) and cluster is not None and status.get("jobStatus") not in j.JOB_TERMINAL
+
+
+def deleting(rayjob: Mapping[str, Any], observed: Observed, now: datetime, timing: Timing = Timing()) -> Deletion:
+    """The deleted RayJob's last steps. The finalizer always goes: once Ray reports the job ended or unknown, when
+    there is no cluster (any more) to ask, when the dashboard failed STOP_GIVE_UP_FAILURES times in a row, or
+    STOP_GRACE_SECONDS after the deletion."""
+    if not has_finalizer(rayjob):
+        return Deletion()
+    status = rayjob.get("status") or {}
+    sid = str(status.get("submissionId") or j.submission_id(str(rayjob["metadata"]["uid"]), attempt_of(rayjob)))
+    if observed.cluster is None:
+        return Deletion(remove_finalizer=True, why="no cluster to stop the job on")
+    if observed.job is not None and observed.job.status in j.JOB_TERMINAL:
+        return Deletion(remove_finalizer=True, why=f"Ray reports {sid} {observed.job.status}")
+    if observed.job_missing or (observed.job is None and observed.dashboard_error is None):
+        return Deletion(remove_finalizer=True, why=f"Ray has no running job {sid}")
+    since = _parse_ts(str((rayjob.get("metadata") or {}).get("deletionTimestamp") or ""))
+    if since is not None and (_naive(now) - since).total_seconds() >= STOP_GRACE_SECONDS:
+        return Deletion(remove_finalizer=True, why=f"Ray did not stop {sid} within {STOP_GRACE_SECONDS:g} s")
+    if observed.dashboard_error is not None:
+        if observed.dashboard_failures >= STOP_GIVE_UP_FAILURES:
+            return Deletion(remove_finalizer=True,
+                            why=f"the dashboard did not answer {observed.dashboard_failures} times: "
+                                f"{observed.dashboard_error}")
+        return Deletion(requeue_after=backoff(observed.dashboard_failures, timing))
+    return Deletion(stop=Stop(dashboard_address(observed.cluster), sid), requeue_after=timing.poll_interval,
+                    why=f"stopping {sid}")

@@ -10,14 +10,21 @@ Guarantees:
   server refuses as invalid (422) makes the job ValidationFailed with the server's message (no retry loop).
 - A submission Ray already has is never repeated (see `rayop.jobplan`); a submission refused by Ray (HTTP 400)
   makes the job ValidationFailed with Ray's message; a dashboard that does not answer is retried with back-off.
+- Decisions are made on the cached RayJob, and never applied over a newer one: before any action a live GET checks
+  the cached resourceVersion, and the status patch carries it (409 on a stale cache; the key is retried).
 - Status goes through the `/status` subresource as a JSON merge patch, only when it differs from the stored one;
   one Event per transition (the core's), plus Normal Events for the cluster created and deleted.
-- A deleted RayJob's child `Ray` goes with it through the ownerReference (garbage collector). Stopping the Ray
-  job before the cluster goes is not implemented yet (docs/rayjob.md).
+- Ray's stop API is called for a job past its `activeDeadlineSeconds`, repeatedly (each poll) until Ray reports
+  the job ended.
+- Deletion: a RayJob gets the finalizer `ray.k8s.io/stop-ray-job` right before its first submission; when it is
+  deleted, the Ray job is stopped (Ray's stop API, each poll) and the finalizer removed once Ray reports the job
+  ended — or at once when there is no cluster to ask, after 5 dashboard failures in a row, or 60 s after the
+  deletion: its removal never depends on the cluster. The own `Ray` then goes through the ownerReference.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
@@ -33,14 +40,20 @@ from rayop.jobplan import (
     DeleteCluster,
     JobInfo,
     Observed,
+    Stop,
     Submit,
     Timing,
+    FINALIZER,
     dashboard_address,
     decide,
+    deleting,
+    has_finalizer,
     labels_match,
+    needs_finalizer,
     submit_refused,
     submit_unreachable,
     wants_job_info,
+    wants_job_info_deleting,
 )
 from rayop.jobsubmit import DashboardError, JobSubmissionClient, SubmissionRejected
 from rayop.reconciler import RAY, merge_patch
@@ -48,13 +61,16 @@ from rayop.runtime.events import NORMAL, WARNING
 from rayop.runtime.handlers import generation_changed
 from rayop.runtime.informer import Event
 from rayop.runtime.kube import CONTENT_MERGE_PATCH, ApiError, KubeClient, Resource
-from rayop.runtime.manager import Manager, Reconcile, Result
+from rayop.runtime.manager import Manager, Reconcile, ReconcileError, Result
 from rayop.runtime.store import INDEX_NAMESPACE, ObjectKey, controller_owner
 
 log = structlog.get_logger("rayop.jobreconciler")
 
 RAYJOB = Resource(GROUP, VERSION, j.PLURAL, j.KIND)
 CONTROLLER_NAME = "rayjob"
+# Test hook: exit the process right after a successful submission, before the status records it, to prove that
+# a restarted operator adopts the submission instead of repeating it. Never set outside tests.
+EXIT_AFTER_SUBMIT_ENV = "RAYOP_TEST_EXIT_AFTER_SUBMIT"
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
@@ -100,21 +116,56 @@ class RayJobReconciler:
     # -- reconcile ------------------------------------------------------------------------------------------------
 
     def __call__(self, key: ObjectKey) -> Result | None:
-        rayjob = self.jobs.store.get(key)
+        rayjob: Mapping[str, Any] | None = self.jobs.store.get(key)
         if rayjob is None:
             with self._lock:
                 self._failures.pop(key, None)
             return None
         if rayjob["metadata"].get("deletionTimestamp"):
-            return None
+            return self.finalize(key, rayjob)
         observed = self.observe(key, rayjob)
         now = self._now()
         decision = decide(rayjob, observed, now, self.timing)
+        if needs_finalizer(rayjob, decision):
+            rayjob = self.set_finalizer(key, rayjob, add=True)
         decision = self.apply(key, rayjob, decision, now)
         self.write_status(rayjob, decision)
         return Result(requeue_after=decision.requeue_after) if decision.requeue_after is not None else None
 
-    def observe(self, key: ObjectKey, rayjob: Mapping[str, Any]) -> Observed:
+    def finalize(self, key: ObjectKey, rayjob: Mapping[str, Any]) -> Result | None:
+        """A deleted RayJob: stop its Ray job (Ray's stop API), then remove the finalizer (always, see
+        `rayop.jobplan.deleting`); its own cluster then goes with it through the ownerReference."""
+        if not has_finalizer(rayjob):
+            return None
+        observed = self.observe(key, rayjob, deleting=True)
+        step = deleting(rayjob, observed, self._now(), self.timing)
+        if step.stop is not None:
+            self.stop(key, rayjob, step.stop)
+        if step.remove_finalizer:
+            self.set_finalizer(key, rayjob, add=False)
+            log.info("finalizer removed", key=str(key), why=step.why)
+            self.recorder.record(rayjob, NORMAL, "Finalized", f"deletion: {step.why}")
+            return None
+        return Result(requeue_after=step.requeue_after) if step.requeue_after is not None else None
+
+    def set_finalizer(self, key: ObjectKey, rayjob: Mapping[str, Any], add: bool) -> Mapping[str, Any]:
+        """Add or remove the operator's finalizer (merge patch guarded by resourceVersion); the patched object."""
+        meta = rayjob["metadata"]
+        current = [f for f in meta.get("finalizers") or [] if f != FINALIZER]
+        body = {"metadata": {"resourceVersion": meta.get("resourceVersion"),
+                             "finalizers": current + [FINALIZER] if add else current}}
+        try:
+            patched: Mapping[str, Any] = self.client.patch(RAYJOB.object(key.namespace, key.name), body,
+                                                           CONTENT_MERGE_PATCH)
+        except ApiError as e:
+            if e.conflict:
+                raise ReconcileError(f"RayJob {key} changed meanwhile; retrying") from None
+            if e.not_found and not add:
+                return rayjob
+            raise
+        return patched
+
+    def observe(self, key: ObjectKey, rayjob: Mapping[str, Any], deleting: bool = False) -> Observed:
         meta = rayjob["metadata"]
         uid = str(meta["uid"])
         spec = rayjob.get("spec") or {}
@@ -141,7 +192,8 @@ class RayJobReconciler:
             if named and status.get("jobStatus") and not pick:
                 cluster = self.rays.store.get(ObjectKey(key.namespace, str(named)))
         observed = Observed(cluster=cluster, selected=selected, foreign=foreign)
-        if cluster is None or not wants_job_info(rayjob, cluster):
+        wanted = wants_job_info_deleting(rayjob, cluster) if deleting else wants_job_info(rayjob, cluster)
+        if cluster is None or not wanted:
             return observed
         address = dashboard_address(cluster)
         sid = j.submission_id(uid, int(attempt or 1))
@@ -168,6 +220,8 @@ class RayJobReconciler:
     # -- apply ----------------------------------------------------------------------------------------------------
 
     def apply(self, key: ObjectKey, rayjob: Mapping[str, Any], decision: Decision, now: datetime) -> Decision:
+        if decision.actions:
+            self.ensure_fresh(key, rayjob)
         for action in decision.actions:
             if isinstance(action, CreateCluster):
                 decision = self.create_cluster(key, rayjob, decision, action)
@@ -175,7 +229,34 @@ class RayJobReconciler:
                 self.delete_cluster(key, rayjob, action)
             elif isinstance(action, Submit):
                 decision = self.submit(key, rayjob, decision, action, now)
+            elif isinstance(action, Stop):
+                self.stop(key, rayjob, action)
         return decision
+
+    def stop(self, key: ObjectKey, rayjob: Mapping[str, Any], action: Stop) -> None:
+        """Ask Ray to stop the job; a failure is retried by the next poll (the status still shows it running)."""
+        try:
+            stopped = self.submitter.stop(action.address, action.submission_id)
+        except DashboardError as e:
+            log.info("stop failed", key=str(key), submission_id=action.submission_id, error=str(e))
+            return
+        log.info("stop requested", key=str(key), submission_id=action.submission_id, stopped=stopped)
+        if stopped:
+            self.recorder.record(rayjob, NORMAL, "StoppingJob", f"asked Ray to stop {action.submission_id}")
+
+    def ensure_fresh(self, key: ObjectKey, rayjob: Mapping[str, Any]) -> None:
+        """Before acting, make sure the decision was made on the RayJob as stored: a cache one status write behind
+        would act on an earlier attempt (e.g. take the deleted cluster of a failed attempt for a lost one).
+        A live GET per action (actions are rare: create, submit, stop, delete); a stale cache is retried."""
+        try:
+            live = self.client.get(RAYJOB.object(key.namespace, key.name))
+        except ApiError as e:
+            if e.not_found:
+                raise ReconcileError(f"RayJob {key} is gone; the cache has not seen it yet") from None
+            raise
+        cached = str(rayjob["metadata"].get("resourceVersion") or "")
+        if str(live["metadata"].get("resourceVersion") or "") != cached:
+            raise ReconcileError(f"RayJob {key}: the cache is behind the API server; retrying")
 
     def create_cluster(self, key: ObjectKey, rayjob: Mapping[str, Any], decision: Decision,
                        action: CreateCluster) -> Decision:
@@ -219,24 +300,33 @@ class RayJobReconciler:
             return submit_unreachable(decision, rayjob, str(e), failures, now, self.timing)
         self._succeeded(key)
         log.info("submitted", key=str(key), submission_id=sid, address=action.address)
+        if os.environ.get(EXIT_AFTER_SUBMIT_ENV):
+            log.warning("test hook: exiting after submission", submission_id=sid)
+            os._exit(17)
         return decision
 
     # -- status ---------------------------------------------------------------------------------------------------
 
     def write_status(self, rayjob: Mapping[str, Any], decision: Decision) -> None:
         old = rayjob.get("status") or {}
+        patch = merge_patch(old, decision.status)
+        if patch:
+            self._patch_status(rayjob, patch)
         for type_, reason, message in decision.events:
             self.recorder.record(rayjob, type_, reason, message)
-        patch = merge_patch(old, decision.status)
-        if not patch:
-            return
+
+    def _patch_status(self, rayjob: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
         meta = rayjob["metadata"]
+        # Guarded by the resourceVersion the decision was made on: a status computed from a stale cache is refused
+        # (409) and the key is retried once the cache caught up, never merged over a newer status.
+        body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": patch}
         try:
-            self.client.patch(RAYJOB.object(meta["namespace"], meta["name"]) + "/status", {"status": patch},
-                              CONTENT_MERGE_PATCH)
+            self.client.patch(RAYJOB.object(meta["namespace"], meta["name"]) + "/status", body, CONTENT_MERGE_PATCH)
         except ApiError as e:
             if e.not_found:
                 return
+            if e.conflict:
+                raise ReconcileError(f"RayJob {meta['namespace']}/{meta['name']}: status changed meanwhile") from None
             raise
 
 

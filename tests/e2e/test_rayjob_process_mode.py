@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import tempfile
 import time
 import uuid
@@ -110,6 +111,8 @@ def operator_pod(pm: PrivateCluster, kube: KubeClient) -> Iterator[str]:
     logs = pm.kubectl("logs", "-n", OPERATOR_NS, name).stdout
     assert '"enabled": true' in logs and "rayjob controller" in logs, logs[-2000:]
     yield name
+    # The crash test rolls the Deployment (twice); the pod that runs now must not have restarted.
+    name = wait_until(ready_pod, 180, 0.5, message="the operator's pod Ready")
     pod = kube.get(f"/api/v1/namespaces/{OPERATOR_NS}/pods/{name}")
     status = pod["status"]["containerStatuses"][0]
     assert status["restartCount"] == 0, pm.kubectl("logs", "-n", OPERATOR_NS, name, "--previous",
@@ -272,7 +275,8 @@ def test_job_on_an_existing_cluster_by_selector(pm: PrivateCluster, kube: KubeCl
     bad["spec"]["runtimeEnv"] = {"pip": 5}
     kube.create(jobs_path(namespace), bad)
     ended = wait_job(kube, namespace, "bad-env", ("ValidationFailed", "Failed"), timeout=120)
-    print("bad runtimeEnv:", json.dumps(ended["status"]))
+    print("bad runtimeEnv:", ended["status"]["jobDeploymentStatus"], ended["status"]["reason"],
+          ended["status"]["message"][:200])
     assert "pip" in ended["status"]["message"], ended["status"]
     rv = ended["metadata"]["resourceVersion"]
     time.sleep(5)
@@ -293,3 +297,208 @@ def test_deleting_a_finished_job_leaves_nothing(pm: PrivateCluster, kube: KubeCl
     wait_until(lambda: not cluster_pods(kube, namespace, "keep-1"), 120, 0.5, message="pods gone")
     with pytest.raises(ApiError):
         kube.get(jobs_path(namespace, "keep"))
+
+
+class History:
+    """Every version of one RayJob and every Ray of a namespace, as a watch streams them (in a thread)."""
+
+    def __init__(self, kube: KubeClient, ns: str, name: str):
+        self.kube, self.ns, self.name = kube.clone(), ns, name
+        self.jobs: list[dict[str, Any]] = []
+        self.rays: list[dict[str, Any]] = []
+        self._threads = [threading.Thread(target=self._watch, args=(jobs_path(ns), self.jobs, name), daemon=True),
+                         threading.Thread(target=self._watch, args=(rays_path(ns), self.rays, None), daemon=True)]
+        self._stop = threading.Event()
+
+    def _watch(self, path: str, into: list[dict[str, Any]], name: str | None) -> None:
+        params: dict[str, Any] = {"timeoutSeconds": 600, "allowWatchBookmarks": "false"}
+        if name:
+            params["fieldSelector"] = f"metadata.name={name}"
+        while not self._stop.is_set():
+            try:
+                for event in self.kube.watch(path, params, timeout=2):
+                    into.append(event)
+                    if self._stop.is_set():
+                        return
+            except Exception:  # a read timeout ends the stream; watch again (events repeat, we dedupe)
+                time.sleep(0.1)
+
+    def __enter__(self) -> History:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+
+    def submissions(self) -> list[str]:
+        """Submission ids the RayJob's status recorded as handed to Ray, in order."""
+        out: list[str] = []
+        for event in self.jobs:
+            status = event["object"].get("status") or {}
+            sid = status.get("submissionId")
+            if status.get("jobStatus") and sid and sid not in out:
+                out.append(sid)
+        return out
+
+    def created_rays(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for event in self.rays:
+            meta = event["object"]["metadata"]
+            if event["type"] == "ADDED" and (meta["name"], meta["uid"]) not in out:
+                out.append((meta["name"], meta["uid"]))
+        return out
+
+
+HEAD_ONLY = {"autoScalingMode": "disabled", "headRayStartParams": SMALL}
+
+
+def test_failing_entrypoint_is_retried_on_fresh_clusters(pm: PrivateCluster, kube: KubeClient,
+                                                        namespace: str) -> None:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": j.KIND, "metadata": {"name": "flaky"},
+            "spec": {"entrypoint": "echo about to fail; exit 1", "backoffLimit": 2, "rayClusterSpec": HEAD_ONLY}}
+    t0 = time.monotonic()
+    with History(kube, namespace, "flaky") as history:
+        time.sleep(1)
+        created = kube.create(jobs_path(namespace), body)
+        done = wait_job(kube, namespace, "flaky", "Failed", timeout=600)
+        time.sleep(2)
+    record("RayJob with backoffLimit 2 -> Failed after 3 attempts", time.monotonic() - t0)
+    uid = created["metadata"]["uid"]
+    status = done["status"]
+    for event in history.jobs:
+        st = event["object"].get("status") or {}
+        print("history:", event["type"], st.get("attempt"), st.get("jobDeploymentStatus"), st.get("reason"),
+              st.get("jobStatus"), st.get("submissionId", "")[-2:], (st.get("message") or "")[:90])
+    assert (status["reason"], status.get("jobStatus"), status["attempt"], status["failed"]) == ("JobFailed", "FAILED",
+                                                                                           3, 3), status
+    assert "exit code 1" in status["message"] and "attempt 3 of 3" in status["message"], status["message"]
+    # Exactly three submissions, one per attempt, each on a fresh cluster.
+    assert history.submissions() == [f"rayjob-{uid}-{n}" for n in (1, 2, 3)], history.submissions()
+    rays = history.created_rays()
+    assert [name for name, _ in rays] == ["flaky-1", "flaky-2", "flaky-3"], rays
+    assert len({u for _, u in rays}) == 3
+    deployment = [e["object"].get("status", {}).get("jobDeploymentStatus") for e in history.jobs]
+    assert deployment.count("Retrying") >= 2 and "Running" in deployment
+    # The failed attempts' clusters were deleted; the last one stays (no shutdownAfterJobFinishes).
+    wait_until(lambda: _get(kube, rays_path(namespace, "flaky-1")) is None
+               and _get(kube, rays_path(namespace, "flaky-2")) is None, 60, 0.5)
+    assert _get(kube, rays_path(namespace, "flaky-3")) is not None
+    jobs = [x for x in ray_jobs(pm, kube, namespace, "flaky-3") if x["submission_id"].startswith(f"rayjob-{uid}")]
+    assert [(x["submission_id"], x["status"]) for x in jobs] == [(f"rayjob-{uid}-3", "FAILED")], jobs
+
+
+def test_deadline_stops_the_ray_job(pm: PrivateCluster, kube: KubeClient, namespace: str) -> None:
+    kube.create(rays_path(namespace), {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Ray",
+                                       "metadata": {"name": "long", "labels": {"use": "deadline"}},
+                                       "spec": HEAD_ONLY})
+    wait_ready(kube, namespace, "long")
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": j.KIND, "metadata": {"name": "sleeper"},
+            "spec": {"entrypoint": "echo sleeping; sleep 300", "activeDeadlineSeconds": 20,
+                     "clusterSelector": {"use": "deadline"}}}
+    kube.create(jobs_path(namespace), body)
+    running = wait_job(kube, namespace, "sleeper", ("Running", "Failed"), timeout=60)
+    assert running["status"]["jobDeploymentStatus"] == "Running", running["status"]
+    done = wait_job(kube, namespace, "sleeper", "Failed", timeout=60)
+    status = done["status"]
+    overdue = parse_ts(status["endTime"]) - parse_ts(status["startTime"])
+    record("activeDeadlineSeconds 20 -> Failed (endTime - startTime)", overdue)
+    assert status["reason"] == "DeadlineExceeded" and "activeDeadlineSeconds (20 s)" in status["message"]
+    assert 20 <= overdue <= 20 + 3, status
+    # Seen from Ray: the job was stopped; the status follows Ray to STOPPED.
+    final = wait_until(lambda: ((_get(kube, jobs_path(namespace, "sleeper")) or {}).get("status") or {}).get(
+        "jobStatus") == "STOPPED" and _get(kube, jobs_path(namespace, "sleeper")), 60, 0.5)
+    sid = final["status"]["submissionId"]
+    mine = [x for x in ray_jobs(pm, kube, namespace, "long") if x["submission_id"] == sid]
+    assert [x["status"] for x in mine] == ["STOPPED"], mine
+    assert "StoppingJob" in events_of(kube, namespace, "sleeper")
+    rv = final["metadata"]["resourceVersion"]
+    time.sleep(5)
+    assert (_get(kube, jobs_path(namespace, "sleeper")) or {})["metadata"]["resourceVersion"] == rv
+
+
+def test_deleting_a_running_job_stops_it_first(pm: PrivateCluster, kube: KubeClient, namespace: str) -> None:
+    """On an existing Ray (which stays, so Ray can be asked afterwards): deleting the running RayJob stops the Ray
+    job, and the RayJob goes once Ray reports it STOPPED. On its own cluster: the RayJob, its Ray and its pods go,
+    and the finalizer never sticks."""
+    kube.create(rays_path(namespace), {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Ray",
+                                       "metadata": {"name": "host", "labels": {"use": "victim"}},
+                                       "spec": HEAD_ONLY})
+    wait_ready(kube, namespace, "host")
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": j.KIND, "metadata": {"name": "victim"},
+            "spec": {"entrypoint": "echo sleeping; sleep 300", "clusterSelector": {"use": "victim"}}}
+    kube.create(jobs_path(namespace), body)
+    running = wait_until(lambda: ((_get(kube, jobs_path(namespace, "victim")) or {}).get("status") or {}).get(
+        "jobStatus") == "RUNNING" and _get(kube, jobs_path(namespace, "victim")), 120, 0.5)
+    assert "ray.k8s.io/stop-ray-job" in running["metadata"]["finalizers"]
+    sid = running["status"]["submissionId"]
+    t0 = time.monotonic()
+    kube.delete(jobs_path(namespace, "victim"))
+    wait_until(lambda: _get(kube, jobs_path(namespace, "victim")) is None, 90, 0.2, message="RayJob gone")
+    record("running RayJob deleted -> gone (Ray job stopped first)", time.monotonic() - t0)
+    mine = [x for x in ray_jobs(pm, kube, namespace, "host") if x["submission_id"] == sid]
+    assert [x["status"] for x in mine] == ["STOPPED"], mine
+    assert _get(kube, rays_path(namespace, "host")) is not None
+
+    own = {"apiVersion": f"{GROUP}/{VERSION}", "kind": j.KIND, "metadata": {"name": "own"},
+           "spec": {"entrypoint": "echo sleeping; sleep 300", "rayClusterSpec": HEAD_ONLY}}
+    kube.create(jobs_path(namespace), own)
+    wait_until(lambda: ((_get(kube, jobs_path(namespace, "own")) or {}).get("status") or {}).get(
+        "jobStatus") == "RUNNING", 180, 0.5, message="own job RUNNING")
+    t0 = time.monotonic()
+    kube.delete(jobs_path(namespace, "own"))
+    wait_until(lambda: _get(kube, jobs_path(namespace, "own")) is None, 90, 0.2, message="RayJob gone")
+    record("running RayJob on its own cluster deleted -> gone", time.monotonic() - t0)
+    wait_until(lambda: _get(kube, rays_path(namespace, "own-1")) is None, 120, 0.5, message="its Ray gone")
+    wait_until(lambda: not cluster_pods(kube, namespace, "own-1"), 120, 0.5, message="its pods gone")
+
+
+def operator_pods(kube: KubeClient) -> list[dict[str, Any]]:
+    return list(kube.get(f"/api/v1/namespaces/{OPERATOR_NS}/pods",
+                         labelSelector="app.kubernetes.io/name=rayop")["items"])
+
+
+def rolled_out(pm: PrivateCluster, kube: KubeClient, before: str) -> str:
+    """Wait until exactly one operator pod, not `before`, is Ready; its name."""
+    def one() -> str | None:
+        items = [p for p in operator_pods(kube) if not p["metadata"].get("deletionTimestamp")]
+        ready = [p for p in items if is_ready(p)]
+        if len(items) == 1 and len(ready) == 1 and ready[0]["metadata"]["name"] != before:
+            return str(ready[0]["metadata"]["name"])
+        return None
+
+    name: str = wait_until(one, 180, 0.5, message="the operator rolled out")
+    return name
+
+
+def test_operator_killed_right_after_submitting_never_submits_twice(pm: PrivateCluster, kube: KubeClient,
+                                                                     namespace: str, operator_pod: str) -> None:
+    """The operator exits (test hook) right after Ray accepted the submission and before its status says so; the
+    restarted operator finds the submission in Ray and adopts it: exactly one Ray job with that id runs."""
+    kube.create(rays_path(namespace), {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Ray",
+                                       "metadata": {"name": "crashhost", "labels": {"use": "crash"}},
+                                       "spec": HEAD_ONLY})
+    wait_ready(kube, namespace, "crashhost")
+    current = next(p["metadata"]["name"] for p in operator_pods(kube) if is_ready(p))
+    pm.kubectl("set", "env", "-n", OPERATOR_NS, "deployment/rayop", "RAYOP_TEST_EXIT_AFTER_SUBMIT=1")
+    crashing = rolled_out(pm, kube, current)
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": j.KIND, "metadata": {"name": "once"},
+            "spec": {"entrypoint": "echo started; sleep 8; echo finished", "clusterSelector": {"use": "crash"}}}
+    created = kube.create(jobs_path(namespace), body)
+    sid = j.submission_id(created["metadata"]["uid"], 1)
+
+    def restarted() -> bool:
+        pod = kube.get(f"/api/v1/namespaces/{OPERATOR_NS}/pods/{crashing}")
+        return any(c.get("restartCount", 0) >= 1 for c in pod["status"].get("containerStatuses") or [])
+
+    wait_until(restarted, 120, 0.5, message="the operator exited after the submission")
+    previous = pm.kubectl("logs", "-n", OPERATOR_NS, crashing, "--previous", check=False).stdout
+    assert "test hook: exiting after submission" in previous and sid in previous, previous[-2000:]
+    done = wait_job(kube, namespace, "once", "Complete", timeout=180)
+    assert done["status"]["submissionId"] == sid and done["status"]["jobStatus"] == "SUCCEEDED"
+    mine = [x for x in ray_jobs(pm, kube, namespace, "crashhost") if x["submission_id"].startswith("rayjob-")]
+    assert [(x["submission_id"], x["status"]) for x in mine] == [(sid, "SUCCEEDED")], mine
+    pm.kubectl("set", "env", "-n", OPERATOR_NS, "deployment/rayop", "RAYOP_TEST_EXIT_AFTER_SUBMIT-")
+    rolled_out(pm, kube, crashing)

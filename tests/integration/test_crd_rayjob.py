@@ -72,6 +72,9 @@ BAD = [
      "spec.entrypointResources"),
     ("unknown-mode", {"entrypoint": "x", "submissionMode": "Carrier", **SELECTOR}, "spec.submissionMode"),
     ("negative-ttl", {"entrypoint": "x", "ttlSecondsAfterFinished": -1, **SELECTOR}, "spec.ttlSecondsAfterFinished"),
+    ("deadline-zero", {"entrypoint": "x", "activeDeadlineSeconds": 0, **SELECTOR}, "spec.activeDeadlineSeconds"),
+    ("backoff-negative", {"entrypoint": "x", "backoffLimit": -1, **SELECTOR}, "spec.backoffLimit"),
+    ("backoff-too-high", {"entrypoint": "x", "backoffLimit": 101, **SELECTOR}, "spec.backoffLimit"),
     ("bad-cluster-spec", {"entrypoint": "x", "rayClusterSpec": {"minWorkers": 3, "maxWorkers": 1}},
      "spec.rayClusterSpec.minWorkers"),
 ]

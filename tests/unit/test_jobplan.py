@@ -13,6 +13,7 @@ from rayop.jobplan import (
     DeleteCluster,
     JobInfo,
     Observed,
+    Stop,
     Submit,
     Timing,
     decide,
@@ -220,3 +221,117 @@ def test_submission_id_is_a_function_of_uid_and_attempt() -> None:
     assert j.submission_id(UID, 1) == f"rayjob-{UID}-1"
     job, _ = step(rayjob(status={"attempt": 3}), Observed())
     assert job["status"]["submissionId"] == f"rayjob-{UID}-3" and job["status"]["rayClusterName"] == "job-3"
+
+
+def _failing(spec_extra: dict[str, Any]) -> dict[str, Any]:
+    return rayjob({"entrypoint": "exit 1", "rayClusterSpec": {}, **spec_extra})
+
+
+def _fail_attempt(job: dict[str, Any], now: datetime) -> tuple[dict[str, Any], Any]:
+    attempt = job.get("status", {}).get("attempt", 1)
+    name = f"job-{attempt}"
+    job, d = step(job, Observed(), now)
+    assert isinstance(d.actions[0], CreateCluster) and d.actions[0].manifest["metadata"]["name"] == name
+    job, d = step(job, Observed(cluster=ray(name), job_missing=True), now)
+    (submit,) = d.actions
+    assert isinstance(submit, Submit) and submit.body["submission_id"] == f"rayjob-{UID}-{attempt}"
+    info = JobInfo("FAILED", "02", "Job entrypoint command failed with exit code 1", exit_code=1)
+    return step(job, Observed(cluster=ray(name), job=info), now)
+
+
+def test_backoff_limit_retries_on_fresh_clusters_then_fails() -> None:
+    job = _failing({"backoffLimit": 2})
+    now = NOW
+    submissions = []
+    for attempt in (1, 2):
+        job, d = _fail_attempt(job, now)
+        s = job["status"]
+        assert (s["jobDeploymentStatus"], s["reason"], s["attempt"], s["failed"]) == (
+            "Retrying", "Retrying", attempt + 1, attempt)
+        assert "exit code 1" in s["message"] and f"attempt {attempt} of 3 failed" in s["message"]
+        # The failed attempt's cluster goes; the next one waits for the back-off (2 s, then 4 s).
+        assert d.actions == (DeleteCluster(f"job-{attempt}", f"uid-job-{attempt}"),)
+        delay = 2.0 * 2 ** (attempt - 1)
+        assert d.requeue_after == delay and "jobStatus" not in s
+        waiting, d = step(job, Observed(), now + timedelta(seconds=delay / 2))
+        assert not d.actions and waiting["status"] == s and d.requeue_after == delay / 2
+        submissions.append(s["submissionId"])
+        now += timedelta(seconds=delay)
+    job, d = _fail_attempt(job, now)
+    s = job["status"]
+    assert (s["jobDeploymentStatus"], s["reason"], s["attempt"], s["failed"]) == ("Failed", "JobFailed", 3, 3)
+    assert "attempt 3 of 3" in s["message"] and "exit code 1" in s["message"]
+    assert submissions == [f"rayjob-{UID}-2", f"rayjob-{UID}-3"]
+
+
+def test_deadline_stops_the_ray_job_and_fails() -> None:
+    job = rayjob({"entrypoint": "sleep 300", "rayClusterSpec": {}, "activeDeadlineSeconds": 20})
+    job, d = step(job, Observed())
+    assert d.requeue_after == 20.0  # woken at the deadline even while nothing else happens
+    job, d = step(job, Observed(cluster=ray(), job_missing=True), NOW + timedelta(seconds=5))
+    assert d.requeue_after == 2.0
+    job, d = step(job, Observed(cluster=ray(), job=JobInfo("RUNNING", "02")), NOW + timedelta(seconds=19))
+    assert d.requeue_after == 1.0
+    assert wants_job_info(job, ray())
+    job, d = step(job, Observed(cluster=ray(), job=JobInfo("RUNNING", "02")), NOW + timedelta(seconds=20))
+    s = job["status"]
+    assert (s["jobDeploymentStatus"], s["reason"]) == ("Failed", "DeadlineExceeded")
+    assert "activeDeadlineSeconds (20 s)" in s["message"]
+    assert d.actions == (Stop("http://job-1-head.ns.svc.cluster.local:8265", f"rayjob-{UID}-1"),)
+    # Followed, and asked again, until Ray reports it stopped; then nothing more.
+    assert wants_job_info(job, ray())
+    job, d = step(job, Observed(cluster=ray(), job=JobInfo("RUNNING", "02")), NOW + timedelta(seconds=22))
+    assert isinstance(d.actions[0], Stop) and d.requeue_after == 2.0
+    job, d = step(job, Observed(cluster=ray(), job=JobInfo("STOPPED", "02")), NOW + timedelta(seconds=24))
+    assert job["status"]["jobStatus"] == "STOPPED" and not d.actions and d.requeue_after is None
+    assert job["status"]["reason"] == "DeadlineExceeded" and not wants_job_info(job, ray())
+
+
+def test_deadline_before_submission_fails_without_stop() -> None:
+    job = rayjob({"entrypoint": "x", "rayClusterSpec": {}, "activeDeadlineSeconds": 5})
+    job, _ = step(job, Observed())
+    job, d = step(job, Observed(cluster=ray(ready=False)), NOW + timedelta(seconds=6))
+    assert job["status"]["reason"] == "DeadlineExceeded" and not d.actions
+
+
+def test_the_finalizer_comes_with_the_first_submission() -> None:
+    from rayop.jobplan import FINALIZER, needs_finalizer
+
+    job, d = step(rayjob(), Observed())
+    assert not needs_finalizer(job, d)
+    d = decide(job, Observed(cluster=ray(), job_missing=True), NOW)
+    assert needs_finalizer(job, d)
+    job["metadata"]["finalizers"] = [FINALIZER]
+    assert not needs_finalizer(job, d)
+
+
+def test_deletion_stops_the_job_and_always_removes_the_finalizer() -> None:
+    from rayop.jobplan import FINALIZER, deleting, wants_job_info_deleting
+
+    job, _ = step(rayjob(), Observed())
+    job, _ = step(job, Observed(cluster=ray(), job_missing=True))
+    job, _ = step(job, Observed(cluster=ray(), job=JobInfo("RUNNING", "02")))
+    job["metadata"]["finalizers"] = ["other", FINALIZER]
+    job["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+    assert wants_job_info_deleting(job, ray())
+    d = deleting(job, Observed(cluster=ray(), job=JobInfo("RUNNING")), NOW + timedelta(seconds=1))
+    assert d.stop == Stop("http://job-1-head.ns.svc.cluster.local:8265", f"rayjob-{UID}-1")
+    assert not d.remove_finalizer and d.requeue_after == 2.0
+    for observed in (Observed(cluster=ray(), job=JobInfo("STOPPED")), Observed(cluster=None),
+                     Observed(cluster=ray(), job_missing=True)):
+        d = deleting(job, observed, NOW + timedelta(seconds=3))
+        assert d.remove_finalizer and d.stop is None, observed
+    # A dashboard that does not answer: back off, then give up; and never hold the deletion past the grace time.
+    d = deleting(job, Observed(cluster=ray(), dashboard_error="refused", dashboard_failures=2), NOW)
+    assert not d.remove_finalizer and d.requeue_after == 2.0
+    d = deleting(job, Observed(cluster=ray(), dashboard_error="refused", dashboard_failures=5), NOW)
+    assert d.remove_finalizer
+    d = deleting(job, Observed(cluster=ray(), job=JobInfo("RUNNING")), NOW + timedelta(seconds=60))
+    assert d.remove_finalizer
+    # Never submitted, or finished: nothing to stop.
+    done = copy.deepcopy(job)
+    done["status"]["jobStatus"] = "SUCCEEDED"
+    assert not wants_job_info_deleting(done, ray())
+    assert deleting(done, Observed(cluster=ray()), NOW).remove_finalizer
+    del job["metadata"]["finalizers"]
+    assert deleting(job, Observed(cluster=ray()), NOW) == type(d)()
