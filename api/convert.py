@@ -252,7 +252,73 @@ def _template(value: Any, path: str, budget: _Budget) -> dict[str, Any] | None:
     if not isinstance(value, Mapping):
         raise ConfigurationError("a pod template must be an object", field=path)
     copied: dict[str, Any] = _json_copy(value, path, budget)
+    _check_template_metadata(copied, path)
     return copied
+
+
+# The shape of the parts of a pod template the builders read or merge into (the API server checks nothing inside a
+# template, so a mistyped field must stop here, named, instead of breaking the builders): "map" a string-to-string
+# map, "object" a mapping, "objects" a list of mappings, "strings" a list of strings, "string" a string.
+_CONTAINER_SHAPE: dict[str, str] = {
+    "name": "string", "image": "string", "command": "strings", "args": "strings", "env": "objects",
+    "envFrom": "objects", "ports": "objects", "volumeMounts": "objects", "resources": "object",
+    "readinessProbe": "object", "livenessProbe": "object", "startupProbe": "object", "lifecycle": "object",
+    "securityContext": "object", "imagePullPolicy": "string",
+}
+_POD_SPEC_SHAPE: dict[str, str] = {
+    "containers": "objects", "initContainers": "objects", "volumes": "objects", "tolerations": "objects",
+    "imagePullSecrets": "objects", "nodeSelector": "map", "affinity": "object", "securityContext": "object",
+    "serviceAccountName": "string", "restartPolicy": "string",
+}
+
+
+def _check_shape(value: Any, shape: str, where: str) -> None:
+    if shape == "string" and not isinstance(value, str):
+        raise ConfigurationError(f"must be a string, got {value!r}", field=where)
+    if shape in ("object", "map") and not isinstance(value, Mapping):
+        raise ConfigurationError("must be an object" if shape == "object" else "must be a map of strings to strings",
+                                 field=where)
+    if shape == "map":
+        for k, v in value.items():
+            if not isinstance(v, str):
+                raise ConfigurationError(f"the value of {k!r} must be a string, got {v!r}", field=where)
+    if shape in ("objects", "strings"):
+        if not isinstance(value, list):
+            raise ConfigurationError("must be a list", field=where)
+        for i, item in enumerate(value):
+            if shape == "objects" and not isinstance(item, Mapping):
+                raise ConfigurationError(f"must be an object, got {item!r}", field=f"{where}[{i}]")
+            if shape == "strings" and not isinstance(item, str):
+                raise ConfigurationError(f"must be a string, got {item!r}", field=f"{where}[{i}]")
+
+
+def _check_template_metadata(template: Mapping[str, Any], path: str) -> None:
+    """The parts of a pod template the builders use have the types Kubernetes gives them: metadata labels and
+    annotations map strings to strings, the spec and its containers are objects, lists are lists (see the shapes
+    above); ConfigurationError naming the field otherwise. Fields the builders do not read are the API server's to
+    judge when the pod is created."""
+    metadata = template.get("metadata")
+    if metadata is not None:
+        _check_shape(metadata, "object", f"{path}.metadata")
+        for key in ("labels", "annotations"):
+            if metadata.get(key) is not None:
+                _check_shape(metadata[key], "map", f"{path}.metadata.{key}")
+    spec = template.get("spec")
+    if spec is None:
+        return
+    _check_shape(spec, "object", f"{path}.spec")
+    for key, shape in _POD_SPEC_SHAPE.items():
+        if spec.get(key) is not None:
+            _check_shape(spec[key], shape, f"{path}.spec.{key}")
+    for list_key in ("containers", "initContainers"):
+        for i, container in enumerate(spec.get(list_key) or ()):
+            for key, shape in _CONTAINER_SHAPE.items():
+                if container.get(key) is not None:
+                    _check_shape(container[key], shape, f"{path}.spec.{list_key}[{i}].{key}")
+            resources = container.get("resources") or {}
+            for key in ("limits", "requests"):
+                if resources.get(key) is not None:
+                    _check_shape(resources[key], "object", f"{path}.spec.{list_key}[{i}].resources.{key}")
 
 
 def _first_container(template: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -1157,6 +1223,7 @@ def _pod_template(value: Any, path: str, warnings: list[ConfigWarning], budget: 
         if not isinstance(spec, Mapping):
             raise ConfigurationError("must be a mapping (a pod spec)", field=pod.key_path("spec"))
         template["spec"] = _json_copy(spec, pod.key_path("spec"), budget)
+    _check_template_metadata(template, path)
     pod.report_unknown("ignored: only apiVersion, kind, metadata and spec of a pod manifest are used")
     return template
 

@@ -1,0 +1,51 @@
+"""Pod templates whose fields the builders read have the wrong type: the conversion names the field
+(ConfigurationError) instead of the builders failing. Found by tests/unit/test_fuzz_pipeline.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rayop.api.convert import effective_cluster
+from rayop.api.model import ConfigurationError
+
+
+def ray(spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "ray.k8s.io/v1alpha1", "kind": "Ray",
+            "metadata": {"name": "t", "namespace": "ns", "uid": "u", "generation": 1}, "spec": spec}
+
+
+@pytest.mark.parametrize(("template", "field"), [
+    ({"metadata": {"labels": " "}}, "spec.worker.metadata.labels"),
+    ({"metadata": {"labels": {"a": 1}}}, "spec.worker.metadata.labels"),
+    ({"metadata": "x"}, "spec.worker.metadata"),
+    ({"spec": {"containers": 3}}, "spec.worker.spec.containers"),
+    ({"spec": {"containers": ["x"]}}, "spec.worker.spec.containers[0]"),
+    ({"spec": {"containers": [{"name": "ray-worker", "env": {"A": "b"}}]}}, "spec.worker.spec.containers[0].env"),
+    ({"spec": {"containers": [{"name": 7}]}}, "spec.worker.spec.containers[0].name"),
+    ({"spec": {"containers": [{"name": "c", "command": ["a", 1]}]}}, "spec.worker.spec.containers[0].command[1]"),
+    ({"spec": {"containers": [{"name": "c", "resources": {"limits": []}}]}},
+     "spec.worker.spec.containers[0].resources.limits"),
+    ({"spec": {"nodeSelector": {"k": True}}}, "spec.worker.spec.nodeSelector"),
+    ({"spec": {"volumes": "dshm"}}, "spec.worker.spec.volumes"),
+])
+def test_mistyped_template_fields_are_named(template: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigurationError) as error:
+        effective_cluster(ray({"worker": template}))
+    assert error.value.field == field
+
+
+def test_configuration_pod_manifest_is_checked_too() -> None:
+    config = "cluster_name: c\nhead_node:\n  spec:\n    containers: 5\nworker_nodes: {}\n"
+    with pytest.raises(ConfigurationError) as error:
+        effective_cluster(ray({"configuration": config}))
+    assert error.value.field is not None and error.value.field.endswith("spec.containers")
+
+
+def test_well_typed_templates_still_convert() -> None:
+    template = {"metadata": {"labels": {"team": "a"}, "annotations": {"x": "y"}},
+                "spec": {"nodeSelector": {"k": "v"}, "containers": [
+                    {"name": "ray-worker", "image": "rayproject/ray:2.60.0", "command": ["a"], "env": [],
+                     "resources": {"limits": {"cpu": "1"}}}]}}
+    effective_cluster(ray({"worker": template}))
