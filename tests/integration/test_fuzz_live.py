@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
@@ -56,7 +57,14 @@ def draw_many(strategy: st.SearchStrategy[Any], n: int, at: int) -> list[Any]:
 
 
 def anchor_pods(kube: KubeClient, namespace: str) -> dict[str, str]:
-    items = kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"{LABEL_CLUSTER}=anchor")["items"]
+    for attempt in range(5):  # the API server of a loaded 2-core machine may time out a handshake
+        try:
+            items = kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"{LABEL_CLUSTER}=anchor")["items"]
+            break
+        except urllib3.exceptions.HTTPError:
+            if attempt == 4:
+                raise
+            time.sleep(5)
     return {p["metadata"]["uid"]: p["metadata"]["name"] for p in items
             if p["metadata"]["labels"].get(LABEL_NODE_KIND) in ("head", "worker")
             and not p["metadata"].get("deletionTimestamp")}

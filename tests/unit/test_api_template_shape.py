@@ -49,3 +49,16 @@ def test_well_typed_templates_still_convert() -> None:
                     {"name": "ray-worker", "image": "rayproject/ray:2.60.0", "command": ["a"], "env": [],
                      "resources": {"limits": {"cpu": "1"}}}]}}
     effective_cluster(ray({"worker": template}))
+
+
+def test_a_yaml_alias_bomb_gives_a_short_message() -> None:
+    """A few hundred bytes of YAML aliases spell out a list of ten million elements (two more lines: a billion); the message about it stays short (it
+    goes into the status and an Event) and is built in bounded time and memory."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 7)]
+    for key in ("max_workers", "upscaling_speed", "cluster_name"):
+        config = "\n".join(lines) + f"\n{key}: *a6\n"
+        try:
+            effective_cluster(ray({"configuration": config}))
+        except ConfigurationError as error:
+            assert len(error.describe()) < 2000, (key, len(error.describe()))
