@@ -304,6 +304,27 @@ def _check_shape(value: Any, shape: str, where: str) -> None:
                 raise ConfigurationError(f"must be a string, got {_short(item)}", field=f"{where}[{i}]")
 
 
+# Fields of list items the builders collect into sets or compare (names, ports, mount paths): "string" or "integer".
+_ITEM_FIELDS: dict[str, dict[str, str]] = {
+    "volumes": {"name": "string"},
+    "env": {"name": "string"},
+    "ports": {"name": "string", "containerPort": "integer"},
+    "volumeMounts": {"name": "string", "mountPath": "string"},
+}
+
+
+def _check_items(items: Any, fields: Mapping[str, str], where: str) -> None:
+    for i, item in enumerate(items or ()):
+        for key, shape in fields.items():
+            value = item.get(key)
+            if value is None:
+                continue
+            if shape == "integer" and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ConfigurationError(f"must be an integer, got {_short(value)}", field=f"{where}[{i}].{key}")
+            if shape == "string":
+                _check_shape(value, "string", f"{where}[{i}].{key}")
+
+
 def _check_template_metadata(template: Mapping[str, Any], path: str) -> None:
     """The parts of a pod template the builders use have the types Kubernetes gives them: metadata labels and
     annotations map strings to strings, the spec and its containers are objects, lists are lists (see the shapes
@@ -322,11 +343,14 @@ def _check_template_metadata(template: Mapping[str, Any], path: str) -> None:
     for key, shape in _POD_SPEC_SHAPE.items():
         if spec.get(key) is not None:
             _check_shape(spec[key], shape, f"{path}.spec.{key}")
+    _check_items(spec.get("volumes"), _ITEM_FIELDS["volumes"], f"{path}.spec.volumes")
     for list_key in ("containers", "initContainers"):
         for i, container in enumerate(spec.get(list_key) or ()):
             for key, shape in _CONTAINER_SHAPE.items():
                 if container.get(key) is not None:
                     _check_shape(container[key], shape, f"{path}.spec.{list_key}[{i}].{key}")
+            for key in ("env", "ports", "volumeMounts"):
+                _check_items(container.get(key), _ITEM_FIELDS[key], f"{path}.spec.{list_key}[{i}].{key}")
             resources = container.get("resources") or {}
             for key in ("limits", "requests"):
                 if resources.get(key) is not None:

@@ -29,6 +29,13 @@ def ray(spec: dict[str, Any]) -> dict[str, Any]:
      "spec.worker.spec.containers[0].resources.limits"),
     ({"spec": {"nodeSelector": {"k": True}}}, "spec.worker.spec.nodeSelector"),
     ({"spec": {"volumes": "dshm"}}, "spec.worker.spec.volumes"),
+    ({"spec": {"volumes": [{"name": ["x"]}]}}, "spec.worker.spec.volumes[0].name"),
+    ({"spec": {"containers": [{"name": "c", "ports": [{"containerPort": [1]}]}]}},
+     "spec.worker.spec.containers[0].ports[0].containerPort"),
+    ({"spec": {"containers": [{"name": "c", "env": [{"name": {"a": 1}}]}]}},
+     "spec.worker.spec.containers[0].env[0].name"),
+    ({"spec": {"containers": [{"name": "c", "volumeMounts": [{"name": "v", "mountPath": 3}]}]}},
+     "spec.worker.spec.containers[0].volumeMounts[0].mountPath"),
 ])
 def test_mistyped_template_fields_are_named(template: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigurationError) as error:
