@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps check-build controlplane cluster-up cluster-down test test-unit test-integration lint run bench clean
+.PHONY: help venv deps check-build controlplane cluster-up cluster-down test test-unit test-integration lint run bench soak clean
 
 help:
 	@echo "make run      run the operator (starts the local control plane when no cluster is reachable)"
 	@echo "make test     set everything up and run lint, unit and integration tests"
 	@echo "make bench    run the benchmarks (see docs/benchmarks.md)"
+	@echo "make soak     long reliability runs (see docs/reliability.md)"
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +60,11 @@ run: controlplane venv
 bench: controlplane venv
 	@echo "benchmarks: see docs/benchmarks.md"
 	$(BIN)/python bench/reconcile_many.py --rays 100
+
+# Long reliability runs (docs/reliability.md): for now the pure fuzz test with 10,000 generated Ray objects.
+SOAK_FUZZ_EXAMPLES ?= 10000
+soak: venv
+	RAYOP_FUZZ_EXAMPLES=$(SOAK_FUZZ_EXAMPLES) $(BIN)/pytest tests/unit/test_fuzz_pipeline.py -s -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache build *.egg-info

@@ -27,6 +27,7 @@ import contextvars
 import json
 import math
 import re
+import reprlib
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -198,7 +199,7 @@ def _check_group_name(ray_name: str, group: str, field: str) -> None:
         raise ConfigurationError("'head' is reserved for the head group", field=field)
     if not re.match(DNS_LABEL, group) or len(group) > MAX_GROUP_NAME_LENGTH:
         raise ConfigurationError(
-            f"{group!r} is not a DNS label of at most {MAX_GROUP_NAME_LENGTH} characters", field=field
+            f"{_short(group)} is not a DNS label of at most {MAX_GROUP_NAME_LENGTH} characters", field=field
         )
     if len(ray_name) + len(group) > MAX_NAME_PLUS_GROUP_LENGTH:
         raise ConfigurationError(
@@ -232,13 +233,13 @@ def _json_copy(value: Any, path: str, budget: _Budget, depth: int = 0) -> Any:
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ConfigurationError(f"{value!r} is not a JSON number", field=path)
+            raise ConfigurationError(f"{_short(value)} is not a JSON number", field=path)
         return value
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ConfigurationError(f"keys must be strings, got {key!r}", field=path)
+                raise ConfigurationError(f"keys must be strings, got {_short(key)}", field=path)
             out[key] = _json_copy(item, f"{path}.{key}", budget, depth + 1)
         return out
     if isinstance(value, (list, tuple)):
@@ -252,7 +253,108 @@ def _template(value: Any, path: str, budget: _Budget) -> dict[str, Any] | None:
     if not isinstance(value, Mapping):
         raise ConfigurationError("a pod template must be an object", field=path)
     copied: dict[str, Any] = _json_copy(value, path, budget)
+    _check_template_metadata(copied, path)
     return copied
+
+
+# The shape of the parts of a pod template the builders read or merge into (the API server checks nothing inside a
+# template, so a mistyped field must stop here, named, instead of breaking the builders): "map" a string-to-string
+# map, "object" a mapping, "objects" a list of mappings, "strings" a list of strings, "string" a string.
+_CONTAINER_SHAPE: dict[str, str] = {
+    "name": "string", "image": "string", "command": "strings", "args": "strings", "env": "objects",
+    "envFrom": "objects", "ports": "objects", "volumeMounts": "objects", "resources": "object",
+    "readinessProbe": "object", "livenessProbe": "object", "startupProbe": "object", "lifecycle": "object",
+    "securityContext": "object", "imagePullPolicy": "string",
+}
+_POD_SPEC_SHAPE: dict[str, str] = {
+    "containers": "objects", "initContainers": "objects", "volumes": "objects", "tolerations": "objects",
+    "imagePullSecrets": "objects", "nodeSelector": "map", "affinity": "object", "securityContext": "object",
+    "serviceAccountName": "string", "restartPolicy": "string",
+}
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 2, 12, 12, 12, 12
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = 1000, 100, 200
+
+
+def _short(value: Any) -> str:
+    """`repr(value)` for a message, in bounded time and length: a few lines of YAML aliases can spell out a value of
+    a billion elements (the same as repr for ordinary values)."""
+    return _REPR.repr(value)
+
+
+def _check_shape(value: Any, shape: str, where: str) -> None:
+    if shape == "string" and not isinstance(value, str):
+        raise ConfigurationError(f"must be a string, got {_short(value)}", field=where)
+    if shape in ("object", "map") and not isinstance(value, Mapping):
+        raise ConfigurationError("must be an object" if shape == "object" else "must be a map of strings to strings",
+                                 field=where)
+    if shape == "map":
+        for k, v in value.items():
+            if not isinstance(v, str):
+                raise ConfigurationError(f"the value of {_short(k)} must be a string, got {_short(v)}", field=where)
+    if shape in ("objects", "strings"):
+        if not isinstance(value, list):
+            raise ConfigurationError("must be a list", field=where)
+        for i, item in enumerate(value):
+            if shape == "objects" and not isinstance(item, Mapping):
+                raise ConfigurationError(f"must be an object, got {_short(item)}", field=f"{where}[{i}]")
+            if shape == "strings" and not isinstance(item, str):
+                raise ConfigurationError(f"must be a string, got {_short(item)}", field=f"{where}[{i}]")
+
+
+# Fields of list items the builders collect into sets or compare (names, ports, mount paths): "string" or "integer".
+_ITEM_FIELDS: dict[str, dict[str, str]] = {
+    "volumes": {"name": "string"},
+    "env": {"name": "string"},
+    "ports": {"name": "string", "containerPort": "integer"},
+    "volumeMounts": {"name": "string", "mountPath": "string"},
+}
+
+
+def _check_items(items: Any, fields: Mapping[str, str], where: str) -> None:
+    for i, item in enumerate(items or ()):
+        for key, shape in fields.items():
+            value = item.get(key)
+            if value is None:
+                continue
+            if shape == "integer" and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ConfigurationError(f"must be an integer, got {_short(value)}", field=f"{where}[{i}].{key}")
+            if shape == "string":
+                _check_shape(value, "string", f"{where}[{i}].{key}")
+
+
+def _check_template_metadata(template: Mapping[str, Any], path: str) -> None:
+    """The parts of a pod template the builders use have the types Kubernetes gives them: metadata labels and
+    annotations map strings to strings, the spec and its containers are objects, lists are lists (see the shapes
+    above); ConfigurationError naming the field otherwise. Fields the builders do not read are the API server's to
+    judge when the pod is created."""
+    metadata = template.get("metadata")
+    if metadata is not None:
+        _check_shape(metadata, "object", f"{path}.metadata")
+        for key in ("labels", "annotations"):
+            if metadata.get(key) is not None:
+                _check_shape(metadata[key], "map", f"{path}.metadata.{key}")
+    spec = template.get("spec")
+    if spec is None:
+        return
+    _check_shape(spec, "object", f"{path}.spec")
+    for key, shape in _POD_SPEC_SHAPE.items():
+        if spec.get(key) is not None:
+            _check_shape(spec[key], shape, f"{path}.spec.{key}")
+    _check_items(spec.get("volumes"), _ITEM_FIELDS["volumes"], f"{path}.spec.volumes")
+    for list_key in ("containers", "initContainers"):
+        for i, container in enumerate(spec.get(list_key) or ()):
+            for key, shape in _CONTAINER_SHAPE.items():
+                if container.get(key) is not None:
+                    _check_shape(container[key], shape, f"{path}.spec.{list_key}[{i}].{key}")
+            for key in ("env", "ports", "volumeMounts"):
+                _check_items(container.get(key), _ITEM_FIELDS[key], f"{path}.spec.{list_key}[{i}].{key}")
+            resources = container.get("resources") or {}
+            for key in ("limits", "requests"):
+                if resources.get(key) is not None:
+                    _check_shape(resources[key], "object", f"{path}.spec.{list_key}[{i}].resources.{key}")
 
 
 def _first_container(template: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -278,9 +380,9 @@ def _normalize_params(params: Mapping[str, str], path: str, *, reject_managed: b
     for key, value in params.items():
         flag = key.lstrip("-")
         if not flag:
-            raise ConfigurationError(f"{key!r} is not a flag name", field=path)
+            raise ConfigurationError(f"{_short(key)} is not a flag name", field=path)
         if reject_managed and flag in MANAGED_START_PARAMS:
-            raise ConfigurationError(f"{flag!r} is set by the operator and cannot be given", field=f"{path}.{key}")
+            raise ConfigurationError(f"{_short(flag)} is set by the operator and cannot be given", field=f"{path}.{key}")
         out[flag] = value
     return out
 
@@ -292,11 +394,11 @@ def _int_param(params: Mapping[str, str], key: str, path: str) -> int | None:
     try:
         value = parse_quantity(text)
     except ValueError:
-        raise ConfigurationError(f"{text!r} is not a number", field=f"{path}.{key}") from None
+        raise ConfigurationError(f"{_short(text)} is not a number", field=f"{path}.{key}") from None
     if value < 0 or value != int(value):
-        raise ConfigurationError(f"{text!r} must be a non-negative whole number", field=f"{path}.{key}")
+        raise ConfigurationError(f"{_short(text)} must be a non-negative whole number", field=f"{path}.{key}")
     if value > 2**63:
-        raise ConfigurationError(f"{text!r} is too large", field=f"{path}.{key}")
+        raise ConfigurationError(f"{_short(text)} is too large", field=f"{path}.{key}")
     return int(value)
 
 
@@ -325,7 +427,7 @@ def _custom_resources(params: Mapping[str, str], path: str) -> dict[str, float]:
             )
         amount = _finite_number(value)
         if amount is None or amount < 0:
-            raise ConfigurationError(f"resource {key!r} must be a non-negative number", field=f"{path}.resources")
+            raise ConfigurationError(f"resource {_short(key)} must be a non-negative number", field=f"{path}.resources")
         out[key] = int(amount) if amount.is_integer() else amount
     return out
 
@@ -359,7 +461,7 @@ def _container_resources(
         try:
             parsed = parse_quantity(value)
         except ValueError:
-            raise ConfigurationError(f"{value!r} is not a Kubernetes quantity", field=field_path) from None
+            raise ConfigurationError(f"{_short(value)} is not a Kubernetes quantity", field=field_path) from None
         if parsed < 0:
             raise ConfigurationError("must not be negative", field=field_path)
         return math.ceil(parsed)
@@ -580,7 +682,7 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -
             continue
         if duplicate:
             raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                "while constructing a mapping", node.start_mark, f"found duplicate key {_short(key)}", key_node.start_mark
             )
     return loader.construct_yaml_map(node)
 
@@ -618,7 +720,7 @@ def parse_configuration(text: str) -> dict[str, Any]:
         raise ConfigurationError("must be a YAML mapping of cluster-launcher keys", field=CONFIG_PATH, line=1, column=1)
     for key in loaded:
         if not isinstance(key, str):
-            raise ConfigurationError(f"keys must be strings, got {key!r}", field=CONFIG_PATH)
+            raise ConfigurationError(f"keys must be strings, got {_short(key)}", field=CONFIG_PATH)
     return loaded
 
 
@@ -632,7 +734,7 @@ class _Section:
             raise ConfigurationError("must be a mapping", field=path)
         for key in data:
             if not isinstance(key, str):
-                raise ConfigurationError(f"keys must be strings, got {key!r}", field=path)
+                raise ConfigurationError(f"keys must be strings, got {_short(key)}", field=path)
         self.data: Mapping[str, Any] = data
         self.path = path
         self.warnings = warnings
@@ -665,7 +767,7 @@ class _Section:
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigurationError(f"must be an integer, got {value!r}", field=self.key_path(key))
+            raise ConfigurationError(f"must be an integer, got {_short(value)}", field=self.key_path(key))
         if value < minimum:
             raise ConfigurationError(f"must be at least {minimum}", field=self.key_path(key))
         if value > INT32_MAX:
@@ -680,7 +782,7 @@ class _Section:
             return None
         value = _finite_number(raw)
         if value is None:
-            raise ConfigurationError(f"must be a number, got {raw!r}", field=self.key_path(key))
+            raise ConfigurationError(f"must be a number, got {_short(raw)}", field=self.key_path(key))
         if value < minimum or (exclusive_minimum and value == minimum):
             raise ConfigurationError(
                 f"must be {'greater than' if exclusive_minimum else 'at least'} {minimum:g}", field=self.key_path(key)
@@ -696,7 +798,7 @@ class _Section:
         if value is None:
             return None
         if not isinstance(value, str):
-            raise ConfigurationError(f"must be a string, got {value!r}", field=self.key_path(key))
+            raise ConfigurationError(f"must be a string, got {_short(value)}", field=self.key_path(key))
         return value
 
     def commands(self, key: str) -> list[str]:
@@ -793,7 +895,7 @@ def _from_configuration(
     if cluster_name is not None and cluster_name != name:
         config.warn(
             "cluster_name",
-            f"ignored: the cluster is named after the Ray object ({name!r}); pods, Services and the autoscaler use "
+            f"ignored: the cluster is named after the Ray object ({_short(name)}); pods, Services and the autoscaler use "
             "that name",
         )
     provider = config.section("provider")
@@ -831,7 +933,7 @@ def _from_configuration(
     mode = config.string("autoscaling_mode")
     if mode is not None and mode not in SCALING_MODES:
         raise ConfigurationError(
-            f"unsupported value {mode!r}: must be one of {', '.join(SCALING_MODES)}",
+            f"unsupported value {_short(mode)}: must be one of {', '.join(SCALING_MODES)}",
             field=config.key_path("autoscaling_mode"),
         )
     mode = mode or MODE_DEFAULT
@@ -890,10 +992,10 @@ def _provider(provider: _Section, namespace: str, ctx: _Context) -> Any:
     """Check the provider section; remember the ServiceAccounts it declares; return `services` (checked later)."""
     kind = provider.get("type")
     if kind is not None and kind != "kubernetes":
-        provider.warn("type", f"{kind!r} ignored: the operator itself provides the Ray nodes as pods")
+        provider.warn("type", f"{_short(kind)} ignored: the operator itself provides the Ray nodes as pods")
     ns = provider.get("namespace")
     if ns is not None and ns != namespace:
-        provider.warn("namespace", f"{ns!r} ignored: the cluster runs in the Ray object's namespace ({namespace!r})")
+        provider.warn("namespace", f"{_short(ns)} ignored: the cluster runs in the Ray object's namespace ({_short(namespace)})")
     internal = provider.get("use_internal_ips")
     if internal is not None and internal is not True:
         provider.warn("use_internal_ips", "ignored: Ray nodes always use their pod IPs")
@@ -962,7 +1064,7 @@ def _start_params(commands: list[str], path: str, *, head: bool, ctx: _Context) 
         if not has_ray and not any(_client_server(s) for s, _ in segments):
             # A plain shell command of its own: run as given (before `ray start`), or reported after it.
             if started:
-                ctx.warnings.append(ConfigWarning(where, f"{command!r} is not run: it comes after `ray start`, and "
+                ctx.warnings.append(ConfigWarning(where, f"{_short(command)} is not run: it comes after `ray start`, and "
                                                   "the operator runs `ray start` as the container's last command"))
             elif command.strip():
                 start.shell.append(command)
@@ -981,7 +1083,7 @@ def _start_params(commands: list[str], path: str, *, head: bool, ctx: _Context) 
                 continue
             text = shlex.join(segment)
             if started:
-                ctx.warnings.append(ConfigWarning(where, f"{text!r} is not run: it comes after `ray start`, and the "
+                ctx.warnings.append(ConfigWarning(where, f"{_short(text)} is not run: it comes after `ray start`, and the "
                                                   "operator runs `ray start` as the container's last command"))
             elif separator == "&":
                 start.shell.append(f"{{ {text} & }}")
@@ -1039,7 +1141,7 @@ def _start_flags(args: list[str], where: str, *, head: bool, start: _Start, ctx:
         token = args[i]
         i += 1
         if not token.startswith("-") or token.strip("-") == "":
-            ctx.warnings.append(ConfigWarning(where, f"{token!r} ignored: `ray start` takes only flags"))
+            ctx.warnings.append(ConfigWarning(where, f"{_short(token)} ignored: `ray start` takes only flags"))
             continue
         flag, eq, value = token.lstrip("-").partition("=")
         if not eq:
@@ -1133,10 +1235,10 @@ def _pod_template(value: Any, path: str, warnings: list[ConfigWarning], budget: 
     pod = _Section(value, path, warnings)
     api_version = pod.get("apiVersion")
     if api_version is not None and api_version != "v1":
-        raise ConfigurationError(f"must be 'v1', got {api_version!r}", field=pod.key_path("apiVersion"))
+        raise ConfigurationError(f"must be 'v1', got {_short(api_version)}", field=pod.key_path("apiVersion"))
     kind = pod.get("kind")
     if kind is not None and kind != "Pod":
-        raise ConfigurationError(f"must be 'Pod', got {kind!r}", field=pod.key_path("kind"))
+        raise ConfigurationError(f"must be 'Pod', got {_short(kind)}", field=pod.key_path("kind"))
     template: dict[str, Any] = {}
     metadata = pod.section("metadata")
     kept: dict[str, Any] = {}
@@ -1157,6 +1259,7 @@ def _pod_template(value: Any, path: str, warnings: list[ConfigWarning], budget: 
         if not isinstance(spec, Mapping):
             raise ConfigurationError("must be a mapping (a pod spec)", field=pod.key_path("spec"))
         template["spec"] = _json_copy(spec, pod.key_path("spec"), budget)
+    _check_template_metadata(template, path)
     pod.report_unknown("ignored: only apiVersion, kind, metadata and spec of a pod manifest are used")
     return template
 
@@ -1183,7 +1286,7 @@ def _config_pod(value: Any, path: str, *, head: bool, ctx: _Context) -> dict[str
                 container.pop("args", None)
                 ctx.notes.append(ConfigWarning(
                     f"{where}.command",
-                    f"the keep-alive command {shown!r} is replaced by the configuration's setup and start commands: "
+                    f"the keep-alive command {_short(shown)} is replaced by the configuration's setup and start commands: "
                     "`ray up` ran them in the pod over kubectl exec, the operator makes them the container's command",
                 ))
             else:
@@ -1191,7 +1294,7 @@ def _config_pod(value: Any, path: str, *, head: bool, ctx: _Context) -> dict[str
                 container.pop("args", None)
                 ctx.warnings.append(ConfigWarning(
                     f"{where}.command",
-                    f"{shown!r} is not run: as under `ray up`, Ray runs from the configuration's setup and start "
+                    f"{_short(shown)} is not run: as under `ray up`, Ray runs from the configuration's setup and start "
                     f"commands, which become the container's command (a command that runs ${_START_HOOK} is kept)",
                 ))
     for key in ("serviceAccountName", "serviceAccount"):
@@ -1204,7 +1307,7 @@ def _config_pod(value: Any, path: str, *, head: bool, ctx: _Context) -> dict[str
             )
             ctx.notes.append(ConfigWarning(
                 f"{path}.spec.{key}",
-                f"{account!r} is the account the configuration asked `ray up` to create; the pod runs as {instead}",
+                f"{_short(account)} is the account the configuration asked `ray up` to create; the pod runs as {instead}",
             ))
     return template
 
@@ -1323,7 +1426,7 @@ def _node_types(
         raise ConfigurationError("is required with available_node_types", field=config.key_path("head_node_type"))
     if head_type not in types.data:
         raise ConfigurationError(
-            f"{head_type!r} is not one of available_node_types", field=config.key_path("head_node_type")
+            f"{_short(head_type)} is not one of available_node_types", field=config.key_path("head_node_type")
         )
     common_setup, global_worker_setup = worker_setup
 
@@ -1358,7 +1461,7 @@ def _node_types(
         where = types.key_path(type_name)
         if group in names:
             raise ConfigurationError(
-                f"node types {names[group]!r} and {type_name!r} both become worker group {group!r}", field=where
+                f"node types {_short(names[group])} and {_short(type_name)} both become worker group {_short(group)}", field=where
             )
         if not group:
             raise ConfigurationError("a worker node type needs a name with letters or digits", field=where)
@@ -1443,7 +1546,7 @@ def _services(
             continue
         if not isinstance(svc_name, str) or not re.match(DNS_1035_LABEL, svc_name) or len(svc_name) > NAME_LIMIT:
             ctx.warnings.append(ConfigWarning(
-                metadata.key_path("name"), f"not created: {svc_name!r} is not a Service name (a DNS-1035 label)"))
+                metadata.key_path("name"), f"not created: {_short(svc_name)} is not a Service name (a DNS-1035 label)"))
             continue
         if svc_name == f"{ctx.name}-head":
             ctx.warnings.append(ConfigWarning(
@@ -1452,7 +1555,7 @@ def _services(
                 "metrics 8080)"))
             continue
         if svc_name in seen:
-            raise ConfigurationError(f"Service {svc_name!r} is declared twice", field=metadata.key_path("name"))
+            raise ConfigurationError(f"Service {_short(svc_name)} is declared twice", field=metadata.key_path("name"))
         seen.add(svc_name)
         kept_meta: dict[str, dict[str, str]] = {}
         for key in ("labels", "annotations"):

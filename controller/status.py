@@ -434,7 +434,8 @@ def compute_status(ray: Mapping[str, Any], model_or_error: ModelOrError, observe
     head_condition = _head_condition(head, bool(head_pods), opts)
     workers_condition, workers_ready = _workers_condition(groups, opts, model is not None, now)
     head_ready = head_condition["status"] == "True"
-    suspended = (ray.get("spec") or {}).get("suspend") is True
+    spec = ray.get("spec")
+    suspended = isinstance(spec, Mapping) and spec.get("suspend") is True
     remaining = sum(1 for p in head_pods + worker_pods if is_active(p) or is_terminating(p))
     if model is not None and suspended:
         ready = _condition(CONDITION_READY, "False", "Suspended",

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the node agent.
 
-Usage: localcluster.py up [--process] [--nodes N] | down | status | env | restart COMPONENT | logs COMPONENT |
-       exec POD [-n NAMESPACE] [-c CONTAINER] -- COMMAND... | can-process
+Usage: localcluster.py up [--process] [--nodes N] [--apiservers 1|2] | down | status | env |
+       restart|stop|start|pause|resume COMPONENT | logs COMPONENT | exec POD [-n NAMESPACE] [-c CONTAINER] -- COMMAND... |
+       can-process
 
 Guarantees:
 - Everything listens on 127.0.0.1, on ports picked free at `up`; state (PKI, etcd data, kubeconfigs, logs, pid
@@ -19,6 +20,12 @@ Guarantees:
   namespace of that prefix, the mounts under the state folder and the mount points the agent created.
   `exec` runs a command inside a pod container's network, mount and UTS namespaces with its environment (the
   container's configured one, as `kubectl exec` gives it). `can-process` says whether process mode can run here.
+- `up --apiservers 2` runs a second kube-apiserver (`kube-apiserver-2`) on the same etcd with the same flags and PKI
+  on a port of its own, with its own kubeconfig (`admin-2.kubeconfig`, exported by `env` as RAYOP_KUBECONFIG_2);
+  everything else (controller-manager, scheduler, node agent) talks to the first one. On a cluster already up it
+  adds the second API server. `pause C` / `resume C` send SIGSTOP / SIGCONT to a component's process group: a
+  paused kube-apiserver answers nothing and its watch cache stops following etcd until it is resumed.
+  RAYOP_APISERVER_2_ETCD_SERVERS, set when kube-apiserver-2 is (re)started, points it at another etcd address.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ PYTHON = os.environ.get("RAYOP_PYTHON", str(REPO / ".venv" / "bin" / "python"))
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
+# Optional components: started only when asked for (`up --apiservers 2`), not needed for the cluster to be up.
+APISERVER_2 = "kube-apiserver-2"
+ALL_COMPONENTS = (*COMPONENTS, APISERVER_2)
 # The watch cache is off for PodTemplates only, so tests can observe etcd compaction (410 Gone) for real on a
 # resource nothing else uses, while every other resource is served from the cache as in a production cluster.
 NO_WATCH_CACHE = "podtemplates#0"
@@ -234,6 +244,13 @@ def commands(state: dict, bindir: Path) -> dict[str, list[str]]:
             "--state-dir", str(d / "nodeagent"),
         ],
     }
+    if "apiserver_2" in p:
+        api2 = list(cmds["kube-apiserver"])
+        api2[api2.index("--secure-port") + 1] = str(p["apiserver_2"])
+        # A test may put something between the second API server and etcd (a relay it can pause, so the server's
+        # watch cache lags while it keeps serving); read when the component starts.
+        api2[api2.index("--etcd-servers") + 1] = os.environ.get("RAYOP_APISERVER_2_ETCD_SERVERS") or etcd_url
+        cmds[APISERVER_2] = api2
     if state["mode"] == "process":
         api = cmds["kube-apiserver"]
         api[api.index("--endpoint-reconciler-type") + 1] = "lease"
@@ -305,11 +322,11 @@ def reap(pid: int) -> None:
         pass
 
 
-def https_get(state: dict, path: str, timeout: float = 2.0) -> tuple[int, str]:
+def https_get(state: dict, path: str, timeout: float = 2.0, port_key: str = "apiserver") -> tuple[int, str]:
     d = Path(state["dir"])
     ctx = ssl.create_default_context(cafile=str(d / "pki" / "ca.crt"))
     ctx.load_cert_chain(str(d / "pki" / "admin.crt"), str(d / "pki" / "admin.key"))
-    url = f"https://127.0.0.1:{state['ports']['apiserver']}{path}"
+    url = f"https://127.0.0.1:{state['ports'][port_key]}{path}"
     try:
         with urllib.request.urlopen(url, context=ctx, timeout=timeout) as r:
             return r.status, r.read().decode()
@@ -342,6 +359,24 @@ def tail(state: dict, component: str, lines: int = 30) -> None:
 
 def api_ready(state: dict) -> bool:
     return https_get(state, "/readyz")[0] == 200
+
+
+def api2_ready(state: dict) -> bool:
+    return https_get(state, "/readyz", port_key="apiserver_2")[0] == 200
+
+
+def add_apiserver_2(state: dict) -> None:
+    """Start the second kube-apiserver (same etcd, flags and PKI; its own port and kubeconfig)."""
+    if alive(state["pids"].get(APISERVER_2)):
+        return
+    state["ports"].setdefault("apiserver_2", free_port())
+    state["apiservers"] = 2
+    save_state(state)
+    kubeconfig(Path(state["dir"]) / "admin-2.kubeconfig", f"https://127.0.0.1:{state['ports']['apiserver_2']}",
+               Path(state["dir"]) / "pki", "admin")
+    start(APISERVER_2, state, Path(state["bin"]))
+    wait_for("kube-apiserver-2 /readyz", lambda: api2_ready(state), 90, state, APISERVER_2)
+    log(f"second API server up: https://127.0.0.1:{state['ports']['apiserver_2']}")
 
 
 def default_sa_ready(state: dict) -> bool:
@@ -380,6 +415,8 @@ def cmd_up(args: argparse.Namespace) -> None:
             raise SystemExit(f"local-cluster: already up in {state['mode']} mode; run down first")
         log(f"already up ({state['mode']} mode, {state['nodes']} node(s)), API server "
             f"https://127.0.0.1:{state['ports']['apiserver']}")
+        if args.apiservers >= 2:
+            add_apiserver_2(state)
         return
     if state:
         log("found a partial cluster; cleaning it up first")
@@ -430,6 +467,8 @@ def cmd_up(args: argparse.Namespace) -> None:
         wait_for(f"{args.nodes} Ready node(s)", lambda: nodes_ready(state), 60, state, "node-agent")
         wait_for("the default ServiceAccount and kube-root-ca.crt", lambda: default_sa_ready(state), 60, state,
                  "kube-controller-manager")
+        if args.apiservers >= 2:
+            add_apiserver_2(state)
     except BaseException:
         log("up failed; stopping what was started")
         cmd_down(args)
@@ -445,7 +484,9 @@ def cmd_down(args: argparse.Namespace) -> None:
         if STATE.exists():
             shutil.rmtree(STATE, ignore_errors=True)
         return
-    for name in reversed(COMPONENTS):
+    for name in reversed(ALL_COMPONENTS):
+        if name in state.get("pids", {}):
+            resume(name, state)
         stop(name, state)
     if state.get("mode") == "process":
         clean_process_mode(state)
@@ -548,7 +589,9 @@ def cmd_status(args: argparse.Namespace) -> None:
     if not state:
         print("down")
         raise SystemExit(1)
-    for name in COMPONENTS:
+    for name in ALL_COMPONENTS:
+        if name == APISERVER_2 and "apiserver_2" not in state["ports"]:
+            continue
         pid = state["pids"].get(name)
         print(f"{name:26s} {'running' if alive(pid) else 'stopped':8s} pid={pid}")
     print(f"{'api server':26s} {'ready' if api_ready(state) else 'not ready':8s} "
@@ -570,6 +613,8 @@ def cmd_env(args: argparse.Namespace) -> None:
     print(f"export PATH={shlex.quote(str(REPO / '.venv' / 'bin'))}:\"$PATH\"")
     print(f"export RAYOP_ETCD_URL=http://127.0.0.1:{state['ports']['etcd']}")
     print(f"export RAYOP_NODE_AGENT_URL=http://127.0.0.1:{state['ports']['node_agent']}")
+    if "apiserver_2" in state["ports"]:
+        print(f"export RAYOP_KUBECONFIG_2={shlex.quote(str(Path(state['dir']) / 'admin-2.kubeconfig'))}")
 
 
 def cmd_restart(args: argparse.Namespace) -> None:
@@ -577,18 +622,53 @@ def cmd_restart(args: argparse.Namespace) -> None:
     if not is_up(state):
         raise SystemExit("local-cluster: not up")
     name = args.component
+    resume(name, state)
     stop(name, state)
-    if name == "kube-apiserver":
-        wait_for("the old kube-apiserver port to close", lambda: not port_open(state["ports"]["apiserver"]), 20,
-                 state)
+    if name in ("kube-apiserver", APISERVER_2):
+        port = state["ports"]["apiserver" if name == "kube-apiserver" else "apiserver_2"]
+        wait_for(f"the old {name} port to close", lambda: not port_open(port), 20, state)
     start(name, state, Path(state["bin"]))
+    wait_api(name, state)
+    log(f"restarted {name}")
+
+
+def wait_api(name: str, state: dict) -> None:
     if name == "kube-apiserver":
         wait_for("kube-apiserver /readyz", lambda: api_ready(state), 90, state, "kube-apiserver")
-    log(f"restarted {name}")
+    elif name == APISERVER_2:
+        wait_for("kube-apiserver-2 /readyz", lambda: api2_ready(state), 90, state, APISERVER_2)
+
+
+def resume(name: str, state: dict) -> None:
+    """SIGCONT a component's process group (harmless when it is not paused)."""
+    pid = state.get("pids", {}).get(name)
+    if pid and alive(pid):
+        try:
+            os.killpg(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def cmd_pause_component(args: argparse.Namespace) -> None:
+    state = load_state()
+    pid = state.get("pids", {}).get(args.component)
+    if not pid or not alive(pid):
+        raise SystemExit(f"local-cluster: {args.component} is not running")
+    os.killpg(pid, signal.SIGSTOP)
+    log(f"paused {args.component} (SIGSTOP)")
+
+
+def cmd_resume_component(args: argparse.Namespace) -> None:
+    state = load_state()
+    if not alive(state.get("pids", {}).get(args.component)):
+        raise SystemExit(f"local-cluster: {args.component} is not running")
+    resume(args.component, state)
+    log(f"resumed {args.component} (SIGCONT)")
 
 
 def cmd_stop_component(args: argparse.Namespace) -> None:
     state = load_state()
+    resume(args.component, state)
     stop(args.component, state)
     save_state(state)
     log(f"stopped {args.component}")
@@ -596,9 +676,11 @@ def cmd_stop_component(args: argparse.Namespace) -> None:
 
 def cmd_start_component(args: argparse.Namespace) -> None:
     state = load_state()
-    start(args.component, state, Path(state["bin"]))
-    if args.component == "kube-apiserver":
-        wait_for("kube-apiserver /readyz", lambda: api_ready(state), 90, state, "kube-apiserver")
+    if args.component == APISERVER_2:
+        add_apiserver_2(state)
+    else:
+        start(args.component, state, Path(state["bin"]))
+        wait_api(args.component, state)
     log(f"started {args.component}")
 
 
@@ -613,18 +695,21 @@ def main(argv: list[str] | None = None) -> None:
     up = sub.add_parser("up", help="start the control plane (idempotent)")
     up.add_argument("--process", action="store_true", help="the node agent runs pods as local processes")
     up.add_argument("--nodes", type=int, default=int(os.environ.get("RAYOP_NODES", "2")))
+    up.add_argument("--apiservers", type=int, choices=(1, 2), default=1,
+                    help="2: a second kube-apiserver on the same etcd (kube-apiserver-2)")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop everything and remove the state").set_defaults(func=cmd_down)
     sub.add_parser("status", help="print what runs").set_defaults(func=cmd_status)
     sub.add_parser("can-process", help="exit 0 if process mode can run on this machine, else say why and exit 1"
                    ).set_defaults(func=cmd_can_process)
     sub.add_parser("env", help="print shell exports (KUBECONFIG, PATH)").set_defaults(func=cmd_env)
-    for verb, func in (("restart", cmd_restart), ("stop", cmd_stop_component), ("start", cmd_start_component)):
+    for verb, func in (("restart", cmd_restart), ("stop", cmd_stop_component), ("start", cmd_start_component),
+                       ("pause", cmd_pause_component), ("resume", cmd_resume_component)):
         p = sub.add_parser(verb, help=f"{verb} one component")
-        p.add_argument("component", choices=COMPONENTS)
+        p.add_argument("component", choices=ALL_COMPONENTS)
         p.set_defaults(func=func)
     lg = sub.add_parser("logs", help="print the tail of a component's log")
-    lg.add_argument("component", choices=COMPONENTS)
+    lg.add_argument("component", choices=ALL_COMPONENTS)
     lg.add_argument("-n", "--lines", type=int, default=50)
     lg.set_defaults(func=cmd_logs)
     ex = sub.add_parser("exec", help="process mode: run a command in a pod container's namespaces")

@@ -66,11 +66,14 @@ def load_sample(name: str, namespace: str) -> dict[str, Any]:
 
 
 class OperatorProcess:
-    """`rayop run` in a subprocess, watching the given namespaces; logs go to a file."""
+    """`rayop run` in a subprocess, watching the given namespaces; logs go to a file. `kubeconfig` points it at
+    another API server than the cluster's first."""
 
     def __init__(self, cluster: LocalCluster, namespaces: list[str], log_path: Path,
-                 extra_args: list[str] | None = None, env: dict[str, str] | None = None):
+                 extra_args: list[str] | None = None, env: dict[str, str] | None = None,
+                 kubeconfig: str | None = None):
         self.cluster = cluster
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.namespaces = namespaces
         self.log_path = log_path
         self.extra_args = extra_args or []
@@ -78,7 +81,7 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
-        args = [sys.executable, "-m", "rayop.cli", "run", "--kubeconfig", self.cluster.kubeconfig,
+        args = [sys.executable, "-m", "rayop.cli", "run", "--kubeconfig", self.kubeconfig,
                 "--no-leader-elect", "--metrics-bind-address", "127.0.0.1:0", "--log-format", "json",
                 "--kube-api-qps", "200", "--kube-api-burst", "400"]
         for ns in self.namespaces:

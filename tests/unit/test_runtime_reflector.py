@@ -130,3 +130,18 @@ def test_gone_inside_a_watch_relists_and_expired_continue_lists_unpaged() -> Non
     lists = [p for kind, p in client.calls if kind == "list"]
     assert lists[-1] == {}, "after an expired continue token the list is taken in one page"
     assert reflector.stats.relists_gone == 1
+
+
+def test_lists_are_consistent_reads_never_from_a_possibly_stale_cache() -> None:
+    """No resourceVersion on any list page (resourceVersion=0 would let a lagging API server answer from its watch
+    cache; see docs/runtime.md, "Stale reads"); the watch starts from the list's resourceVersion."""
+    sink = Recorder()
+    client = ScriptedClient(lists=[page("10", "a", token="t1"), page("11", "b")], watches=[[ev("ADDED", "c", "12")]])
+    reflector = Reflector(cast(KubeClient, client), "/api/v1/pods", sink, page_size=1,
+                          sleep=lambda s, seconds: s.is_set())
+    client.on_exhausted = reflector.stop
+    reflector.run()
+    lists = [p for kind, p in client.calls if kind == "list"]
+    assert lists == [{"limit": 1}, {"limit": 1, "continue": "t1"}]
+    watches = [p for kind, p in client.calls if kind == "watch"]
+    assert watches[0]["resourceVersion"] == "11"
