@@ -383,8 +383,18 @@ def _normalize_params(params: Mapping[str, str], path: str, *, reject_managed: b
             raise ConfigurationError(f"{_short(key)} is not a flag name", field=path)
         if reject_managed and flag in MANAGED_START_PARAMS:
             raise ConfigurationError(f"{_short(flag)} is set by the operator and cannot be given", field=f"{path}.{key}")
+        _check_port(flag, value, f"{path}.{key}")
         out[flag] = value
     return out
+
+
+def _check_port(flag: str, value: str, where: str) -> None:
+    """A `--*-port` flag's value must be a port number: the builders put it into the pod's container ports."""
+    if not flag.endswith("-port"):
+        return
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise ConfigurationError(f"{_short(text)} is not a port number (0-65535)", field=where)
 
 
 def _int_param(params: Mapping[str, str], key: str, path: str) -> int | None:
@@ -1191,6 +1201,7 @@ def _resolve_params(start: _Start, template: Mapping[str, Any] | None, head: boo
     for flag, value in start.params.items():
         names = references(value)
         if not names and "`" not in value and "$(" not in value:
+            _check_port(flag, value, start.origin[flag])
             out[flag] = value
             continue
         where = start.origin[flag]
@@ -1207,6 +1218,7 @@ def _resolve_params(start: _Start, template: Mapping[str, Any] | None, head: boo
                 )
             )
             continue
+        _check_port(flag, resolved, where)
         out[flag] = resolved
         ctx.notes.append(
             ConfigWarning(where, f"--{flag}={value} resolved to --{flag}={resolved} from the Ray container's env")

@@ -69,3 +69,27 @@ def test_a_yaml_alias_bomb_gives_a_short_message() -> None:
             effective_cluster(ray({"configuration": config}))
         except ConfigurationError as error:
             assert len(error.describe()) < 2000, (key, len(error.describe()))
+
+
+@pytest.mark.parametrize("value", ["0.0.0.0", "abc", "70000", "-1", "٣"])
+def test_a_port_flag_that_is_no_port_number_is_a_configuration_error(value: str) -> None:
+    # The builders put --*-port values into the pods' container ports; the fuzzer found 'dashboard-port: 0.0.0.0'
+    # raising ValueError there on every reconcile.
+    obj = {"apiVersion": "ray.k8s.io/v1alpha1", "kind": "Ray",
+           "metadata": {"name": "demo", "namespace": "ray", "uid": "u", "generation": 1},
+           "spec": {"minWorkers": 1, "maxWorkers": 1, "workerRayStartParams": {"dashboard-port": value}}}
+    with pytest.raises(ConfigurationError) as err:
+        effective_cluster(obj)
+    assert err.value.describe().startswith("spec.workerRayStartParams.dashboard-port:")
+
+
+def test_a_port_flag_in_a_start_command_is_checked_too() -> None:
+    config = ("cluster_name: demo\nmax_workers: 1\n"
+              "head_start_ray_commands: ['ray start --head --dashboard-port=0.0.0.0']\n"
+              "worker_start_ray_commands: ['ray start --address=$RAY_HEAD_IP:6379']\n")
+    obj = {"apiVersion": "ray.k8s.io/v1alpha1", "kind": "Ray",
+           "metadata": {"name": "demo", "namespace": "ray", "uid": "u", "generation": 1},
+           "spec": {"configuration": config}}
+    with pytest.raises(ConfigurationError) as err:
+        effective_cluster(obj)
+    assert "head_start_ray_commands[0]" in err.value.describe()
