@@ -64,7 +64,7 @@ bench: controlplane venv
 # Long reliability runs (docs/reliability.md): for now the pure fuzz test with 10,000 generated Ray objects.
 SOAK_FUZZ_EXAMPLES ?= 10000
 soak: venv
-	RAYOP_FUZZ_EXAMPLES=$(SOAK_FUZZ_EXAMPLES) $(BIN)/pytest tests/unit/test_fuzz_pipeline.py -s -p no:cacheprovider $(PYTEST_ARGS)
+	RAYOP_FUZZ_EXAMPLES=$(SOAK_FUZZ_EXAMPLES) RAYOP_FUZZ_RANDOM=1 $(BIN)/pytest tests/unit/test_fuzz_pipeline.py -s -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache build *.egg-info
