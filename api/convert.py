@@ -700,6 +700,38 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:map", _construct_unique_mapping)
 
 
+# A cluster-launcher configuration with its aliases expanded may hold at most this many values (Ray's own
+# examples hold a few hundred).
+MAX_CONFIGURATION_VALUES = 100_000
+
+
+def _expanded_size(value: Any) -> int:
+    """How many values `value` holds once every alias is expanded; linear in the distinct values (shared ones are
+    counted once and multiplied), and stops early past the limit."""
+    sizes: dict[int, int] = {}
+
+    def size(v: Any) -> int:
+        if not isinstance(v, (dict, list)):
+            return 1
+        known = sizes.get(id(v))
+        if known is not None:
+            return known
+        sizes[id(v)] = MAX_CONFIGURATION_VALUES + 1  # met again before it is done: a cycle, which never ends
+        items = list(v.keys()) + list(v.values()) if isinstance(v, dict) else v
+        total = 1
+        for item in items:
+            total += size(item)
+            if total > MAX_CONFIGURATION_VALUES:
+                break
+        sizes[id(v)] = total
+        return total
+
+    try:
+        return size(value)
+    except RecursionError:
+        return MAX_CONFIGURATION_VALUES + 1
+
+
 def parse_configuration(text: str) -> dict[str, Any]:
     """Parse a cluster-launcher configuration; ConfigurationError with line and column when it is not valid YAML."""
     try:
@@ -728,6 +760,11 @@ def parse_configuration(text: str) -> dict[str, Any]:
         raise ConfigurationError("is empty: expected a mapping of cluster-launcher keys", field=CONFIG_PATH)
     if not isinstance(loaded, dict):
         raise ConfigurationError("must be a YAML mapping of cluster-launcher keys", field=CONFIG_PATH, line=1, column=1)
+    if _expanded_size(loaded) > MAX_CONFIGURATION_VALUES:
+        # YAML aliases share one value however often it is referenced; everything downstream copies each reference
+        # (a nine-level "billion laughs" config would need gigabytes), so such a config is refused whole.
+        raise ConfigurationError(f"expands to more than {MAX_CONFIGURATION_VALUES:,} values through YAML aliases",
+                                 field=CONFIG_PATH)
     for key in loaded:
         if not isinstance(key, str):
             raise ConfigurationError(f"keys must be strings, got {_short(key)}", field=CONFIG_PATH)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rayop.api.convert import effective_cluster
+from rayop.api.convert import effective_cluster, parse_configuration
 from rayop.api.model import ConfigurationError
 
 
@@ -93,3 +93,16 @@ def test_a_port_flag_in_a_start_command_is_checked_too() -> None:
     with pytest.raises(ConfigurationError) as err:
         effective_cluster(obj)
     assert "head_start_ray_commands[0]" in err.value.describe()
+
+
+def test_a_configuration_that_expands_through_aliases_is_refused_cheaply() -> None:
+    # Nine levels of ten-fold aliases ("billion laughs"): a few hundred bytes of YAML, 10^9 values once copied.
+    levels = "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+    text = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + levels + "head_node: *a8\n"
+    with pytest.raises(ConfigurationError) as err:
+        parse_configuration(text)
+    assert "through YAML aliases" in err.value.describe()
+    # A cycle (an alias inside its own anchor) is refused the same way; ordinary sharing is fine.
+    with pytest.raises(ConfigurationError):
+        parse_configuration("a: &a [1, *a]\n")
+    assert parse_configuration("p: &p [1, 2]\nq: [*p, *p]\n") == {"p": [1, 2], "q": [[1, 2], [1, 2]]}
