@@ -763,8 +763,9 @@ def parse_configuration(text: str) -> dict[str, Any]:
     if _expanded_size(loaded) > MAX_CONFIGURATION_VALUES:
         # YAML aliases share one value however often it is referenced; everything downstream copies each reference
         # (a nine-level "billion laughs" config would need gigabytes), so such a config is refused whole.
-        raise ConfigurationError(f"expands to more than {MAX_CONFIGURATION_VALUES:,} values through YAML aliases",
-                                 field=CONFIG_PATH)
+        raise ConfigurationError(
+            f"is too large: expands to more than {MAX_CONFIGURATION_VALUES:,} values through YAML aliases",
+            field=CONFIG_PATH)
     for key in loaded:
         if not isinstance(key, str):
             raise ConfigurationError(f"keys must be strings, got {_short(key)}", field=CONFIG_PATH)

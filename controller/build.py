@@ -455,8 +455,10 @@ def _build_pod(owner: Owner, model: ClusterModel, group: HeadGroup | WorkerGroup
     if drains:
         # A worker whose Ray node was drained (rayop_drain.py left its marker in the pod's /dev/shm) never starts
         # Ray again while its pod goes: the container may restart (restartPolicy Always), the node never rejoins.
+        # The idle shell ends on SIGTERM at once (a PID 1 shell would otherwise ignore it and hold the pod for the
+        # whole grace period, which covers the drain timeout).
         script = (f"if [ -e {DRAIN_MARKER} ]; then echo 'this pod was drained: Ray is not started again'; "
-                  f"while true; do sleep 3600; done; fi; {script}")
+                  f"trap 'exit 0' TERM INT; while true; do sleep 3600 & wait $!; done; fi; {script}")
     if ray.get("command") or ray.get("args"):
         # The user's command is kept as given; it can start Ray with `eval "exec $RAYOP_RAY_START_COMMAND"`.
         env.append(_env_var("RAYOP_RAY_START_COMMAND", script))
