@@ -247,9 +247,9 @@ def object_schema(cls: type) -> dict[str, Any]:
     return schema
 
 
-def openapi_schema() -> dict[str, Any]:
-    """The openAPIV3Schema of the `Ray` kind."""
-    root = object_schema(t.Ray)
+def _kind_schema(cls: type) -> dict[str, Any]:
+    """The schema of a top-level kind: its dataclass's fields plus apiVersion, kind and metadata."""
+    root = object_schema(cls)
     props = root["properties"]
     props["apiVersion"] = {
         "type": "string",
@@ -257,7 +257,13 @@ def openapi_schema() -> dict[str, Any]:
     }
     props["kind"] = {"type": "string", "description": "Kind is a string value representing the REST resource."}
     props["metadata"] = {"type": "object"}
-    props["spec"]["default"] = {}
+    return root
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The openAPIV3Schema of the `Ray` kind."""
+    root = _kind_schema(t.Ray)
+    root["properties"]["spec"]["default"] = {}
     root["x-kubernetes-validations"] = _cel(_root_rules())
     return root
 
@@ -377,14 +383,7 @@ RAYJOB_PRINTER_COLUMNS: list[dict[str, Any]] = [
 
 def rayjob_openapi_schema() -> dict[str, Any]:
     """The openAPIV3Schema of the `RayJob` kind."""
-    root = object_schema(j.RayJob)
-    props = root["properties"]
-    props["apiVersion"] = {
-        "type": "string",
-        "description": "APIVersion defines the versioned schema of this representation of an object.",
-    }
-    props["kind"] = {"type": "string", "description": "Kind is a string value representing the REST resource."}
-    props["metadata"] = {"type": "object"}
+    root = _kind_schema(j.RayJob)
     root["x-kubernetes-validations"] = _cel([(j.NAME_RULE, j.NAME_MESSAGE, None)])
     return root
 
