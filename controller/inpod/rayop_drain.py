@@ -105,6 +105,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _gcs_answers(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or address, int(port or 6379)), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def _watch_head(address: str, started: float, every: float = 2.0) -> None:
+    """When the head's GCS stops answering while we wait on it (the whole Ray is being deleted), the GCS client
+    would block in its reconnect loop; there is nothing left to drain, so report `gone` and exit at once."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            if not _gcs_answers(address):
+                summary = {"node": None, "outcome": "gone", "elapsedSeconds": round(time.monotonic() - started, 1),
+                           "message": f"the head's GCS at {address} stopped answering while draining"}
+                print(json.dumps(summary, sort_keys=True), flush=True)
+                os._exit(0)
+
+    threading.Thread(target=watch, name="head-watch", daemon=True).start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
@@ -127,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
+        _watch_head(args.address, started)
         client = GcsClient(address=args.address)
         found = find_node(client, args.node_id, args.node_ip)
         if found is None:

@@ -132,7 +132,8 @@ def namespace(request: pytest.FixtureRequest, kube: KubeClient, operator_pod: st
                message="kube-root-ca.crt")
     yield name
     kube.delete(f"/api/v1/namespaces/{name}")
-    wait_until(lambda: _get(kube, f"/api/v1/namespaces/{name}") is None, 180, 0.5,
+    # Workers drain in their preStop hook; the bound is their grace period (drain timeout 300 s + 30 s).
+    wait_until(lambda: _get(kube, f"/api/v1/namespaces/{name}") is None, 420, 0.5,
                message=f"namespace {name} deleted")
 
 
