@@ -131,7 +131,8 @@ def _watch_head(address: str, started: float, every: float = 2.0) -> None:
     threading.Thread(target=watch, name="head-watch", daemon=True).start()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, watch_head: bool = False) -> int:
+    """The hook. `watch_head` (the program's own run only: it may end the process) exits once the head is gone."""
     args = parse_args(argv)
     started = time.monotonic()
     summary: dict[str, Any] = {"node": None, "outcome": "error", "message": ""}
@@ -153,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
-        _watch_head(args.address, started)
+        if watch_head:
+            _watch_head(args.address, started)
         client = GcsClient(address=args.address)
         found = find_node(client, args.node_id, args.node_ip)
         if found is None:
@@ -171,4 +173,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    sys.exit(main())
+    sys.exit(main(watch_head=True))
