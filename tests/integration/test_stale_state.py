@@ -142,9 +142,11 @@ def settled(kube: KubeClient, namespace: str, name: str, workers: int) -> bool:
 @pytest.mark.parametrize("how", ["sigstop", "etcd-link"])
 def test_lagging_apiserver_serves_rv0_stale_and_consistent_fresh(
         cluster: LocalCluster, kube: KubeClient, namespace: str, second_apiserver: SecondApiserver, how: str) -> None:
-    """What the design builds on. B's view of etcd is frozen, then objects are created through A. A list with
-    resourceVersion=0 sent to B is answered from B's stale cache (SIGSTOP: as soon as B runs again; etcd link
-    paused: at once); a list without resourceVersion waits until B's cache has caught up with etcd and is fresh."""
+    """What the design builds on. B's view of etcd is frozen, then objects are created through A. With B's etcd
+    link paused, a list with resourceVersion=0 sent to B is answered at once from B's stale cache. With B stopped
+    (SIGSTOP), the same list is served when B runs again, and B then races its own watch catch-up: the answer may
+    be stale or partly or wholly caught up, never newer than etcd (only the etcd-link case shows the stale read
+    deterministically). A list without resourceVersion waits until B's cache has caught up and is fresh."""
     b = KubeClient.load(second_apiserver.kubeconfig, qps=0)
     path = f"/api/v1/namespaces/{namespace}/configmaps"
     before = {c["metadata"]["name"] for c in b.get(path)["items"]}
@@ -169,7 +171,10 @@ def test_lagging_apiserver_serves_rv0_stale_and_consistent_fresh(
     b.close()
     assert answered_while_frozen == ({"rv0"} if how == "etcd-link" else set())
     assert answers["consistent"] == now
-    assert answers["rv0"] == before, "B's cache had caught up before answering; the stale read was not observed"
+    if how == "etcd-link":
+        assert answers["rv0"] == before, "B's cache had caught up before answering; the stale read was not observed"
+    else:
+        assert before <= answers["rv0"] <= now
 
 
 @pytest.mark.parametrize("how", ["sigstop", "etcd-link"])
