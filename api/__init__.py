@@ -5,7 +5,10 @@ Modules (all pure: no I/O, no clock, no environment, no Kubernetes client):
   (group/version/kind, condition types, labels, name limits).
 - `rayop.api.crd`: the CustomResourceDefinition generated from those types (`python -m rayop.api.crd`).
 - `rayop.api.model`: the effective cluster model everything downstream works on.
-- `rayop.api.convert`: `effective_cluster(ray) -> Conversion`, the one conversion from either form to the model.
+- `rayop.api.convert`: `effective_cluster(ray) -> Conversion`, the one conversion from either form to the model;
+  the forms are converted by `rayop.api.kubeform` (the structured fields) and `rayop.api.configform` (the
+  `configuration`, with `configyaml`, `configstart`, `configpods`, `configservices` and `legacy`), sharing
+  `rayop.api.modelcheck` and `rayop.api.groups`.
 """
 
 from rayop.api.convert import convert_spec, effective_cluster, parse_configuration

@@ -1,4 +1,5 @@
-"""What `ray up` did with a Kubernetes cluster config, and how rayop honours it (pure helpers of `rayop.api.convert`).
+"""What `ray up` did with a Kubernetes cluster config, and how rayop honours it (pure helpers of the
+`configuration` form: `rayop.api.configstart`, `rayop.api.configpods`).
 
 `ray up` on Kubernetes (Ray 0.8 to 1.x) created the pods of `head_node`/`worker_nodes` (or `node_config`) with a
 container command that only kept them alive, then ran `setup_commands` and `head_start_ray_commands` /
