@@ -168,14 +168,14 @@ def _scalar(tp: Any, meta: FieldInfo, *, for_items: bool = False) -> dict[str, A
             return out
         if meta.enum is not None:
             out["enum"] = list(meta.enum)
-        if meta.pattern is not None:
-            out["pattern"] = meta.pattern
-        if meta.min_length is not None:
-            out["minLength"] = meta.min_length
-        if meta.max_length is not None:
-            out["maxLength"] = meta.max_length
-        if meta.format is not None:
-            out["format"] = meta.format
+        for key, value in (
+            ("pattern", meta.pattern),
+            ("minLength", meta.min_length),
+            ("maxLength", meta.max_length),
+            ("format", meta.format),
+        ):
+            if value is not None:
+                out[key] = value
         return out
     if tp is bool:
         return {"type": "boolean"}
@@ -318,6 +318,18 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 ]
 
 
+def _names(kind: str, list_kind: str, plural: str, singular: str, short_names: tuple[str, ...]) -> dict[str, Any]:
+    """A CRD's `names`; every kind of rayop is in the same categories (`kubectl get rayop` lists them all)."""
+    return {
+        "kind": kind,
+        "listKind": list_kind,
+        "plural": plural,
+        "singular": singular,
+        "shortNames": list(short_names),
+        "categories": list(t.CATEGORIES),
+    }
+
+
 def build_crd() -> dict[str, Any]:
     """The `Ray` CustomResourceDefinition."""
     return {
@@ -333,14 +345,7 @@ def build_crd() -> dict[str, Any]:
         "spec": {
             "group": t.GROUP,
             "scope": "Namespaced",
-            "names": {
-                "kind": t.KIND,
-                "listKind": t.LIST_KIND,
-                "plural": t.PLURAL,
-                "singular": t.SINGULAR,
-                "shortNames": list(t.SHORT_NAMES),
-                "categories": list(t.CATEGORIES),
-            },
+            "names": _names(t.KIND, t.LIST_KIND, t.PLURAL, t.SINGULAR, t.SHORT_NAMES),
             "versions": [
                 {
                     "name": t.VERSION,
@@ -392,14 +397,7 @@ def build_rayjob_crd() -> dict[str, Any]:
     """The `RayJob` CustomResourceDefinition."""
     crd = build_crd()
     crd["metadata"]["name"] = j.CRD_NAME
-    crd["spec"]["names"] = {
-        "kind": j.KIND,
-        "listKind": j.LIST_KIND,
-        "plural": j.PLURAL,
-        "singular": j.SINGULAR,
-        "shortNames": list(j.SHORT_NAMES),
-        "categories": list(j.CATEGORIES),
-    }
+    crd["spec"]["names"] = _names(j.KIND, j.LIST_KIND, j.PLURAL, j.SINGULAR, j.SHORT_NAMES)
     version = crd["spec"]["versions"][0]
     version["schema"] = {"openAPIV3Schema": rayjob_openapi_schema()}
     version["additionalPrinterColumns"] = RAYJOB_PRINTER_COLUMNS

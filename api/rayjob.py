@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayop.api.schema import decode, prop
-from rayop.api.types import DNS_1035_LABEL, GROUP, RayCondition, RaySpec
+from rayop.api.types import DNS_1035_LABEL, GROUP, RayCondition, RaySpec, conditions_field
 
 KIND = "RayJob"
 LIST_KIND = "RayJobList"
 PLURAL = "rayjobs"
 SINGULAR = "rayjob"
 SHORT_NAMES = ("rj",)
-CATEGORIES = ("all", "rayop")
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
 MAX_BACKOFF_LIMIT = 100
@@ -184,13 +183,7 @@ class RayJobStatus:
     cluster_deleted: bool | None = prop(
         "clusterDeleted", "True once the operator deleted the job's own cluster (shutdownAfterJobFinishes)."
     )
-    conditions: tuple[RayCondition, ...] | None = prop(
-        "conditions",
-        "The current observed conditions: " + ", ".join(CONDITION_TYPES) + ".",
-        max_items=16,
-        list_type="map",
-        list_map_keys=("type",),
-    )
+    conditions: tuple[RayCondition, ...] | None = conditions_field(CONDITION_TYPES, max_items=16)
     observed_generation: int | None = prop(
         "observedGeneration", "The metadata.generation the operator last acted on.", minimum=0, int32=False
     )

@@ -92,7 +92,7 @@ def strip_optional(tp: Any) -> Any:
 T = TypeVar("T")
 
 
-def decode(cls: type[T], data: Any, path: str) -> T:
+def decode(cls: type[T], data: object, path: str) -> T:
     """Decode `data` (a JSON object) into dataclass `cls`; raise `DecodeError` on any mismatch."""
     if not isinstance(data, Mapping):
         raise DecodeError(path, f"expected an object, got {_kind(data)}")
@@ -110,7 +110,7 @@ def decode(cls: type[T], data: Any, path: str) -> T:
     return cls(**values)
 
 
-def _kind(value: Any) -> str:
+def _kind(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -128,7 +128,7 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _decode_int(meta: FieldInfo, value: Any, path: str, minimum: float | None = None) -> int:
+def _decode_int(meta: FieldInfo, value: object, path: str, minimum: float | None = None) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -143,7 +143,7 @@ def _decode_int(meta: FieldInfo, value: Any, path: str, minimum: float | None = 
     return value
 
 
-def _decode_str(meta: FieldInfo, value: Any, path: str, max_length: int | None = None) -> str:
+def _decode_str(meta: FieldInfo, value: object, path: str, max_length: int | None = None) -> str:
     if meta.int_or_string and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
@@ -160,7 +160,9 @@ def _decode_str(meta: FieldInfo, value: Any, path: str, max_length: int | None =
     return value
 
 
-def _decode_value(tp: Any, meta: FieldInfo, value: Any, path: str) -> Any:
+# `tp` is a type hint (a class, `tuple[X, ...]`, `Mapping[str, X]`, Any) and the result a value of it: only the
+# dataclass field it is stored in knows which, hence Any.
+def _decode_value(tp: Any, meta: FieldInfo, value: object, path: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is int:
         return _decode_int(meta, value, path)
@@ -177,50 +179,57 @@ def _decode_value(tp: Any, meta: FieldInfo, value: Any, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return decode(tp, value, path)  # type: ignore[arg-type]
     if origin is tuple:
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise DecodeError(path, f"expected an array, got {_kind(value)}")
-        if meta.max_items is not None and len(value) > meta.max_items:
-            raise DecodeError(path, f"must have at most {meta.max_items} items")
-        items = []
-        for i, item in enumerate(value):
-            sub = f"{path}[{i}]"
-            if item_tp is str:
-                items.append(_decode_str(meta, item, sub, meta.item_max_length))
-            else:
-                items.append(_decode_value(item_tp, meta, item, sub))
-        if meta.list_type == "set" and len(set(items)) != len(items):
-            raise DecodeError(path, "must not contain duplicates")
-        if meta.list_map_keys:
-            seen: set[tuple[Any, ...]] = set()
-            for i, item in enumerate(items):
-                key = tuple(getattr(item, k) for k in meta.list_map_keys)
-                if key in seen:
-                    raise DecodeError(f"{path}[{i}]", f"duplicate entry {key[0]!r}")
-                seen.add(key)
-        return tuple(items)
+        return _decode_tuple(typing.get_args(tp)[0], meta, value, path)
     if origin is Mapping or tp is Any or origin is dict:
-        if not isinstance(value, Mapping):
-            raise DecodeError(path, f"expected an object, got {_kind(value)}")
         args = typing.get_args(tp)
-        value_tp = args[1] if args else Any
-        if meta.max_properties is not None and len(value) > meta.max_properties:
-            raise DecodeError(path, f"must have at most {meta.max_properties} entries")
-        if value_tp is Any:
-            return value
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise DecodeError(path, f"keys must be strings, got {_kind(key)}")
-            sub = f"{path}.{key}"
-            if value_tp is int:
-                out[key] = _decode_int(meta, item, sub, meta.item_minimum)
-            elif value_tp is str:
-                out[key] = _decode_str(meta, item, sub, meta.item_max_length)
-            else:
-                out[key] = _decode_value(value_tp, meta, item, sub)
-        return out
+        return _decode_mapping(args[1] if args else Any, meta, value, path)
     raise TypeError(f"unsupported field type {tp!r} at {path}")
+
+
+def _decode_tuple(item_tp: Any, meta: FieldInfo, value: object, path: str) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise DecodeError(path, f"expected an array, got {_kind(value)}")
+    if meta.max_items is not None and len(value) > meta.max_items:
+        raise DecodeError(path, f"must have at most {meta.max_items} items")
+    items = []
+    for i, item in enumerate(value):
+        sub = f"{path}[{i}]"
+        if item_tp is str:
+            items.append(_decode_str(meta, item, sub, meta.item_max_length))
+        else:
+            items.append(_decode_value(item_tp, meta, item, sub))
+    if meta.list_type == "set" and len(set(items)) != len(items):
+        raise DecodeError(path, "must not contain duplicates")
+    if meta.list_map_keys:
+        seen: set[tuple[Any, ...]] = set()
+        for i, item in enumerate(items):
+            key = tuple(getattr(item, k) for k in meta.list_map_keys)
+            if key in seen:
+                raise DecodeError(f"{path}[{i}]", f"duplicate entry {key[0]!r}")
+            seen.add(key)
+    return tuple(items)
+
+
+def _decode_mapping(value_tp: Any, meta: FieldInfo, value: object, path: str) -> Mapping[Any, Any]:
+    """An object; kept as given when its values are untyped (`Mapping[str, Any]`), else decoded value by value."""
+    if not isinstance(value, Mapping):
+        raise DecodeError(path, f"expected an object, got {_kind(value)}")
+    if meta.max_properties is not None and len(value) > meta.max_properties:
+        raise DecodeError(path, f"must have at most {meta.max_properties} entries")
+    if value_tp is Any:
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise DecodeError(path, f"keys must be strings, got {_kind(key)}")
+        sub = f"{path}.{key}"
+        if value_tp is int:
+            out[key] = _decode_int(meta, item, sub, meta.item_minimum)
+        elif value_tp is str:
+            out[key] = _decode_str(meta, item, sub, meta.item_max_length)
+        else:
+            out[key] = _decode_value(value_tp, meta, item, sub)
+    return out
 
 
 def encode(obj: Any) -> Any:

@@ -26,6 +26,7 @@ LIST_KIND = "RayList"
 PLURAL = "rays"
 SINGULAR = "ray"
 SHORT_NAMES = ("rayc",)
+# The categories of both kinds, `Ray` and `RayJob`.
 CATEGORIES = ("all", "rayop")
 
 # Name of the head group and of the worker group the simple (single `worker` template) path creates.
@@ -97,9 +98,29 @@ _START_PARAMS_DOC = (
 )
 
 
-def _start_params_rules(field: str) -> tuple[tuple[str, str], ...]:
+def _start_params(json: str, whose: str, field: str) -> Any:
+    """A map of extra `ray start` flags for `whose` pods, which must not set the operator's own flags (`field`
+    names it in the CEL message)."""
     rule = " && ".join(f"!('{k}' in self)" for k in MANAGED_START_PARAMS)
-    return ((rule, f"{field} must not set {', '.join(MANAGED_START_PARAMS)}: the operator sets these ray start flags"),)
+    message = f"{field} must not set {', '.join(MANAGED_START_PARAMS)}: the operator sets these ray start flags"
+    return prop(
+        json,
+        f"Extra `ray start` flags for {whose}. " + _START_PARAMS_DOC,
+        int_or_string=True,
+        max_properties=64,
+        rules=((rule, message),),
+    )
+
+
+def conditions_field(types: tuple[str, ...], max_items: int) -> Any:
+    """`status.conditions` of a kind whose condition types are `types` (the `Ray` kind's and the `RayJob` kind's)."""
+    return prop(
+        "conditions",
+        "The current observed conditions: " + ", ".join(types) + ".",
+        max_items=max_items,
+        list_type="map",
+        list_map_keys=("type",),
+    )
 
 
 def _count(json: str, doc: str, **kwargs: Any) -> Any:
@@ -149,12 +170,8 @@ class WorkerGroupSpec:
         "How many worker pods the group starts with; must lie within [minWorkers, maxWorkers]. Defaults to "
         "minWorkers. With autoscaling disabled it is the fixed size of the group.",
     )
-    ray_start_params: Mapping[str, str] | None = prop(
-        "rayStartParams",
-        "Extra `ray start` flags for this group's pods. " + _START_PARAMS_DOC,
-        int_or_string=True,
-        max_properties=64,
-        rules=_start_params_rules("spec.workerGroups[].rayStartParams"),
+    ray_start_params: Mapping[str, str] | None = _start_params(
+        "rayStartParams", "this group's pods", "spec.workerGroups[].rayStartParams"
     )
     rolling_update: RollingUpdateSpec | None = prop(
         "rollingUpdate", "This group's surge and unavailability bounds; overrides spec.rollingUpdate."
@@ -238,19 +255,11 @@ class RaySpec:
         "unset, the operator's default Ray image is used.",
         min_length=1,
     )
-    head_ray_start_params: Mapping[str, str] | None = prop(
-        "headRayStartParams",
-        "Extra `ray start` flags for the head. " + _START_PARAMS_DOC,
-        int_or_string=True,
-        max_properties=64,
-        rules=_start_params_rules("spec.headRayStartParams"),
+    head_ray_start_params: Mapping[str, str] | None = _start_params(
+        "headRayStartParams", "the head", "spec.headRayStartParams"
     )
-    worker_ray_start_params: Mapping[str, str] | None = prop(
-        "workerRayStartParams",
-        "Extra `ray start` flags for the `worker` group. " + _START_PARAMS_DOC,
-        int_or_string=True,
-        max_properties=64,
-        rules=_start_params_rules("spec.workerRayStartParams"),
+    worker_ray_start_params: Mapping[str, str] | None = _start_params(
+        "workerRayStartParams", "the `worker` group", "spec.workerRayStartParams"
     )
     worker_groups: tuple[WorkerGroupSpec, ...] | None = prop(
         "workerGroups",
@@ -374,13 +383,7 @@ class RayStatus:
     desired_workers: int | None = prop(
         "desiredWorkers", "Worker pods the cluster should have now, over every group.", minimum=0
     )
-    conditions: tuple[RayCondition, ...] | None = prop(
-        "conditions",
-        "The current observed conditions: " + ", ".join(CONDITION_TYPES) + ".",
-        max_items=32,
-        list_type="map",
-        list_map_keys=("type",),
-    )
+    conditions: tuple[RayCondition, ...] | None = conditions_field(CONDITION_TYPES, max_items=32)
     start_time: str | None = prop(
         "startTime",
         "When the operator first acknowledged this Ray (RFC 3339, UTC); not guaranteed to be ordered across "
