@@ -179,7 +179,7 @@ def _service_spec(spec: Section, ctx: Context) -> dict[str, Any]:
     return kept
 
 
-def _template_labels(template: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def _template_labels(template: Mapping[str, Any] | None) -> Mapping[object, object]:
     meta = (template or {}).get("metadata")
     found = meta.get("labels") if isinstance(meta, Mapping) else None
     return found if isinstance(found, Mapping) else {}

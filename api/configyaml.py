@@ -109,8 +109,7 @@ def _load(text: str) -> object:
         raise ConfigurationError(f"invalid YAML value: {e}", field=CONFIG_PATH) from None
 
 
-# The values are whatever the YAML holds, checked key by key where they are read (`Section`), hence Any.
-def parse_configuration(text: str) -> dict[str, Any]:
+def parse_configuration(text: str) -> dict[str, object]:
     """Parse a cluster-launcher configuration; ConfigurationError with line and column when it is not valid YAML."""
     loaded = _load(text)
     if loaded is None:
@@ -140,8 +139,8 @@ class Section:
         for key in data:
             if not isinstance(key, str):
                 raise ConfigurationError(f"keys must be strings, got {short(key)}", field=path)
-        # The values are the YAML's, untyped until a getter below checks them.
-        self.data: Mapping[str, Any] = data
+        # The values are the YAML's, whatever it holds, until a getter below checks them.
+        self.data: Mapping[str, object] = data
         self.path = path
         self.warnings = warnings
         self.seen: set[str] = set()
@@ -152,8 +151,8 @@ class Section:
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
 
-    # Any: the value as the YAML has it, for the caller to check.
-    def get(self, key: str) -> Any:
+    def get(self, key: str) -> object:
+        """The value as the YAML has it, for the caller to check."""
         self.seen.add(key)
         return self.data.get(key)
 

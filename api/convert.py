@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
 
 from rayop.api.configform import from_configuration
 from rayop.api.configyaml import CONFIG_PATH, parse_configuration
@@ -52,7 +51,7 @@ from rayop.api.types import SHAPE_FIELDS, RaySpec
 __all__ = ["effective_cluster", "convert_spec", "parse_configuration", "CONFIG_PATH"]
 
 
-def effective_cluster(ray: Mapping[str, Any]) -> Conversion:
+def effective_cluster(ray: Mapping[str, object]) -> Conversion:
     """Convert a `Ray` object (decoded JSON) into the effective cluster model plus warnings.
 
     Raises `ConfigurationError` when the object cannot describe a cluster.

@@ -149,7 +149,7 @@ def _description(cls: type) -> str:
     return " ".join((cls.__doc__ or "").split())
 
 
-def _scalar(tp: Any, meta: FieldInfo, *, for_items: bool = False) -> dict[str, Any]:
+def _scalar(tp: object, meta: FieldInfo, *, for_items: bool = False) -> dict[str, Any]:
     if meta.int_or_string and tp is str:
         return {"x-kubernetes-int-or-string": True}
     if tp is int:
@@ -184,7 +184,7 @@ def _scalar(tp: Any, meta: FieldInfo, *, for_items: bool = False) -> dict[str, A
     raise TypeError(f"no schema for {tp!r}")
 
 
-def _field_schema(tp: Any, meta: FieldInfo) -> dict[str, Any]:
+def _field_schema(tp: object, meta: FieldInfo) -> dict[str, Any]:
     tp = strip_optional(tp)
     origin = typing.get_origin(tp)
     schema: dict[str, Any]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from rayop.api.quantity import parse_quantity
 
@@ -135,7 +134,7 @@ _KEEP_ALIVE = (
 _SHELLS = ("/bin/bash", "/bin/sh", "bash", "sh", "/usr/bin/env bash", "/usr/bin/bash")
 
 
-def keep_alive(command: Any, args: Any) -> bool:
+def keep_alive(command: object, args: object) -> bool:
     """True when a container's `command` + `args` only keep the container alive (what `ray up` configs used)."""
     parts = [p for p in [*(command if isinstance(command, list) else []), *(args if isinstance(args, list) else [])]]
     if not parts or not all(isinstance(p, str) for p in parts):
@@ -175,7 +174,7 @@ def expand(value: str, env: Mapping[str, str | None]) -> str | None:
     return None if missing else out
 
 
-def container_env(container: Mapping[str, Any]) -> dict[str, str | None]:
+def container_env(container: Mapping[str, object]) -> dict[str, str | None]:
     """The container's variables as far as its manifest determines them: `value` (with `$(X)` expanded from earlier
     ones) and `resourceFieldRef` of its own requests/limits; None for the others (known to exist, value unknown)."""
     env: dict[str, str | None] = {}
@@ -195,7 +194,7 @@ def container_env(container: Mapping[str, Any]) -> dict[str, str | None]:
     return env
 
 
-def _resource_field(container: Mapping[str, Any], ref: Mapping[str, Any]) -> str | None:
+def _resource_field(container: Mapping[str, object], ref: Mapping[str, object]) -> str | None:
     """What the kubelet puts into a `resourceFieldRef` variable (requests default to limits; limits unknown when
     unset: they would be the node's allocatable), rounded up to a whole number of `divisor` as Kubernetes does."""
     resource = ref.get("resource")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,7 +207,7 @@ def _check_shape(value: object, shape: str, where: str) -> None:
                 raise ConfigurationError(f"must be a string, got {short(item)}", field=f"{where}[{i}]")
 
 
-def _check_fields(parent: Mapping[str, Any], shapes: Mapping[str, str], where: str) -> None:
+def _check_fields(parent: Mapping[str, object], shapes: Mapping[str, str], where: str) -> None:
     """Each of `shapes`' keys that `parent` sets has that shape."""
     for key, shape in shapes.items():
         if parent.get(key) is not None:
@@ -215,7 +215,7 @@ def _check_fields(parent: Mapping[str, Any], shapes: Mapping[str, str], where: s
 
 
 # The items were checked to be mappings (shape "objects") before; None when the list is unset.
-def _check_items(items: list[Mapping[str, Any]] | None, fields: Mapping[str, str], where: str) -> None:
+def _check_items(items: Sequence[Mapping[str, object]] | None, fields: Mapping[str, str], where: str) -> None:
     for i, item in enumerate(items or ()):
         for key, shape in fields.items():
             value = item.get(key)
@@ -258,7 +258,7 @@ def _check_container(container: Mapping[str, Any], where: str) -> None:
 # -- reading templates ------------------------------------------------------------------------------------------------
 
 
-def first_container(template: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def first_container(template: Mapping[str, Any] | None) -> Mapping[str, object]:
     """The Ray container of a template (its first container), or {} when there is none or it is malformed."""
     if not template:
         return {}
@@ -271,7 +271,7 @@ def first_container(template: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return containers[0]
 
 
-def ray_container(template: Mapping[str, Any] | None, head: bool) -> tuple[int, Mapping[str, Any]]:
+def ray_container(template: Mapping[str, Any] | None, head: bool) -> tuple[int, Mapping[str, object]]:
     """(index, container) of the Ray container as the builders choose it: the one named ray-head (ray-worker),
     else the first; (-1, {}) when there is none."""
     spec = (template or {}).get("spec")

@@ -79,7 +79,7 @@ def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def strip_optional(tp: Any) -> Any:
+def strip_optional(tp: object) -> object:
     """`X | None` -> X."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -160,9 +160,9 @@ def _decode_str(meta: FieldInfo, value: object, path: str, max_length: int | Non
     return value
 
 
-# `tp` is a type hint (a class, `tuple[X, ...]`, `Mapping[str, X]`, Any) and the result a value of it: only the
-# dataclass field it is stored in knows which, hence Any.
-def _decode_value(tp: Any, meta: FieldInfo, value: object, path: str) -> Any:
+# `tp` is a type hint (a class, `tuple[X, ...]`, `Mapping[str, X]`, Any); the result is a value of that type, which
+# only the dataclass field it goes into knows, hence Any.
+def _decode_value(tp: object, meta: FieldInfo, value: object, path: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is int:
         return _decode_int(meta, value, path)
@@ -186,7 +186,7 @@ def _decode_value(tp: Any, meta: FieldInfo, value: object, path: str) -> Any:
     raise TypeError(f"unsupported field type {tp!r} at {path}")
 
 
-def _decode_tuple(item_tp: Any, meta: FieldInfo, value: object, path: str) -> tuple[Any, ...]:
+def _decode_tuple(item_tp: object, meta: FieldInfo, value: object, path: str) -> tuple[Any, ...]:
     if not isinstance(value, (list, tuple)):
         raise DecodeError(path, f"expected an array, got {_kind(value)}")
     if meta.max_items is not None and len(value) > meta.max_items:
@@ -210,7 +210,7 @@ def _decode_tuple(item_tp: Any, meta: FieldInfo, value: object, path: str) -> tu
     return tuple(items)
 
 
-def _decode_mapping(value_tp: Any, meta: FieldInfo, value: object, path: str) -> Mapping[Any, Any]:
+def _decode_mapping(value_tp: object, meta: FieldInfo, value: object, path: str) -> Mapping[Any, Any]:
     """An object; kept as given when its values are untyped (`Mapping[str, Any]`), else decoded value by value."""
     if not isinstance(value, Mapping):
         raise DecodeError(path, f"expected an object, got {_kind(value)}")
