@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from rayop.api.configform import from_configuration
-from rayop.api.configyaml import CONFIG_PATH, parse_configuration
+from rayop.api.configyaml import parse_configuration
 from rayop.api.groups import FormResult, clamping_initial
 from rayop.api.kubeform import from_structured
 from rayop.api.model import (
@@ -48,7 +48,7 @@ from rayop.api.modelcheck import MAX_TEMPLATE_VALUES, Budget, check_name
 from rayop.api.schema import DecodeError, decode
 from rayop.api.types import SHAPE_FIELDS, RaySpec
 
-__all__ = ["effective_cluster", "convert_spec", "parse_configuration", "CONFIG_PATH"]
+__all__ = ["effective_cluster", "convert_spec", "parse_configuration"]
 
 
 def effective_cluster(ray: Mapping[str, object]) -> Conversion:

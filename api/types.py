@@ -99,8 +99,8 @@ _START_PARAMS_DOC = (
 
 
 def _start_params(json: str, whose: str, field: str) -> Any:
-    """A map of extra `ray start` flags for `whose` pods, which must not set the operator's own flags (`field`
-    names it in the CEL message)."""
+    """A map of extra `ray start` flags (`whose`: which pods they are for), which must not set the operator's own
+    flags (`field` names the map in the CEL message)."""
     rule = " && ".join(f"!('{k}' in self)" for k in MANAGED_START_PARAMS)
     message = f"{field} must not set {', '.join(MANAGED_START_PARAMS)}: the operator sets these ray start flags"
     return prop(
