@@ -25,7 +25,8 @@ Guarantees:
   goes before a new one is ready. `Plan.progress` says where the rolling group stands.
 - The head: created when missing (after a terminating head is gone); recreated only when its own template hash
   changes (deleted first, created once gone: never two live heads) or when it failed (delete and create at once,
-  with the same back-off as workers). Extra heads are deleted.
+  with the same back-off as workers). Extra heads are deleted: the one kept is `rayop.objects.choose_head`'s, the
+  one the status reports.
 - Named children (RBAC, ConfigMap, Service) are created when missing, patched (JSON merge patch of the fields the
   operator owns) when they drifted, deleted when no longer wanted; immutable fields that drifted mean delete and
   re-create. One launcher Job exists per (head pod UID, config hash); older launcher Jobs are deleted.

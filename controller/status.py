@@ -8,6 +8,8 @@ Guarantees:
   a transition); `startTime` is set once; `lastReconcileTime` is the time of the last reconcile that changed the
   status (with `Options.status_refresh_seconds` above 0 it is also refreshed once older than that) — so an idle
   cluster costs no status write.
+- The head is `rayop.objects.choose_head`'s, the one the plan keeps; the pods are counted as `rayop.objects.classify`
+  groups them for the plan.
 - Honest readiness: `Ready` is True only when the head pod is Ready and every group has at least its desired
   number of Ready worker pods; pending, terminating or failed pods never count. A `Ray` whose configuration is
   invalid is never Ready (`InvalidConfiguration`), but its pods are still counted.

@@ -13,6 +13,7 @@ Checked by reading every module's imports (ast), so a violation fails here befor
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,16 @@ def test_every_module_of_the_pure_layers_has_a_rule_of_its_own() -> None:
     for module, _ in modules():
         if module.count(".") == 1 and not module.startswith(("rayop.api", "rayop.runtime", "rayop.inpod")):
             assert module in named, f"{module} has no layer in RULES"
+
+
+def test_the_architecture_page_draws_every_layer() -> None:
+    """docs/architecture.md's diagram names every module that has a rule here, so the page stays true."""
+    page = (REPO / "docs" / "architecture.md").read_text()
+    # Each layer's line names its modules (comma-separated), then its description after a wide gap.
+    lines = page.split("```")[1].splitlines()
+    names = {n.strip() for line in lines for n in re.split(r"\s{3,}", line.strip())[0].split(",")}
+    for prefix, _ in RULES:
+        # The runtime and the in-pod programs stand beside the layers; the text below the diagram names them.
+        if prefix in ("rayop", "rayop.runtime", "rayop.inpod", "rayop.jobsubmit", "rayop.jobplan"):
+            continue
+        assert prefix.removeprefix("rayop.") in names, f"{prefix} is missing from docs/architecture.md's layers"
