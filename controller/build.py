@@ -28,7 +28,7 @@ import hashlib
 import json
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from rayop.api.quantity import ceil_quantity
@@ -729,11 +729,6 @@ class Desired:
     autoscaler: tuple[Body, ...] = ()
     # The Services the configuration declares (provider.services).
     services: tuple[Body, ...] = ()
-    _by_group: Mapping[str, GroupPods] = field(default_factory=dict, compare=False, repr=False)
-
-    def worker(self, group: str) -> GroupPods | None:
-        return self._by_group.get(group)
-
     def template_hashes(self) -> dict[str, str]:
         """Group name -> template hash, the head included (as `head`)."""
         return {self.head.group: self.head.template_hash, **{w.group: w.template_hash for w in self.workers}}
@@ -779,5 +774,4 @@ def build_children(ray: Body, model: ClusterModel, options: Options, *,
         config_hash=stable_hash(config_text),
         autoscaler=tuple(rbac),
         services=tuple(build_declared_service(owner, model, s) for s in model.services),
-        _by_group={w.group: w for w in workers},
     )

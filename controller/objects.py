@@ -272,7 +272,7 @@ class Observed:
     config_maps: Sequence[Body] = ()
     jobs: Sequence[Body] = ()
     service_accounts: Sequence[Body] = ()
-    roles: Sequence[Body] = ()
+    roles: Sequence[Body] = ()  # RBAC Roles (the kind), not the pods' roles
     role_bindings: Sequence[Body] = ()
     # The pods of the launcher Jobs (owned by the Jobs, not the `Ray`): read for the launcher's summary only.
     launcher_pods: Sequence[Body] = ()
