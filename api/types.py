@@ -76,12 +76,6 @@ CONDITION_TYPES = (
     CONDITION_CONFIGURATION_VALID,
 )
 
-# Labels every child object carries.
-LABEL_CLUSTER = "ray.k8s.io/cluster"
-LABEL_NODE_KIND = "ray.k8s.io/node-kind"
-LABEL_GROUP = "ray.k8s.io/group"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-
 PodTemplate = Mapping[str, Any]
 
 _POD_TEMPLATE_DOC = (

@@ -28,17 +28,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
-
 import yaml
 
-from rayop.api.model import ClusterModel, RayResources
-from rayop.api.types import (
-    GROUP,
-    HEAD_GROUP,
-    PLURAL,
-    VERSION,
-)
+from rayop.api.model import ClusterModel, RayResources, WorkerGroup
+from rayop.api.types import GROUP, HEAD_GROUP, PLURAL, VERSION
+from rayop.objects import GCS_PORT, JSON, Body
 
 __all__ = [
     "INPOD_DIR",
@@ -48,8 +42,6 @@ __all__ = [
     "MONITOR_FILE",
     "LAUNCHER_FILE",
     "PROVIDER_MODULE",
-    "HEAD_NODE_TYPE",
-    "GCS_PORT",
     "DEFAULT_LAUNCH_TIMEOUT_SECONDS",
     "HEAD_ENV",
     "build_autoscaler_config",
@@ -76,10 +68,7 @@ DRAIN_FILE = "rayop_drain.py"
 INPOD_FILES = (PROVIDER_FILE, MONITOR_FILE, LAUNCHER_FILE)
 PROVIDER_MODULE = "rayop_provider.RayopNodeProvider"
 
-HEAD_NODE_TYPE = HEAD_GROUP
-GCS_PORT = 6379
 DEFAULT_LAUNCH_TIMEOUT_SECONDS = 600
-# How long a worker pod may be Running without becoming Ready before the operator replaces it.
 
 # The head runs no monitor of its own (`ray start --head --no-monitor`) and keeps autoscaler v2 off: v2 cannot drive
 # a batching node provider. The builders put this on the head's Ray container and on the sidecar.
@@ -103,41 +92,30 @@ _EMPTY_LIST_KEYS = (
 # -- the config producer --------------------------------------------------------------------------------------------
 
 
-def build_autoscaler_config(
-    model: ClusterModel, *, resources: Mapping[str, RayResources] | None = None
-) -> dict[str, Any]:
+def build_autoscaler_config(model: ClusterModel, *, resources: Mapping[str, RayResources] | None = None) -> JSON:
     """The Ray autoscaler config (`ray up` format, `available_node_types` form) for the effective cluster.
 
     `resources` overrides what a group's node offers, by group name (`head` for the head): the builders pass what
     the pods they build actually get (e.g. the operator's default container resources), so that the autoscaler
-    plans with the same numbers.
+    plans with the same numbers. The head's node type is named like its group (`head`).
     """
     scaling = model.autoscaling
     overrides = resources or {}
-    node_types: dict[str, Any] = {
-        HEAD_NODE_TYPE: {
-            "resources": _integer_resources(overrides.get(HEAD_NODE_TYPE, model.head.resources)),
+    node_types: JSON = {
+        HEAD_GROUP: {
+            "resources": _integer_resources(overrides.get(HEAD_GROUP, model.head.resources)),
             "node_config": {},
             "min_workers": 0,
             "max_workers": 0,
         }
     }
     for group in model.worker_groups:
-        low, high = (group.min_workers, group.max_workers) if scaling.enabled else (group.desired_workers,) * 2
-        node_type: dict[str, Any] = {
-            "resources": _integer_resources(overrides.get(group.name, group.resources)),
-            "node_config": {},
-            "min_workers": low,
-            "max_workers": high,
-        }
-        if group.idle_timeout_seconds is not None:
-            node_type["idle_timeout_s"] = float(group.idle_timeout_seconds)
-        node_types[group.name] = node_type
+        node_types[group.name] = _worker_node_type(group, overrides.get(group.name, group.resources), scaling.enabled)
     if scaling.enabled:
         max_workers = scaling.max_workers
     else:
         max_workers = sum(g.desired_workers for g in model.worker_groups)
-    config: dict[str, Any] = {
+    config: JSON = {
         "cluster_name": model.name,
         "max_workers": max_workers,
         "upscaling_speed": float(scaling.upscaling_speed),
@@ -155,12 +133,26 @@ def build_autoscaler_config(
             "worker_liveness_check": False,
         },
         "available_node_types": node_types,
-        "head_node_type": HEAD_NODE_TYPE,
+        "head_node_type": HEAD_GROUP,
     }
     config.update({key: {} for key in _EMPTY_OBJECT_KEYS})
     config.update({key: [] for key in _EMPTY_LIST_KEYS})
     config["file_mounts_sync_continuously"] = False
     return config
+
+
+def _worker_node_type(group: WorkerGroup, resources: RayResources, autoscaling: bool) -> JSON:
+    """A worker group's node type; without autoscaling its bounds are its desired count."""
+    low, high = (group.min_workers, group.max_workers) if autoscaling else (group.desired_workers,) * 2
+    node_type: JSON = {
+        "resources": _integer_resources(resources),
+        "node_config": {},
+        "min_workers": low,
+        "max_workers": high,
+    }
+    if group.idle_timeout_seconds is not None:
+        node_type["idle_timeout_s"] = float(group.idle_timeout_seconds)
+    return node_type
 
 
 def _integer_resources(res: RayResources) -> dict[str, int]:
@@ -180,7 +172,7 @@ def render_autoscaler_config(model: ClusterModel) -> str:
     return text
 
 
-def validate_with_ray(config: Mapping[str, Any]) -> str | None:
+def validate_with_ray(config: Body) -> str | None:
     """Run Ray's own validator on `config`: None when Ray accepts it, else Ray's message (with the offending key).
 
     Imports `ray` lazily (the operator's image has no Ray; tests and the in-pod launcher do): raises ImportError when
@@ -207,7 +199,7 @@ def describe_validation_error(error: BaseException) -> str:
 # -- what the builders need -----------------------------------------------------------------------------------------
 
 
-def autoscaler_role_rules(name: str) -> list[dict[str, Any]]:
+def autoscaler_role_rules(name: str) -> list[JSON]:
     """The least RBAC the autoscaler of the `Ray` named `name` needs, as Role rules (namespace-scoped).
 
     List and watch cannot be restricted by resourceNames, so pods are readable namespace-wide; the `Ray` can be read
@@ -245,7 +237,7 @@ def monitor_command(config_path: str = CONFIG_PATH) -> list[str]:
     return ["python", f"{INPOD_DIR}/{MONITOR_FILE}", "--config", config_path]
 
 
-def monitor_env(name: str) -> list[dict[str, Any]]:
+def monitor_env(name: str) -> list[JSON]:
     """The autoscaler sidecar's environment: the cluster's identity from the downward API, the in-pod code on the
     Python path, autoscaler v2 off."""
     return [
@@ -307,7 +299,7 @@ def parse_launch_summary(text: str | None, *, exit_code: int | None = None) -> L
     Takes the last line that parses as a JSON object; never raises. Without one, the exit code decides: 0 is a
     success without details, anything else a failure with reason `NoSummary`.
     """
-    data: Mapping[str, Any] | None = None
+    data: Body | None = None
     for line in reversed((text or "").strip().splitlines()):
         try:
             candidate = json.loads(line)
@@ -339,11 +331,11 @@ def parse_launch_summary(text: str | None, *, exit_code: int | None = None) -> L
     )
 
 
-def _int_or_none(value: Any) -> int | None:
+def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _float_or_none(value: Any) -> float | None:
+def _float_or_none(value: object) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None

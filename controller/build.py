@@ -28,22 +28,12 @@ import hashlib
 import json
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from rayop.api.quantity import ceil_quantity
 from rayop.api.model import ClusterModel, DeclaredService, HeadGroup, RayResources, WorkerGroup
-from rayop.api.types import (
-    API_VERSION,
-    GROUP,
-    HEAD_GROUP,
-    KIND,
-    LABEL_CLUSTER,
-    LABEL_GROUP,
-    LABEL_MANAGED_BY,
-    LABEL_NODE_KIND,
-    NAME_LIMIT,
-)
+from rayop.api.types import API_VERSION, HEAD_GROUP, KIND, NAME_LIMIT
 from rayop.autoscaler import (
     build_autoscaler_config,
     CONFIG_FILE,
@@ -56,33 +46,44 @@ from rayop.autoscaler import (
     monitor_env,
 )
 from rayop.defaults import Options
-
-JSON = dict[str, Any]
+from rayop.objects import (
+    AGENT_PORT,
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_HEAD_UID,
+    ANNOTATION_REPLACEMENTS,
+    AUTOSCALER_CONTAINER,
+    CLIENT_PORT,
+    DASHBOARD_PORT,
+    GCS_PORT,
+    HEAD_CONTAINER,
+    LABEL_CLUSTER,
+    LABEL_GROUP,
+    LABEL_MANAGED_BY,
+    LABEL_ROLE,
+    LABEL_TEMPLATE_HASH,
+    LAUNCHER_CONTAINER,
+    MANAGED_BY,
+    METRICS_PORT,
+    ROLE_AUTOSCALER,
+    ROLE_CONFIG,
+    ROLE_HEAD,
+    ROLE_LAUNCHER,
+    ROLE_SERVICE,
+    ROLE_WORKER,
+    WORKER_CONTAINER,
+    JSON,
+    Body,
+    head_fqdn,
+    head_service_name,
+    meta,
+    name_of,
+    spec_of,
+    uid_of,
+)
 
 # Bump to roll every Ray pod on purpose when the generated pods change in a way running pods must pick up.
 HASH_VERSION = 1
 
-MANAGED_BY = "rayop"
-LABEL_TEMPLATE_HASH = f"{GROUP}/template-hash"
-# How often the pod slot this pod fills has been refilled after failures (drives the replacement back-off).
-ANNOTATION_REPLACEMENTS = f"{GROUP}/replacements"
-ANNOTATION_HEAD_UID = f"{GROUP}/head-uid"
-ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
-
-KIND_HEAD = "head"
-KIND_WORKER = "worker"
-KIND_LAUNCHER = "launcher"
-KIND_CONFIG = "config"
-KIND_AUTOSCALER = "autoscaler"
-KIND_SERVICE = "service"
-
-HEAD_CONTAINER = "ray-head"
-WORKER_CONTAINER = "ray-worker"
-AUTOSCALER_CONTAINER = "autoscaler"
-LAUNCHER_CONTAINER = "launcher"
-
-CONFIG_DIR = INPOD_DIR
-AUTOSCALER_CONFIG_KEY = CONFIG_FILE
 CONFIGURATION_KEY = "configuration.yaml"
 CONFIG_VOLUME = "rayop-config"
 SHM_VOLUME = "shared-mem"
@@ -90,12 +91,6 @@ SHM_VOLUME = "shared-mem"
 DRAIN_MARKER = "/dev/shm/rayop-drained"
 LOG_VOLUME = "ray-logs"
 RAY_TMP = "/tmp/ray"
-
-GCS_PORT = 6379
-DASHBOARD_PORT = 8265
-CLIENT_PORT = 10001
-METRICS_PORT = 8080
-AGENT_PORT = 52365
 HEALTH_PATH = "/api/healthz"
 # Ray releases from this one on answer a single health endpoint on the dashboard agent (raylet, and GCS on the head).
 UNIFIED_HEALTH_SINCE = (2, 53)
@@ -114,13 +109,13 @@ _LAUNCHER_PREFIX_LIMIT = NAME_LIMIT - len("-launcher-") - 8
 # -- small pure helpers -----------------------------------------------------------------------------------------
 
 
-def stable_hash(value: Any, length: int = 16) -> str:
+def stable_hash(value: object, length: int = 16) -> str:
     """A hex digest of `value` as sorted, compact JSON: equal values give equal hashes across runs and processes."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def _json_default(value: Any) -> Any:
+def _json_default(value: object) -> object:
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, (tuple, frozenset, set)):
@@ -137,10 +132,6 @@ def _clone(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_clone(v) for v in value]
     return value
-
-
-def head_service_name(name: str) -> str:
-    return f"{name}-head"
 
 
 def config_map_name(name: str) -> str:
@@ -172,18 +163,13 @@ def namespace_of(model: ClusterModel) -> str:
     return model.namespace or "default"
 
 
-def head_host(model: ClusterModel, options: Options) -> str:
-    """The head Service's fully qualified DNS name."""
-    return f"{head_service_name(model.name)}.{namespace_of(model)}.svc.{options.cluster_domain}"
-
-
 def head_address(model: ClusterModel, options: Options) -> str:
     """Where workers and the launcher find the GCS: `<name>-head.<namespace>.svc.<domain>:6379`."""
-    return f"{head_host(model, options)}:{GCS_PORT}"
+    return f"{head_fqdn(model.name, namespace_of(model), options.cluster_domain)}:{GCS_PORT}"
 
 
-def child_labels(cluster: str, kind: str, group: str) -> JSON:
-    return {LABEL_CLUSTER: cluster, LABEL_NODE_KIND: kind, LABEL_GROUP: group, LABEL_MANAGED_BY: MANAGED_BY}
+def child_labels(cluster: str, role: str, group: str) -> JSON:
+    return {LABEL_CLUSTER: cluster, LABEL_ROLE: role, LABEL_GROUP: group, LABEL_MANAGED_BY: MANAGED_BY}
 
 
 @dataclass(frozen=True)
@@ -195,10 +181,8 @@ class Owner:
     uid: str = ""
 
     @classmethod
-    def of(cls, ray: Mapping[str, Any]) -> Owner:
-        meta = ray.get("metadata") or {}
-        return cls(name=str(meta.get("name") or ""), namespace=str(meta.get("namespace") or "default"),
-                   uid=str(meta.get("uid") or ""))
+    def of(cls, ray: Body) -> Owner:
+        return cls(name=name_of(ray), namespace=str(meta(ray).get("namespace") or "default"), uid=uid_of(ray))
 
     def references(self) -> list[JSON]:
         """The controller ownerReference list (empty when there is no UID to point at)."""
@@ -238,18 +222,18 @@ def image_ray_version(image: str) -> tuple[int, int] | None:
 # -- Ray resources and `ray start` --------------------------------------------------------------------------------
 
 
-def _has_resources(container: Mapping[str, Any]) -> bool:
+def _has_resources(container: Body) -> bool:
     res = container.get("resources")
     return isinstance(res, Mapping) and bool(res.get("limits") or res.get("requests"))
 
 
-def _template_ray_container(template: Mapping[str, Any] | None, kind: str) -> tuple[int, Mapping[str, Any]]:
+def _template_ray_container(template: Body | None, role: str) -> tuple[int, Body]:
     """(index, container) of the Ray container: the one named ray-head/ray-worker, else the first; (0, {}) if none."""
     spec = (template or {}).get("spec")
     containers = spec.get("containers") if isinstance(spec, Mapping) else None
     if not isinstance(containers, list) or not containers:
         return 0, {}
-    wanted = HEAD_CONTAINER if kind == KIND_HEAD else WORKER_CONTAINER
+    wanted = HEAD_CONTAINER if role == ROLE_HEAD else WORKER_CONTAINER
     for i, c in enumerate(containers):
         if isinstance(c, Mapping) and c.get("name") == wanted:
             return i, c
@@ -257,7 +241,7 @@ def _template_ray_container(template: Mapping[str, Any] | None, kind: str) -> tu
     return 0, first if isinstance(first, Mapping) else {}
 
 
-def _default_quantity(value: Any) -> int | None:
+def _default_quantity(value: object) -> int | None:
     try:
         return ceil_quantity(value)
     except ValueError:
@@ -267,12 +251,12 @@ def _default_quantity(value: Any) -> int | None:
 def ray_resources(group: HeadGroup | WorkerGroup, options: Options) -> RayResources:
     """What a group's Ray node offers: the model's resources, with CPU and memory of the operator's default
     container resources when the Ray container declares none. The autoscaler config must use the same values."""
-    kind = KIND_HEAD if isinstance(group, HeadGroup) else KIND_WORKER
-    _, container = _template_ray_container(group.template, kind)
+    role = ROLE_HEAD if isinstance(group, HeadGroup) else ROLE_WORKER
+    _, container = _template_ray_container(group.template, role)
     res = group.resources
     if _has_resources(container):
         return res
-    defaults = options.head_resources if kind == KIND_HEAD else options.worker_resources
+    defaults = options.head_resources if role == ROLE_HEAD else options.worker_resources
     limits = defaults.get("limits") or defaults.get("requests") or {}
     cpu = res.cpu if res.cpu is not None else _default_quantity(limits.get("cpu"))
     memory = res.memory if res.memory is not None else _default_quantity(limits.get("memory"))
@@ -325,8 +309,8 @@ class GroupPods:
     """The pod every member of a group is created from, and how many the group wants now."""
 
     group: str
-    kind: str
-    manifest: Mapping[str, Any]
+    role: str
+    manifest: Body
     template_hash: str
     desired: int
 
@@ -373,17 +357,17 @@ def _add_volume(spec: JSON, container: JSON, *, name: str, path: str, source: JS
         other.setdefault("volumeMounts", []).append(dict(mount))
 
 
-def _probe(kind: str, image: str, params: Mapping[str, str], *, liveness: bool) -> JSON:
+def _probe(role: str, image: str, params: Mapping[str, str], *, liveness: bool) -> JSON:
     agent_port = int(params.get("dashboard-agent-listen-port", AGENT_PORT))
     version = image_ray_version(image)
-    timeout = 5 if kind == KIND_HEAD else 2
+    timeout = 5 if role == ROLE_HEAD else 2
     probe: JSON
     if version is not None and version >= UNIFIED_HEALTH_SINCE:
         probe = {"httpGet": {"path": HEALTH_PATH, "port": agent_port}}
     else:
         check = f"wget --tries 1 -T {timeout} -q -O- http://localhost:%d/%s | grep success"
         commands = [check % (agent_port, "api/local_raylet_healthz")]
-        if kind == KIND_HEAD:
+        if role == ROLE_HEAD:
             dashboard = int(params.get("dashboard-port", DASHBOARD_PORT))
             commands.append(check % (dashboard, "api/gcs_healthz"))
         probe = {"exec": {"command": ["bash", "-c", " && ".join(commands)]}}
@@ -396,15 +380,15 @@ def _probe(kind: str, image: str, params: Mapping[str, str], *, liveness: bool) 
     return probe
 
 
-def _pod_fingerprint(model: ClusterModel, group: HeadGroup | WorkerGroup, kind: str, image: str,
-                     options: Options) -> Any:
+def _pod_fingerprint(model: ClusterModel, group: HeadGroup | WorkerGroup, role: str, image: str,
+                     options: Options) -> JSON:
     used: JSON = {"pull": options.image_pull_policy, "probes": options.probes}
-    _, container = _template_ray_container(group.template, kind)
+    _, container = _template_ray_container(group.template, role)
     if not _has_resources(container):
-        used["resources"] = options.head_resources if kind == KIND_HEAD else options.worker_resources
+        used["resources"] = options.head_resources if role == ROLE_HEAD else options.worker_resources
     value: JSON = {
         "v": HASH_VERSION,
-        "kind": kind,
+        "kind": role,  # the key's name is part of every running pod's hash: renaming it would roll them all
         "template": group.template,
         "image": image,
         "params": group.ray_start_params,
@@ -412,22 +396,43 @@ def _pod_fingerprint(model: ClusterModel, group: HeadGroup | WorkerGroup, kind: 
         "setup": group.setup_commands,
         "options": used,
     }
-    if kind == KIND_HEAD:
+    if role == ROLE_HEAD:
         value["autoscaler"] = options.autoscaler_resources if model.autoscaling.enabled else None
     else:
         value["address"] = head_address(model, options)
     return value
 
 
-def _build_pod(owner: Owner, model: ClusterModel, group: HeadGroup | WorkerGroup, options: Options) -> GroupPods:
-    is_head = isinstance(group, HeadGroup)
-    kind = KIND_HEAD if is_head else KIND_WORKER
-    name = group.name
-    image = group.image or model.image or options.image
-    template = group.template or {}
-    index, _ = _template_ray_container(template, kind)
-    template_hash = stable_hash(_pod_fingerprint(model, group, kind, image, options))
+@dataclass
+class _PodDraft:
+    """A group's pod while it is built: a copy of the template's spec and its Ray container (in `spec`)."""
 
+    model: ClusterModel
+    group: HeadGroup | WorkerGroup
+    options: Options
+    spec: JSON
+    ray: JSON
+
+    @property
+    def is_head(self) -> bool:
+        return isinstance(self.group, HeadGroup)
+
+    @property
+    def role(self) -> str:
+        return ROLE_HEAD if self.is_head else ROLE_WORKER
+
+    @property
+    def drains(self) -> bool:
+        """Worker pods drain their Ray node before they stop (not with a user's plasma directory)."""
+        return not self.is_head and "plasma-directory" not in self.group.ray_start_params
+
+
+def _pod_draft(model: ClusterModel, group: HeadGroup | WorkerGroup, options: Options, image: str) -> _PodDraft:
+    """Copies the template's spec; finds (or adds) the Ray container, gives every container an image and the Ray
+    container a name and, when it declares none, the operator's default resources."""
+    is_head = isinstance(group, HeadGroup)
+    template = group.template or {}
+    index, _ = _template_ray_container(template, ROLE_HEAD if is_head else ROLE_WORKER)
     raw_spec = template.get("spec")
     spec: JSON = _clone(raw_spec) if isinstance(raw_spec, Mapping) else {}
     containers = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
@@ -444,15 +449,20 @@ def _build_pod(owner: Owner, model: ClusterModel, group: HeadGroup | WorkerGroup
         ray["name"] = HEAD_CONTAINER if is_head else WORKER_CONTAINER
     if not _has_resources(ray):
         ray["resources"] = _clone(options.head_resources if is_head else options.worker_resources)
+    return _PodDraft(model=model, group=group, options=options, spec=spec, ray=ray)
 
+
+def _add_ray_command(pod: _PodDraft) -> None:
+    """The Ray container's environment and its `ray start` script (as its command, or in an env var when the user
+    gave a command of their own)."""
+    ray, name = pod.ray, pod.group.name
     env = [_env_var("RAY_CLOUD_INSTANCE_ID", field_path="metadata.name"), _env_var("RAY_NODE_TYPE_NAME", name)]
-    if not is_head:
-        env.append(_env_var("RAYOP_POD_IP", field_path="status.podIP"))
-    if is_head:
+    if pod.is_head:
         env += [dict(e) for e in HEAD_ENV]
-    script = ray_start_script(model, group, options)
-    drains = not is_head and "plasma-directory" not in group.ray_start_params
-    if drains:
+    else:
+        env.append(_env_var("RAYOP_POD_IP", field_path="status.podIP"))
+    script = ray_start_script(pod.model, pod.group, pod.options)
+    if pod.drains:
         # A worker whose Ray node was drained (rayop_drain.py left its marker in the pod's /dev/shm) never starts
         # Ray again while its pod goes: the container may restart (restartPolicy Always), the node never rejoins.
         # The idle shell ends on SIGTERM at once (a PID 1 shell would otherwise ignore it and hold the pod for the
@@ -467,8 +477,11 @@ def _build_pod(owner: Owner, model: ClusterModel, group: HeadGroup | WorkerGroup
         ray["args"] = [script]
     _merge_env(ray, env)
 
-    params = group.ray_start_params
-    if is_head:
+
+def _add_ports_and_probes(pod: _PodDraft) -> None:
+    ray, params = pod.ray, pod.group.ray_start_params
+    ports: list[JSON] = []
+    if pod.is_head:
         ports = [
             {"name": "gcs", "containerPort": GCS_PORT, "protocol": "TCP"},
             {"name": "dashboard", "containerPort": int(params.get("dashboard-port", DASHBOARD_PORT)),
@@ -476,63 +489,79 @@ def _build_pod(owner: Owner, model: ClusterModel, group: HeadGroup | WorkerGroup
             {"name": "client", "containerPort": int(params.get("ray-client-server-port", CLIENT_PORT)),
              "protocol": "TCP"},
         ]
-    else:
-        ports = []
     ports.append({"name": "metrics", "containerPort": int(params.get("metrics-export-port", METRICS_PORT)),
                   "protocol": "TCP"})
     _merge_ports(ray, ports)
-
-    if options.probes:
+    if pod.options.probes:
         if not ray.get("readinessProbe"):
-            ray["readinessProbe"] = _probe(kind, ray["image"], params, liveness=False)
+            ray["readinessProbe"] = _probe(pod.role, ray["image"], params, liveness=False)
         if not ray.get("livenessProbe"):
-            ray["livenessProbe"] = _probe(kind, ray["image"], params, liveness=True)
-
+            ray["livenessProbe"] = _probe(pod.role, ray["image"], params, liveness=True)
     if "plasma-directory" not in params:
-        _add_volume(spec, ray, name=SHM_VOLUME, path="/dev/shm", source={"emptyDir": {"medium": "Memory"}})
+        _add_volume(pod.spec, ray, name=SHM_VOLUME, path="/dev/shm", source={"emptyDir": {"medium": "Memory"}})
 
+
+def _add_head_extras(pod: _PodDraft) -> None:
+    """The head's autoscaler sidecar (when autoscaling is on) and the ConfigMap mount."""
+    model, options, spec, ray = pod.model, pod.options, pod.spec, pod.ray
     sidecar: JSON | None = None
-    if is_head:
-        if model.autoscaling.enabled:
-            sidecar = {
-                "name": AUTOSCALER_CONTAINER,
-                "image": ray["image"],
-                "imagePullPolicy": ray.get("imagePullPolicy") or options.image_pull_policy,
-                "command": monitor_command(),
-                "env": monitor_env(model.name),
-                "resources": _clone(options.autoscaler_resources),
-            }
-            _add_volume(spec, ray, name=LOG_VOLUME, path=RAY_TMP, source={"emptyDir": {}}, others=[sidecar])
-        _add_volume(spec, ray, name=CONFIG_VOLUME, path=CONFIG_DIR, read_only=True,
-                    source={"configMap": {"name": config_map_name(model.name)}},
-                    others=[sidecar] if sidecar else [])
-        if sidecar is not None:
-            containers.append(sidecar)
-            spec.setdefault("serviceAccountName", autoscaler_name(model.name))
-            spec["automountServiceAccountToken"] = True  # the sidecar talks to the API server
-    if drains:
-        # Graceful removal: before the kubelet stops the worker, its Ray node is drained through Ray's GCS.
-        lifecycle = ray.setdefault("lifecycle", {})
-        if isinstance(lifecycle, dict) and "preStop" not in lifecycle:
-            lifecycle["preStop"] = {"exec": {"command": drain_command(head_address(model, options),
-                                                                       options.drain_timeout_seconds)}}
-        spec.setdefault("terminationGracePeriodSeconds", int(options.drain_timeout_seconds) + 30)
-    if "automountServiceAccountToken" not in spec:
-        spec["automountServiceAccountToken"] = False
+    if model.autoscaling.enabled:
+        sidecar = {
+            "name": AUTOSCALER_CONTAINER,
+            "image": ray["image"],
+            "imagePullPolicy": ray.get("imagePullPolicy") or options.image_pull_policy,
+            "command": monitor_command(),
+            "env": monitor_env(model.name),
+            "resources": _clone(options.autoscaler_resources),
+        }
+        _add_volume(spec, ray, name=LOG_VOLUME, path=RAY_TMP, source={"emptyDir": {}}, others=[sidecar])
+    _add_volume(spec, ray, name=CONFIG_VOLUME, path=INPOD_DIR, read_only=True,
+                source={"configMap": {"name": config_map_name(model.name)}},
+                others=[sidecar] if sidecar else [])
+    if sidecar is not None:
+        spec["containers"].append(sidecar)
+        spec.setdefault("serviceAccountName", autoscaler_name(model.name))
+        spec["automountServiceAccountToken"] = True  # the sidecar talks to the API server
 
-    raw_meta = template.get("metadata")
-    meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
-    labels = {**(meta.get("labels") or {}), **child_labels(model.name, kind, name),
+
+def _add_drain_hook(pod: _PodDraft) -> None:
+    """Graceful removal: before the kubelet stops the worker, its Ray node is drained through Ray's GCS."""
+    lifecycle = pod.ray.setdefault("lifecycle", {})
+    if isinstance(lifecycle, dict) and "preStop" not in lifecycle:
+        lifecycle["preStop"] = {"exec": {"command": drain_command(head_address(pod.model, pod.options),
+                                                                   pod.options.drain_timeout_seconds)}}
+    pod.spec.setdefault("terminationGracePeriodSeconds", int(pod.options.drain_timeout_seconds) + 30)
+
+
+def _build_pod(owner: Owner, model: ClusterModel, group: HeadGroup | WorkerGroup, options: Options) -> GroupPods:
+    image = group.image or model.image or options.image
+    pod = _pod_draft(model, group, options, image)
+    template_hash = stable_hash(_pod_fingerprint(model, group, pod.role, image, options))
+    _add_ray_command(pod)
+    _add_ports_and_probes(pod)
+    if pod.is_head:
+        _add_head_extras(pod)
+    if pod.drains:
+        _add_drain_hook(pod)
+    if "automountServiceAccountToken" not in pod.spec:
+        pod.spec["automountServiceAccountToken"] = False
+    template_meta = meta(group.template or {})
+    labels = {**_mapping(template_meta.get("labels")), **child_labels(model.name, pod.role, group.name),
               LABEL_TEMPLATE_HASH: template_hash}
     manifest = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": _metadata(owner, None, labels, generate_name=pod_prefix(model.name, name),
-                              annotations=meta.get("annotations")),
-        "spec": spec,
+        "metadata": _metadata(owner, None, labels, generate_name=pod_prefix(model.name, group.name),
+                              annotations=_mapping(template_meta.get("annotations")) or None),
+        "spec": pod.spec,
     }
     desired = group.desired_workers if isinstance(group, WorkerGroup) else 1
-    return GroupPods(group=name, kind=kind, manifest=manifest, template_hash=template_hash, desired=desired)
+    return GroupPods(group=group.name, role=pod.role, manifest=manifest, template_hash=template_hash,
+                     desired=desired)
+
+
+def _mapping(value: object) -> Body:
+    return value if isinstance(value, Mapping) else {}
 
 
 def build_head_pod(owner: Owner, model: ClusterModel, options: Options) -> GroupPods:
@@ -545,7 +574,7 @@ def build_worker_pod(owner: Owner, model: ClusterModel, group: WorkerGroup, opti
     return _build_pod(owner, model, group, options)
 
 
-def with_replacements(manifest: Mapping[str, Any], count: int) -> JSON:
+def with_replacements(manifest: Body, count: int) -> JSON:
     """A copy of a pod manifest (sharing its spec) marked as the `count`-th refill of a failed pod's slot."""
     meta = dict(manifest["metadata"])
     meta["annotations"] = {**(meta.get("annotations") or {}), ANNOTATION_REPLACEMENTS: str(count)}
@@ -566,11 +595,11 @@ def build_head_service(owner: Owner, model: ClusterModel, head: GroupPods) -> JS
          "protocol": p.get("protocol", "TCP")}
         for p in ray.get("ports") or [] if isinstance(p, Mapping) and p.get("name") and p.get("containerPort")
     ]
-    selector = {LABEL_CLUSTER: model.name, LABEL_NODE_KIND: KIND_HEAD, LABEL_MANAGED_BY: MANAGED_BY}
+    selector = {LABEL_CLUSTER: model.name, LABEL_ROLE: ROLE_HEAD, LABEL_MANAGED_BY: MANAGED_BY}
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(owner, head_service_name(model.name), child_labels(model.name, KIND_HEAD, HEAD_GROUP)),
+        "metadata": _metadata(owner, head_service_name(model.name), child_labels(model.name, ROLE_HEAD, HEAD_GROUP)),
         "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": selector, "ports": ports},
     }
 
@@ -585,7 +614,7 @@ def build_declared_service(owner: Owner, model: ClusterModel, service: DeclaredS
         spec["ports"] = [{"protocol": "TCP", **p, **({} if "targetPort" in p else {"targetPort": p.get("port")})}
                          if isinstance(p, Mapping) else p for p in ports]
     spec["selector"] = {**service.selector, LABEL_CLUSTER: model.name, LABEL_MANAGED_BY: MANAGED_BY}
-    labels = {**service.labels, **child_labels(model.name, KIND_SERVICE, service.name)}
+    labels = {**service.labels, **child_labels(model.name, ROLE_SERVICE, service.name)}
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -594,7 +623,7 @@ def build_declared_service(owner: Owner, model: ClusterModel, service: DeclaredS
     }
 
 
-def autoscaler_config_text(config: Mapping[str, Any] | str) -> str:
+def autoscaler_config_text(config: Body | str) -> str:
     """The `autoscaler.yaml` text: a string is kept; a mapping is written as sorted, compact JSON (valid YAML, and
     written by the C encoder: cheap enough to run on every reconcile)."""
     if isinstance(config, str):
@@ -602,17 +631,17 @@ def autoscaler_config_text(config: Mapping[str, Any] | str) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"), default=_json_default) + "\n"
 
 
-def build_config_map(owner: Owner, model: ClusterModel, *, autoscaler_config: Mapping[str, Any] | str,
+def build_config_map(owner: Owner, model: ClusterModel, *, autoscaler_config: Body | str,
                      configuration: str | None, programs: Mapping[str, str]) -> JSON:
     """ConfigMap `<name>-ray`: the effective autoscaler config, the user's configuration as given, the in-pod
     programs. Mounted read-only at /etc/rayop in the head, the autoscaler sidecar and the launcher."""
-    data = {**programs, AUTOSCALER_CONFIG_KEY: autoscaler_config_text(autoscaler_config)}
+    data = {**programs, CONFIG_FILE: autoscaler_config_text(autoscaler_config)}
     if configuration is not None:
         data[CONFIGURATION_KEY] = configuration
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(owner, config_map_name(model.name), child_labels(model.name, KIND_CONFIG, KIND_CONFIG)),
+        "metadata": _metadata(owner, config_map_name(model.name), child_labels(model.name, ROLE_CONFIG, ROLE_CONFIG)),
         "data": data,
     }
 
@@ -621,7 +650,7 @@ def build_autoscaler_rbac(owner: Owner, model: ClusterModel, head: GroupPods) ->
     """ServiceAccount, Role and RoleBinding `<name>-autoscaler`. The binding names the account the head pod runs
     as (ours, or the one the user's head template names)."""
     name = autoscaler_name(model.name)
-    labels = child_labels(model.name, KIND_AUTOSCALER, HEAD_GROUP)
+    labels = child_labels(model.name, ROLE_AUTOSCALER, HEAD_GROUP)
     account = head.manifest["spec"].get("serviceAccountName") or name
     sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(owner, name, dict(labels))}
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
@@ -644,7 +673,7 @@ def build_launcher_job(owner: Owner, model: ClusterModel, options: Options, head
     head_spec = head.manifest["spec"]
     image = next((c["image"] for c in head_spec["containers"] if c.get("name") != AUTOSCALER_CONTAINER),
                  options.image)
-    labels = child_labels(model.name, KIND_LAUNCHER, KIND_LAUNCHER)
+    labels = child_labels(model.name, ROLE_LAUNCHER, ROLE_LAUNCHER)
     container = {
         "name": LAUNCHER_CONTAINER,
         "image": image,
@@ -652,9 +681,9 @@ def build_launcher_job(owner: Owner, model: ClusterModel, options: Options, head
         # The launcher gives up a minute before the Job's deadline, so its own summary says why.
         "command": launcher_command(model, head_address(model, options),
                                     timeout_seconds=max(60, options.launcher_deadline_seconds - 60)),
-        "env": [_env_var("PYTHONPATH", CONFIG_DIR), _env_var("RAY_CLUSTER_NAME", model.name)],
+        "env": [_env_var("PYTHONPATH", INPOD_DIR), _env_var("RAY_CLUSTER_NAME", model.name)],
         "resources": _clone(options.launcher_resources),
-        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}],
+        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": INPOD_DIR, "readOnly": True}],
         # The launcher's JSON summary: written to /dev/termination-log, and its last log line when that is empty.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -692,19 +721,14 @@ class Desired:
     options: Options
     head: GroupPods
     workers: tuple[GroupPods, ...]
-    service: Mapping[str, Any]
-    config_map: Mapping[str, Any]
+    service: Body
+    config_map: Body
     # Hash of the effective autoscaler config: a change starts a new launch.
     config_hash: str
     # ServiceAccount, Role, RoleBinding when autoscaling is on, else ().
-    autoscaler: tuple[Mapping[str, Any], ...] = ()
+    autoscaler: tuple[Body, ...] = ()
     # The Services the configuration declares (provider.services).
-    services: tuple[Mapping[str, Any], ...] = ()
-    _by_group: Mapping[str, GroupPods] = field(default_factory=dict, compare=False, repr=False)
-
-    def worker(self, group: str) -> GroupPods | None:
-        return self._by_group.get(group)
-
+    services: tuple[Body, ...] = ()
     def template_hashes(self) -> dict[str, str]:
         """Group name -> template hash, the head included (as `head`)."""
         return {self.head.group: self.head.template_hash, **{w.group: w.template_hash for w in self.workers}}
@@ -716,13 +740,13 @@ class Desired:
     def launcher_name(self, head_uid: str) -> str:
         return launcher_job_name(self.model.name, head_uid, self.config_hash)
 
-    def singletons(self) -> tuple[Mapping[str, Any], ...]:
+    def singletons(self) -> tuple[Body, ...]:
         """The named children in creation order: RBAC, ConfigMap, head Service, declared Services."""
         return (*self.autoscaler, self.config_map, self.service, *self.services)
 
 
-def build_children(ray: Mapping[str, Any], model: ClusterModel, options: Options, *,
-                   programs: Mapping[str, str], autoscaler_config: Mapping[str, Any] | str | None = None) -> Desired:
+def build_children(ray: Body, model: ClusterModel, options: Options, *,
+                   programs: Mapping[str, str], autoscaler_config: Body | str | None = None) -> Desired:
     """Build every child of `ray` (decoded JSON) from its model. `programs` are the in-pod program files for the
     ConfigMap. `autoscaler_config` overrides the effective Ray autoscaler config, which is otherwise built from the
     model with the resources the built pods really get (`ray_resources`), so the autoscaler plans with them."""
@@ -731,8 +755,8 @@ def build_children(ray: Mapping[str, Any], model: ClusterModel, options: Options
         autoscaler_config = build_autoscaler_config(
             model, resources={g.name: ray_resources(g, options) for g in groups})
     owner = Owner.of(ray)
-    spec = ray.get("spec") or {}
-    configuration = spec.get("configuration") if isinstance(spec.get("configuration"), str) else None
+    raw_configuration = spec_of(ray).get("configuration")
+    configuration = raw_configuration if isinstance(raw_configuration, str) else None
     head = build_head_pod(owner, model, options)
     workers = tuple(build_worker_pod(owner, model, g, options) for g in model.worker_groups)
     config_text = autoscaler_config_text(autoscaler_config)
@@ -750,5 +774,4 @@ def build_children(ray: Mapping[str, Any], model: ClusterModel, options: Options
         config_hash=stable_hash(config_text),
         autoscaler=tuple(rbac),
         services=tuple(build_declared_service(owner, model, s) for s in model.services),
-        _by_group={w.group: w for w in workers},
     )

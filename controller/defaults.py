@@ -18,19 +18,25 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
 DEFAULT_RAY_IMAGE = "rayproject/ray:2.60.0"
 
+# A container's `resources` (requests and limits: resource name -> quantity), read-only.
+Resources = Mapping[str, Mapping[str, str]]
 
-def _frozen(**values: Any) -> Mapping[str, Any]:
+
+def _quantities(**values: str) -> Mapping[str, str]:
     return MappingProxyType(dict(values))
 
 
-def _resources(cpu: str, memory: str, limit_memory: str | None = None) -> Mapping[str, Any]:
+def _frozen(requests: Mapping[str, str], limits: Mapping[str, str]) -> Resources:
+    return MappingProxyType({"requests": requests, "limits": limits})
+
+
+def _resources(cpu: str, memory: str, limit_memory: str | None = None) -> Resources:
     return _frozen(
-        requests=_frozen(cpu=cpu, memory=memory),
-        limits=_frozen(cpu=cpu, memory=limit_memory or memory),
+        requests=_quantities(cpu=cpu, memory=memory),
+        limits=_quantities(cpu=cpu, memory=limit_memory or memory),
     )
 
 
@@ -44,16 +50,17 @@ class Options:
     image_pull_policy: str = "IfNotPresent"
     # Resources of a Ray container that declares none (no requests and no limits): Ray is told the same CPUs and
     # memory (`--num-cpus`, `--memory`), so the autoscaler can plan with them.
-    head_resources: Mapping[str, Any] = field(default_factory=lambda: _resources("1", "2Gi"))
-    worker_resources: Mapping[str, Any] = field(default_factory=lambda: _resources("1", "2Gi"))
+    head_resources: Resources = field(default_factory=lambda: _resources("1", "2Gi"))
+    worker_resources: Resources = field(default_factory=lambda: _resources("1", "2Gi"))
     # The autoscaler sidecar (Ray's monitor) in the head pod and the launcher Job's container.
-    autoscaler_resources: Mapping[str, Any] = field(
+    autoscaler_resources: Resources = field(
         default_factory=lambda: _frozen(
-            requests=_frozen(cpu="200m", memory="256Mi"), limits=_frozen(cpu="500m", memory="512Mi")
+            requests=_quantities(cpu="200m", memory="256Mi"), limits=_quantities(cpu="500m", memory="512Mi")
         )
     )
-    launcher_resources: Mapping[str, Any] = field(
-        default_factory=lambda: _frozen(requests=_frozen(cpu="100m", memory="256Mi"), limits=_frozen(memory="1Gi"))
+    launcher_resources: Resources = field(
+        default_factory=lambda: _frozen(requests=_quantities(cpu="100m", memory="256Mi"),
+                                        limits=_quantities(memory="1Gi"))
     )
     # Readiness and liveness probes on Ray's own health check, added when the Ray container declares none.
     probes: bool = True
@@ -87,7 +94,7 @@ class Options:
     status_refresh_seconds: float = 0.0
 
 
-def add_option_arguments(parser: argparse.ArgumentParser | Any) -> None:
+def add_option_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the flags that override `Options` to an argparse parser (used by `rayop run` and `rayop render`)."""
     d = Options()
     parser.add_argument("--ray-image", default=d.image,
@@ -119,7 +126,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
     """The `Options` the flags of `add_option_arguments` describe (missing attributes keep their defaults)."""
     d = Options()
 
-    def resources(base: Mapping[str, Any], cpu: str | None, memory: str | None) -> Mapping[str, Any]:
+    def resources(base: Resources, cpu: str | None, memory: str | None) -> Resources:
         if cpu is None and memory is None:
             return base
         req = dict(base["requests"])
@@ -147,4 +154,4 @@ def options_from_args(args: argparse.Namespace) -> Options:
     )
 
 
-__all__ = ["DEFAULT_RAY_IMAGE", "Options", "add_option_arguments", "options_from_args"]
+__all__ = ["DEFAULT_RAY_IMAGE", "Options", "Resources", "add_option_arguments", "options_from_args"]

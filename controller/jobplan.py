@@ -32,9 +32,9 @@ from typing import Any
 
 from rayop.api import rayjob as j
 from rayop.api.schema import DecodeError
-from rayop.api.types import API_VERSION, CONDITION_READY, LABEL_MANAGED_BY
+from rayop.api.types import API_VERSION, CONDITION_READY
 from rayop.api.types import KIND as RAY_KIND
-from rayop.build import DASHBOARD_PORT, head_service_name
+from rayop.objects import DASHBOARD_PORT, LABEL_MANAGED_BY, head_service_name
 
 NORMAL = "Normal"
 WARNING = "Warning"

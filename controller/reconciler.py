@@ -32,21 +32,33 @@ import structlog
 
 from rayop.api.convert import effective_cluster
 from rayop.api.model import ClusterModel, ConfigurationError
-from rayop.api.types import GROUP, HEAD_GROUP, KIND, LABEL_CLUSTER, LABEL_GROUP, LABEL_NODE_KIND, PLURAL, VERSION
+from rayop.api.types import GROUP, HEAD_GROUP, KIND, PLURAL, VERSION
 from rayop.autoscaler import inpod_files
-from rayop.build import DASHBOARD_PORT, KIND_HEAD, KIND_LAUNCHER, KIND_WORKER, build_children
+from rayop.build import build_children
 from rayop.defaults import Options
 from rayop.expectations import Expectations
+from rayop.objects import (
+    DASHBOARD_PORT,
+    LABEL_CLUSTER,
+    LABEL_ROLE,
+    ROLE_HEAD,
+    ROLE_LAUNCHER,
+    ROLE_WORKER,
+    Observed,
+    classify,
+    is_ready,
+    is_terminating,
+    name_of,
+    uid_of,
+)
 from rayop.plan import (
     REASON_ROLLING_UPDATE,
     REASON_SCALE_DOWN,
     REASON_SUSPENDED,
     Create,
     Delete,
-    Observed,
     Patch,
     Plan,
-    is_ready,
     plan_cluster,
 )
 from rayop.runtime.raystate import busy_node_ips
@@ -219,14 +231,14 @@ class RayReconciler:
     @staticmethod
     def _removes_ready_workers(plan: Plan, observed: Observed) -> bool:
         ready = {str(p["metadata"]["name"]) for p in observed.pods
-                 if (p["metadata"].get("labels") or {}).get(LABEL_NODE_KIND) == KIND_WORKER and is_ready(p)}
+                 if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == ROLE_WORKER and is_ready(p)}
         return any(isinstance(a, Delete) and a.kind == "Pod" and a.name in ready and a.reason in DRAINING_REASONS
                    for a in plan.actions)
 
     def busy_workers(self, ray: Mapping[str, Any], model: ClusterModel, observed: Observed) -> frozenset[str]:
         """Pod IPs of the workers whose Ray node runs tasks or actors, from the head's dashboard; empty when it
         does not answer."""
-        heads = [p for p in observed.pods if (p["metadata"].get("labels") or {}).get(LABEL_NODE_KIND) == KIND_HEAD
+        heads = [p for p in observed.pods if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == ROLE_HEAD
                  and is_ready(p) and (p.get("status") or {}).get("podIP")]
         if not heads:
             return frozenset()
@@ -250,14 +262,8 @@ class RayReconciler:
 
     def paused_groups(self, key: ObjectKey, observed: Observed, groups: list[str]) -> set[str]:
         """Groups (the head as `head`) whose last creates or deletes the cache does not show yet."""
-        by_group: dict[str, list[tuple[str, str, bool]]] = {}
-        for pod in observed.pods:
-            m = pod["metadata"]
-            labels = m.get("labels") or {}
-            if labels.get(LABEL_NODE_KIND) not in (KIND_HEAD, KIND_WORKER):
-                continue
-            group = HEAD_GROUP if labels.get(LABEL_NODE_KIND) == KIND_HEAD else str(labels.get(LABEL_GROUP, ""))
-            by_group.setdefault(group, []).append((m["name"], m["uid"], bool(m.get("deletionTimestamp"))))
+        by_group = {group: [(name_of(p), uid_of(p), is_terminating(p)) for p in pods]
+                    for group, pods in classify(observed.pods).scopes().items()}
         return {group for group in {*groups, *by_group}
                 if not self.expectations.satisfied((key, group), by_group.get(group, []))}
 
@@ -458,7 +464,7 @@ def launcher_pod_owner(event: Event) -> Iterable[ObjectKey]:
     """A launcher pod (owned by its Job) maps to its `Ray`, by label: its termination message is the launcher's
     summary, which the status reports."""
     labels = (event.obj.get("metadata") or {}).get("labels") or {}
-    if labels.get(LABEL_NODE_KIND) != KIND_LAUNCHER or not labels.get(LABEL_CLUSTER):
+    if labels.get(LABEL_ROLE) != ROLE_LAUNCHER or not labels.get(LABEL_CLUSTER):
         return ()
     return (ObjectKey(event.key.namespace, str(labels[LABEL_CLUSTER])),)
 

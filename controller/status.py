@@ -8,6 +8,8 @@ Guarantees:
   a transition); `startTime` is set once; `lastReconcileTime` is the time of the last reconcile that changed the
   status (with `Options.status_refresh_seconds` above 0 it is also refreshed once older than that) — so an idle
   cluster costs no status write.
+- The head is `rayop.objects.choose_head`'s, the one the plan keeps; the pods are counted as `rayop.objects.classify`
+  groups them for the plan.
 - Honest readiness: `Ready` is True only when the head pod is Ready and every group has at least its desired
   number of Ready worker pods; pending, terminating or failed pods never count. A `Ray` whose configuration is
   invalid is never Ready (`InvalidConfiguration`), but its pods are still counted.
@@ -28,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Union
+from typing import Union, cast
 
 from rayop.api.model import ClusterModel, ConfigurationError, Conversion, ConfigWarning
 from rayop.autoscaler import REASON_NO_SUMMARY, LaunchSummary, parse_launch_summary
@@ -39,40 +41,50 @@ from rayop.api.types import (
     CONDITION_SUCCESSFUL_LAUNCH,
     CONDITION_WORKERS_READY,
     HEAD_GROUP,
-    LABEL_GROUP,
-    LABEL_MANAGED_BY,
-    LABEL_NODE_KIND,
 )
-from rayop.build import (
+from rayop.build import Desired
+from rayop.defaults import Options
+from rayop.objects import (
     ANNOTATION_HEAD_UID,
     CLIENT_PORT,
     DASHBOARD_PORT,
     GCS_PORT,
-    KIND_HEAD,
-    KIND_LAUNCHER,
-    KIND_WORKER,
+    LABEL_ROLE,
     LAUNCHER_CONTAINER,
-    MANAGED_BY,
     METRICS_PORT,
-    Desired,
-    head_service_name,
-)
-from rayop.defaults import Options
-from rayop.plan import (
+    ROLE_LAUNCHER,
+    JSON,
+    Body,
+    Condition,
     Observed,
+    RayPods,
+    annotations_of,
+    choose_head,
+    classify,
     condition,
+    conditions,
+    container_statuses,
+    controller_uid,
+    created,
+    head_service_host,
+    head_service_name,
     is_active,
     is_ready,
     is_scheduled,
     is_terminating,
-    labels,
+    label,
     meta,
     name_of,
     parse_time,
     phase,
     pod_failure,
+    pod_ip,
+    spec_of,
+    status_of,
     template_hash,
+    terminated,
     uid_of,
+    waiting,
 )
 
 CONDITION_REPLICA_FAILURE = "ReplicaFailure"
@@ -118,7 +130,7 @@ def _clip(text: str) -> str:
 # -- pods -----------------------------------------------------------------------------------------------------------
 
 
-def replica_status(pods: Sequence[Mapping[str, Any]], desired: int, want_hash: str | None,
+def replica_status(pods: Sequence[Body], desired: int, want_hash: str | None,
                    previous_updated: int = 0) -> dict[str, int]:
     """ReplicaStatus of some pods. Without a template hash (invalid configuration) updatedReplicas keeps its last
     value, bounded by replicas."""
@@ -137,7 +149,7 @@ def replica_status(pods: Sequence[Mapping[str, Any]], desired: int, want_hash: s
     }
 
 
-def pod_problem(pod: Mapping[str, Any], options: Options, now: datetime | None = None) -> tuple[str, str]:
+def pod_problem(pod: Body, options: Options, now: datetime | None = None) -> tuple[str, str]:
     """(CamelCase reason, message) for a pod that is not ready (`now`: for workers, see `pod_failure`)."""
     name = name_of(pod)
     if is_terminating(pod):
@@ -149,35 +161,25 @@ def pod_problem(pod: Mapping[str, Any], options: Options, now: datetime | None =
         c = condition(pod, "PodScheduled") or {}
         why = c.get("message") or c.get("reason") or "waiting for a node"
         return "Unschedulable", f"{name} is not scheduled: {why}"
-    status = pod.get("status") or {}
-    for cs in [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]:
-        waiting = ((cs or {}).get("state") or {}).get("waiting") or {}
-        reason = waiting.get("reason")
+    for cs in container_statuses(pod, init=True):
+        wait = waiting(cs.get("state"))
+        reason = wait.get("reason")
         if reason and reason not in ("ContainerCreating", "PodInitializing"):
-            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            detail = f": {wait['message']}" if wait.get("message") else ""
             return "ContainerWaiting", f"{name}: container {cs.get('name')}: {reason}{detail}"
     if phase(pod) == "Pending":
         return "Pending", f"{name} is starting"
     return "NotReady", f"{name} is running; Ray's health check does not pass yet"
 
 
-def _best_head(pods: Sequence[Mapping[str, Any]], want_hash: str | None) -> Mapping[str, Any] | None:
-    active = [p for p in pods if not is_terminating(p)]
-    if not active:
-        return None
-    active.sort(key=lambda p: (not is_ready(p), template_hash(p) != want_hash, str(meta(p).get("creationTimestamp")
-                                                                                   or ""), name_of(p)))
-    return active[0]
-
-
 # -- conditions -----------------------------------------------------------------------------------------------------
 
 
-def _condition(kind: str, status: str, reason: str, message: str) -> dict[str, Any]:
-    return {"type": kind, "status": status, "reason": reason, "message": _clip(message)}
+def _condition(condition_type: str, status: str, reason: str, message: str) -> Condition:
+    return {"type": condition_type, "status": status, "reason": reason, "message": _clip(message)}
 
 
-def _configuration(model_or_error: ModelOrError) -> dict[str, Any]:
+def _configuration(model_or_error: ModelOrError) -> Condition:
     if isinstance(model_or_error, ConfigurationError):
         return _condition(CONDITION_CONFIGURATION_VALID, "False", "InvalidConfiguration", model_or_error.describe())
     warnings: Sequence[ConfigWarning] = model_or_error.warnings if isinstance(model_or_error, Conversion) else ()
@@ -194,7 +196,7 @@ def _configuration(model_or_error: ModelOrError) -> dict[str, Any]:
     return _condition(CONDITION_CONFIGURATION_VALID, "True", "Valid", "the configuration is valid")
 
 
-def _head_condition(head: Mapping[str, Any] | None, any_head: bool, options: Options) -> dict[str, Any]:
+def _head_condition(head: Body | None, any_head: bool, options: Options) -> Condition:
     if head is None:
         message = "the head pod is being re-created" if any_head else "there is no head pod yet"
         return _condition(CONDITION_HEAD_READY, "False", "HeadPodMissing", message)
@@ -210,13 +212,13 @@ class _GroupView:
     desired: int
     min_workers: int
     max_workers: int
-    pods: tuple[Mapping[str, Any], ...]
+    pods: tuple[Body, ...]  # by name: stable messages whatever order the cache returns
     want_hash: str | None
     previous_updated: int
 
 
 def _workers_condition(groups: Sequence[_GroupView], options: Options, valid: bool,
-                       now: datetime) -> tuple[dict[str, Any], bool]:
+                       now: datetime) -> tuple[Condition, bool]:
     if not valid:
         return _condition(CONDITION_WORKERS_READY, "Unknown", "InvalidConfiguration",
                           "the desired workers are unknown while the configuration is invalid"), False
@@ -236,35 +238,28 @@ def _workers_condition(groups: Sequence[_GroupView], options: Options, valid: bo
     return _condition(CONDITION_WORKERS_READY, "True", "AllWorkersReady", f"{desired}/{desired} workers ready"), True
 
 
-def _controller_uid(obj: Mapping[str, Any]) -> str:
-    for ref in meta(obj).get("ownerReferences") or ():
-        if isinstance(ref, Mapping) and ref.get("controller"):
-            return str(ref.get("uid") or "")
-    return ""
-
-
-def launch_summary(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> LaunchSummary | None:
+def launch_summary(job: Body, pods: Sequence[Body]) -> LaunchSummary | None:
     """The summary of the launcher Job's last finished attempt that left one (its launcher container's termination
     message: the launcher writes one line of JSON there), else what the last finished attempt's exit code says;
     None while no attempt has finished. An attempt killed at the Job's deadline leaves no summary; the one before
     it says why the launch did not succeed."""
     uid = uid_of(job)
-    finished: list[tuple[str, str, Mapping[str, Any]]] = []
+    finished = []
     for pod in pods:
-        if _controller_uid(pod) != uid:
+        if controller_uid(pod) != uid:
             continue
-        for cs in (pod.get("status") or {}).get("containerStatuses") or ():
-            if not isinstance(cs, Mapping) or cs.get("name") != LAUNCHER_CONTAINER:
+        for cs in container_statuses(pod):
+            if cs.get("name") != LAUNCHER_CONTAINER:
                 continue
-            terminated = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
-            if isinstance(terminated, Mapping):
-                finished.append((str(terminated.get("finishedAt") or ""), name_of(pod), terminated))
+            ended = terminated(cs.get("state")) or terminated(cs.get("lastState"))
+            if ended:
+                finished.append((str(ended.get("finishedAt") or ""), name_of(pod), ended))
     if not finished:
         return None
     summaries = []
-    for _, _, terminated in sorted(finished, key=lambda f: (f[0], f[1]), reverse=True):
-        code = terminated.get("exitCode")
-        summary = parse_launch_summary(str(terminated.get("message") or ""),
+    for _, _, ended in sorted(finished, key=lambda f: (f[0], f[1]), reverse=True):
+        code = ended.get("exitCode")
+        summary = parse_launch_summary(str(ended.get("message") or ""),
                                        exit_code=code if isinstance(code, int) else None)
         if summary.reason != REASON_NO_SUMMARY:
             return summary
@@ -272,49 +267,51 @@ def launch_summary(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) ->
     return summaries[0]
 
 
-def _launch(job: Mapping[str, Any] | None,
-            pods: Sequence[Mapping[str, Any]] = ()) -> tuple[dict[str, Any], dict[str, int]]:
+def _is_true(c: Condition | None) -> bool:
+    return c is not None and c.get("status") == "True"
+
+
+def _launch(job: Body | None, pods: Sequence[Body] = ()) -> tuple[Condition, dict[str, int]]:
     if job is None:
         return (_condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "WaitingForHead",
                            "the launcher starts once the head pod exists"),
                 {"replicas": 0, "updatedReplicas": 0, "readyReplicas": 0, "availableReplicas": 0,
                  "unavailableReplicas": 0})
-    status = job.get("status") or {}
+    status = status_of(job)
     complete = condition(job, "Complete") or condition(job, "SuccessCriteriaMet")
     failed = condition(job, "Failed") or condition(job, "FailureTarget")
     active = int(status.get("active") or 0)
     ready = int(status.get("ready") or 0)
-    finished = (complete or {}).get("status") == "True" or (failed or {}).get("status") == "True"
+    finished = _is_true(complete) or _is_true(failed)
     counts = {"replicas": active, "updatedReplicas": active, "readyReplicas": ready, "availableReplicas": ready,
               "unavailableReplicas": 0 if finished else max(0, 1 - ready)}
-    name = name_of(job)
-    summary = launch_summary(job, pods)
-    if (complete or {}).get("status") == "True":
+    return _launch_condition(name_of(job), complete, failed, launch_summary(job, pods)), counts
+
+
+def _launch_condition(name: str, complete: Condition | None, failed: Condition | None,
+                      summary: LaunchSummary | None) -> Condition:
+    if _is_true(complete):
         detail = f": {summary.message}" if summary is not None and summary.succeeded and summary.message else ""
-        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "True", "Launched", f"launcher Job {name} completed{detail}")
-    elif (failed or {}).get("status") == "True":
-        job_reason = str((failed or {}).get("reason") or "LaunchFailed")
-        job_message = str((failed or {}).get("message") or "the launcher failed")
+        return _condition(CONDITION_SUCCESSFUL_LAUNCH, "True", "Launched", f"launcher Job {name} completed{detail}")
+    if failed is not None and _is_true(failed):
+        job_reason = str(failed.get("reason") or "LaunchFailed")
+        job_message = str(failed.get("message") or "the launcher failed")
         if summary is not None and not summary.succeeded:
             # The launcher's own reason (InvalidConfig, HeadUnreachable, WorkersNotJoined, ...) and message.
-            cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", summary.reason,
+            return _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", summary.reason,
                               f"{summary.message} (launcher Job {name}: {job_reason})")
-        else:
-            cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", job_reason, f"launcher Job {name}: {job_message}")
-    else:
-        detail = ""
-        if summary is not None and not summary.succeeded:
-            detail = f"; the last attempt failed: {summary.reason}: {summary.message}"
-        cond = _condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "Launching",
-                          f"launcher Job {name} is running{detail}")
-    return cond, counts
+        return _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", job_reason, f"launcher Job {name}: {job_message}")
+    detail = ""
+    if summary is not None and not summary.succeeded:
+        detail = f"; the last attempt failed: {summary.reason}: {summary.message}"
+    return _condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "Launching", f"launcher Job {name} is running{detail}")
 
 
-def _replica_failure(failures: Sequence[WriteFailure] | None,
-                     previous: Mapping[str, Any] | None) -> dict[str, Any]:
+def _replica_failure(failures: Sequence[WriteFailure] | None, previous: Condition | None) -> Condition:
     if failures is None:
         if previous is not None:
-            return {k: previous[k] for k in ("type", "status", "reason", "message") if k in previous}
+            kept = dict(previous)
+            return cast(Condition, {k: kept[k] for k in ("type", "status", "reason", "message") if k in kept})
         return _condition(CONDITION_REPLICA_FAILURE, "False", "NoFailures", "")
     if not failures:
         return _condition(CONDITION_REPLICA_FAILURE, "False", "NoFailures", "")
@@ -324,32 +321,31 @@ def _replica_failure(failures: Sequence[WriteFailure] | None,
     return _condition(CONDITION_REPLICA_FAILURE, "True", f"Failed{first.verb.capitalize()}", listed + more)
 
 
-def _stamp(conditions: Sequence[dict[str, Any]], old: Sequence[Any], generation: int | None,
-           now: str) -> list[dict[str, Any]]:
-    previous = {c.get("type"): c for c in old if isinstance(c, Mapping)}
+def _stamp(managed: Sequence[Condition], old: Sequence[Condition], generation: int | None,
+           now: str) -> list[Condition]:
+    previous = {c.get("type"): c for c in old}
     out = []
-    for c in conditions:
+    for c in managed:
         before = previous.get(c["type"])
-        stamped = dict(c)
+        stamped = cast(Condition, dict(c))
         if generation is not None:
             stamped["observedGeneration"] = generation
         same = before is not None and before.get("status") == c["status"] and before.get("lastTransitionTime")
         stamped["lastTransitionTime"] = before["lastTransitionTime"] if same and before else now
         out.append(stamped)
-    managed = {c["type"] for c in conditions}
-    out += [dict(c) for c in old if isinstance(c, Mapping) and c.get("type") not in managed]
+    types = {c["type"] for c in managed}
+    out += [cast(Condition, dict(c)) for c in old if c.get("type") not in types]
     return out
 
 
 # -- clamping -------------------------------------------------------------------------------------------------------
 
 
-def clamp_notices(ray: Mapping[str, Any], model: ClusterModel) -> list[str]:
+def clamp_notices(ray: Body, model: ClusterModel) -> list[str]:
     """One line per worker group whose asked-for count (`spec.desiredWorkers[group]`, else the initial count) lies
     outside [minWorkers, maxWorkers] and was clamped, naming both numbers; [] when nothing was clamped."""
-    spec = ray.get("spec") or {}
-    raw = spec.get("desiredWorkers")
-    asked_map: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    raw = spec_of(ray).get("desiredWorkers")
+    asked_map: Mapping[str, object] = raw if isinstance(raw, Mapping) else {}
     out = []
     for g in model.worker_groups:
         value = asked_map.get(g.name)
@@ -367,49 +363,69 @@ def clamp_notices(ray: Mapping[str, Any], model: ClusterModel) -> list[str]:
 # -- the status -------------------------------------------------------------------------------------------------------
 
 
-def compute_status(ray: Mapping[str, Any], model_or_error: ModelOrError, observed: Observed, now: datetime, *,
+def compute_status(ray: Body, model_or_error: ModelOrError, observed: Observed, now: datetime, *,
                    desired: Desired | None = None, failures: Sequence[WriteFailure] | None = None,
-                   options: Options | None = None) -> dict[str, Any]:
+                   options: Options | None = None) -> JSON:
     """The status of `ray` (decoded JSON). `desired` gives the template hashes (updatedReplicas) and the current
     launch; `failures` are this reconcile's refused writes (None: no write was attempted, keep ReplicaFailure as
-    it was; empty: every write succeeded). Compare the result with `ray["status"]` and write only on a change."""
+    it was; empty: every write succeeded). Compare the result with `ray["status"]` and write only on a change.
+    The pods are the ones `classify` gives the plan too, and the head is `choose_head`'s: the plan's."""
     opts = options or (desired.options if desired is not None else Options())
     if now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
-    old: Mapping[str, Any] = ray.get("status") or {}
-    metadata = ray.get("metadata") or {}
-    generation = metadata.get("generation")
-    name = str(metadata.get("name") or "")
-    namespace = str(metadata.get("namespace") or "default")
+    old = status_of(ray)
     now_text = format_time(now)
     model = model_or_error.cluster if isinstance(model_or_error, Conversion) else (
         model_or_error if isinstance(model_or_error, ClusterModel) else None)
     hashes = desired.template_hashes() if desired is not None else {}
+    pods = classify(observed.pods, uid_of(ray))
+    groups = _group_views(model, pods, old, hashes)
+    head = choose_head(pods.heads, hashes.get(HEAD_GROUP))
+    launch_condition, launcher_counts = _launch(_current_launch(observed.jobs, head, desired), observed.launcher_pods)
+    head_updated = int(_mapping(old.get("head")).get("updatedReplicas") or 0)
+    status: JSON = {
+        "launcher": launcher_counts,
+        "head": replica_status(pods.heads, 1, hashes.get(HEAD_GROUP), head_updated),
+        **_worker_counts(pods, groups),
+        "conditions": _conditions(ray, model_or_error, model, pods, head, groups, launch_condition, failures, opts,
+                                  now),
+        "startTime": old.get("startTime") or now_text,
+        **_addresses(ray, model),
+    }
+    generation = meta(ray).get("generation")
+    if isinstance(generation, int):
+        status["observedGeneration"] = generation
+    if head is not None:
+        status["headPodName"] = name_of(head)
+        if pod_ip(head):
+            status["headPodIP"] = pod_ip(head)
+    status["lastReconcileTime"] = _reconcile_time(old, status, now, now_text, opts)
+    return status
 
-    pods = [p for p in observed.pods if labels(p).get(LABEL_MANAGED_BY) == MANAGED_BY]
-    head_pods = [p for p in pods if labels(p).get(LABEL_NODE_KIND) == KIND_HEAD]
-    worker_pods = [p for p in pods if labels(p).get(LABEL_NODE_KIND) == KIND_WORKER]
-    by_group: dict[str, list[Mapping[str, Any]]] = {}
-    for p in sorted(worker_pods, key=name_of):  # stable messages whatever order the cache returns
-        by_group.setdefault(str(labels(p).get(LABEL_GROUP) or ""), []).append(p)
 
+def _mapping(value: object) -> Body:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _group_views(model: ClusterModel | None, pods: RayPods, old: Body, hashes: Mapping[str, str]) -> list[_GroupView]:
+    """The worker groups to report: the model's, or (invalid configuration) the ones the last status named."""
     old_groups = {g.get("name"): g for g in old.get("workerGroups") or () if isinstance(g, Mapping)}
-    groups: list[_GroupView] = []
-    if model is not None:
-        for wg in model.worker_groups:
-            groups.append(_GroupView(wg.name, wg.desired_workers, wg.min_workers, wg.max_workers,
-                                     tuple(by_group.get(wg.name, ())), hashes.get(wg.name),
-                                     int(old_groups.get(wg.name, {}).get("updatedReplicas") or 0)))
-    else:
-        for gname, og in old_groups.items():
-            groups.append(_GroupView(str(gname), int(og.get("desiredWorkers") or 0), int(og.get("minWorkers") or 0),
-                                     int(og.get("maxWorkers") or 0), tuple(by_group.get(str(gname), ())), None,
-                                     int(og.get("updatedReplicas") or 0)))
 
-    head_hash = hashes.get(HEAD_GROUP)
-    head = _best_head(head_pods, head_hash)
-    head_counts = replica_status(head_pods, 1, head_hash, int((old.get("head") or {}).get("updatedReplicas") or 0))
-    group_status: list[dict[str, Any]] = []
+    def members(group: str) -> tuple[Body, ...]:
+        return tuple(sorted(pods.groups.get(group, ()), key=name_of))
+
+    if model is not None:
+        return [_GroupView(wg.name, wg.desired_workers, wg.min_workers, wg.max_workers, members(wg.name),
+                           hashes.get(wg.name), int(old_groups.get(wg.name, {}).get("updatedReplicas") or 0))
+                for wg in model.worker_groups]
+    return [_GroupView(str(gname), int(og.get("desiredWorkers") or 0), int(og.get("minWorkers") or 0),
+                       int(og.get("maxWorkers") or 0), members(str(gname)), None, int(og.get("updatedReplicas") or 0))
+            for gname, og in old_groups.items()]
+
+
+def _worker_counts(pods: RayPods, groups: Sequence[_GroupView]) -> JSON:
+    """`worker` (all groups), `workerGroups` (each) and `desiredWorkers`."""
+    group_status: list[JSON] = []
     updated_total = unavailable_total = 0
     for g in groups:
         counts = replica_status(g.pods, g.desired, g.want_hash, g.previous_updated)
@@ -417,41 +433,34 @@ def compute_status(ray: Mapping[str, Any], model_or_error: ModelOrError, observe
         unavailable_total += counts["unavailableReplicas"]
         group_status.append({"name": g.name, "desiredWorkers": g.desired, "minWorkers": g.min_workers,
                              "maxWorkers": g.max_workers, **counts})
-    desired_total = sum(g.desired for g in groups)
-    active_workers = [p for p in worker_pods if is_active(p)]
-    ready_workers = sum(1 for p in active_workers if is_ready(p))
-    worker_counts = {
-        "replicas": len(active_workers),
-        "updatedReplicas": updated_total,
-        "readyReplicas": ready_workers,
-        "availableReplicas": ready_workers,
-        "unavailableReplicas": unavailable_total,
-    }
+    active = [p for p in pods.workers if is_active(p)]
+    ready = sum(1 for p in active if is_ready(p))
+    worker = {"replicas": len(active), "updatedReplicas": updated_total, "readyReplicas": ready,
+              "availableReplicas": ready, "unavailableReplicas": unavailable_total}
+    return {"worker": worker, "workerGroups": group_status, "desiredWorkers": sum(g.desired for g in groups)}
 
-    job = _current_launch(observed.jobs, head, desired)
-    launch_condition, launcher_counts = _launch(job, observed.launcher_pods)
 
-    head_condition = _head_condition(head, bool(head_pods), opts)
-    workers_condition, workers_ready = _workers_condition(groups, opts, model is not None, now)
-    head_ready = head_condition["status"] == "True"
-    spec = ray.get("spec")
-    suspended = isinstance(spec, Mapping) and spec.get("suspend") is True
-    remaining = sum(1 for p in head_pods + worker_pods if is_active(p) or is_terminating(p))
+def _conditions(ray: Body, model_or_error: ModelOrError, model: ClusterModel | None, pods: RayPods,
+                head: Body | None, groups: Sequence[_GroupView], launch_condition: Condition,
+                failures: Sequence[WriteFailure] | None, options: Options, now: datetime) -> list[Condition]:
+    head_condition = _head_condition(head, bool(pods.heads), options)
+    workers_condition, workers_ready = _workers_condition(groups, options, model is not None, now)
+    suspended = spec_of(ray).get("suspend") is True
+    remaining = sum(1 for p in pods.heads + pods.workers if is_active(p) or is_terminating(p))
     if model is not None and suspended:
-        ready = _condition(CONDITION_READY, "False", "Suspended",
-                           "spec.suspend is true: the cluster's pods are removed" +
-                           (f" ({remaining} left)" if remaining else ""))
+        ready = _condition(CONDITION_READY, "False", "Suspended", "spec.suspend is true: the cluster's pods are "
+                           "removed" + (f" ({remaining} left)" if remaining else ""))
     elif model is None:
         error = model_or_error.describe() if isinstance(model_or_error, ConfigurationError) else "invalid"
         ready = _condition(CONDITION_READY, "False", "InvalidConfiguration", error)
-    elif not head_ready:
+    elif head_condition["status"] != "True":
         ready = _condition(CONDITION_READY, "False", "HeadNotReady", head_condition["message"])
     elif not workers_ready:
         ready = _condition(CONDITION_READY, "False", "WorkersNotReady", workers_condition["message"])
     else:
         ready = _condition(CONDITION_READY, "True", "ClusterReady",
-                           f"the head and {desired_total} worker(s) are ready")
-    old_conditions = [c for c in old.get("conditions") or () if isinstance(c, Mapping)]
+                           f"the head and {sum(g.desired for g in groups)} worker(s) are ready")
+    old_conditions = conditions(ray)
     previous_failure = next((c for c in old_conditions if c.get("type") == CONDITION_REPLICA_FAILURE), None)
     managed = [_configuration(model_or_error), head_condition, workers_condition, ready, launch_condition,
                _replica_failure(failures, previous_failure)]
@@ -460,20 +469,17 @@ def compute_status(ray: Mapping[str, Any], model_or_error: ModelOrError, observe
                                   f"{remaining} pod(s) still going" if remaining else "no pod runs"))
     elif any(c.get("type") == CONDITION_SUSPENDED for c in old_conditions):
         managed.append(_condition(CONDITION_SUSPENDED, "False", "Resumed", "spec.suspend is not set"))
-    conditions = _stamp(managed, old_conditions, generation if isinstance(generation, int) else None, now_text)
+    generation = meta(ray).get("generation")
+    return _stamp(managed, old_conditions, generation if isinstance(generation, int) else None, format_time(now))
 
-    service = head_service_name(name)
-    host = f"{service}.{namespace}.svc"
+
+def _addresses(ray: Body, model: ClusterModel | None) -> JSON:
+    """`headServiceName` and `endpoints`: the head Service as pods of the cluster resolve it."""
+    name = name_of(ray)
+    host = head_service_host(name, str(meta(ray).get("namespace") or "default"))
     params = model.head.ray_start_params if model is not None else {}
-    status: dict[str, Any] = {
-        "launcher": launcher_counts,
-        "head": head_counts,
-        "worker": worker_counts,
-        "workerGroups": group_status,
-        "desiredWorkers": desired_total,
-        "conditions": conditions,
-        "startTime": old.get("startTime") or now_text,
-        "headServiceName": service,
+    return {
+        "headServiceName": head_service_name(name),
         "endpoints": {
             "gcs": f"{host}:{GCS_PORT}",
             "client": f"ray://{host}:{params.get('ray-client-server-port', CLIENT_PORT)}",
@@ -481,21 +487,11 @@ def compute_status(ray: Mapping[str, Any], model_or_error: ModelOrError, observe
             "metrics": f"http://{host}:{params.get('metrics-export-port', METRICS_PORT)}/metrics",
         },
     }
-    if isinstance(generation, int):
-        status["observedGeneration"] = generation
-    if head is not None:
-        status["headPodName"] = name_of(head)
-        ip = (head.get("status") or {}).get("podIP")
-        if ip:
-            status["headPodIP"] = ip
-    status["lastReconcileTime"] = _reconcile_time(old, status, now, now_text, opts)
-    return status
 
 
-def _current_launch(jobs: Sequence[Mapping[str, Any]], head: Mapping[str, Any] | None,
-                    desired: Desired | None) -> Mapping[str, Any] | None:
+def _current_launch(jobs: Sequence[Body], head: Body | None, desired: Desired | None) -> Body | None:
     """The launch of the current head (and config, when `desired` is known), else the newest launcher Job."""
-    launches = [j for j in jobs if labels(j).get(LABEL_NODE_KIND) == KIND_LAUNCHER and not is_terminating(j)]
+    launches = [j for j in jobs if label(j, LABEL_ROLE) == ROLE_LAUNCHER and not is_terminating(j)]
     if not launches:
         return None
     if head is not None:
@@ -505,14 +501,13 @@ def _current_launch(jobs: Sequence[Mapping[str, Any]], head: Mapping[str, Any] |
             match = next((j for j in launches if name_of(j) == wanted), None)
             if match is not None:
                 return match
-        mine = [j for j in launches if (meta(j).get("annotations") or {}).get(ANNOTATION_HEAD_UID) == head_uid]
+        mine = [j for j in launches if annotations_of(j).get(ANNOTATION_HEAD_UID) == head_uid]
         if mine:
             launches = mine
-    return max(launches, key=lambda j: (str(meta(j).get("creationTimestamp") or ""), name_of(j)))
+    return max(launches, key=lambda j: (created(j), name_of(j)))
 
 
-def _reconcile_time(old: Mapping[str, Any], new: Mapping[str, Any], now: datetime, now_text: str,
-                    options: Options) -> str:
+def _reconcile_time(old: Body, new: Body, now: datetime, now_text: str, options: Options) -> str:
     previous = old.get("lastReconcileTime")
     last = parse_time(previous)
     if last is None or not isinstance(previous, str):

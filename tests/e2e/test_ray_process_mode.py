@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rayop.api.types import LABEL_CLUSTER, LABEL_NODE_KIND
+from rayop.objects import LABEL_CLUSTER, LABEL_ROLE
 from rayop.runtime.kube import ApiError, KubeClient
 from tests.support.cluster import REPO, SCRIPT, PrivateCluster, process_mode_unavailable, wait_until
 from tests.support.operator import rays_path
@@ -169,7 +169,7 @@ def namespace(request: pytest.FixtureRequest, kube: KubeClient, operator_pod: st
 
 
 def cluster_pods(kube: KubeClient, ns: str, name: str, kind: str | None = None) -> list[dict[str, Any]]:
-    selector = f"{LABEL_CLUSTER}={name}" + (f",{LABEL_NODE_KIND}={kind}" if kind else "")
+    selector = f"{LABEL_CLUSTER}={name}" + (f",{LABEL_ROLE}={kind}" if kind else "")
     return list(kube.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=selector)["items"])
 
 
@@ -185,7 +185,7 @@ def head_pod(kube: KubeClient, ns: str, name: str) -> dict[str, Any]:
 
 def pod_ips(kube: KubeClient, ns: str, name: str) -> list[str]:
     return sorted(p["status"]["podIP"] for p in live(cluster_pods(kube, ns, name))
-                  if p["metadata"]["labels"].get(LABEL_NODE_KIND) in ("head", "worker"))
+                  if p["metadata"]["labels"].get(LABEL_ROLE) in ("head", "worker"))
 
 
 def condition(ray: dict[str, Any] | None, kind: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rayop.api.types import LABEL_CLUSTER
+from rayop.objects import LABEL_CLUSTER
 from rayop.runtime.kube import KubeClient
 from tests.e2e.test_ray_process_mode import (  # noqa: F401 - fixtures
     UNAVAILABLE,

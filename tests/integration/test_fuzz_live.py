@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from rayop.api.convert import effective_cluster
 from rayop.api.model import ConfigurationError
-from rayop.api.types import LABEL_CLUSTER, LABEL_NODE_KIND
+from rayop.objects import LABEL_CLUSTER, LABEL_ROLE
 from rayop.runtime.kube import ApiError, KubeClient
 from tests.support.cluster import LocalCluster, wait_until
 from tests.support.operator import OperatorProcess, load_sample, rays_path
@@ -66,7 +66,7 @@ def anchor_pods(kube: KubeClient, namespace: str) -> dict[str, str]:
                 raise
             time.sleep(5)
     return {p["metadata"]["uid"]: p["metadata"]["name"] for p in items
-            if p["metadata"]["labels"].get(LABEL_NODE_KIND) in ("head", "worker")
+            if p["metadata"]["labels"].get(LABEL_ROLE) in ("head", "worker")
             and not p["metadata"].get("deletionTimestamp")}
 
 

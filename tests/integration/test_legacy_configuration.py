@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from rayop.api.types import LABEL_CLUSTER, LABEL_NODE_KIND
+from rayop.objects import LABEL_CLUSTER, LABEL_ROLE
 from rayop.runtime.kube import ApiError, KubeClient
 from tests.support.cluster import LocalCluster, wait_until
 from tests.support.operator import OperatorProcess, rays_path
@@ -59,7 +59,7 @@ def get(kube: KubeClient, path: str) -> dict[str, Any] | None:
 
 
 def pods(kube: KubeClient, ns: str, name: str, kind: str) -> list[dict[str, Any]]:
-    items = kube.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=f"{LABEL_CLUSTER}={name},{LABEL_NODE_KIND}={kind}")
+    items = kube.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=f"{LABEL_CLUSTER}={name},{LABEL_ROLE}={kind}")
     return [p for p in items["items"] if not p["metadata"].get("deletionTimestamp")]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from rayop.api.types import LABEL_CLUSTER, LABEL_GROUP, LABEL_NODE_KIND
+from rayop.objects import LABEL_CLUSTER, LABEL_GROUP, LABEL_ROLE
 from rayop.runtime.kube import ApiError, KubeClient
 from tests.support.cluster import LocalCluster, wait_until
 from tests.support.operator import OperatorProcess, load_sample, rays_path
@@ -40,7 +40,7 @@ def operator(cluster: LocalCluster, namespace: str, crd: None, tmp_path: Path) -
 def pods(kube: KubeClient, namespace: str, cluster_name: str, kind: str | None = None) -> list[dict[str, Any]]:
     selector = f"{LABEL_CLUSTER}={cluster_name}"
     if kind:
-        selector += f",{LABEL_NODE_KIND}={kind}"
+        selector += f",{LABEL_ROLE}={kind}"
     return list(kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector)["items"])
 
 
@@ -168,7 +168,7 @@ def test_many_clusters_never_overshoot(cluster: LocalCluster, kube: KubeClient, 
                 if event["type"] == "ADDED" and meta["namespace"] in namespaces:
                     labels = meta.get("labels", {})
                     key = (meta["namespace"], labels.get(LABEL_CLUSTER, ""))
-                    created.setdefault(key, set()).add(f"{labels.get(LABEL_NODE_KIND)}/{meta['name']}")
+                    created.setdefault(key, set()).add(f"{labels.get(LABEL_ROLE)}/{meta['name']}")
 
     op = OperatorProcess(cluster, namespaces, tmp_path / "operator.log")
     thread = threading.Thread(target=record, daemon=True)
@@ -252,7 +252,7 @@ def summary(kube: KubeClient, namespace: str, name: str) -> dict[str, Any]:
         if plural == "pods":
             items = live(items)
         out[plural] = sorted(
-            f"{i['metadata']['labels'].get(LABEL_NODE_KIND)}/{i['metadata']['labels'].get(LABEL_GROUP)}"
+            f"{i['metadata']['labels'].get(LABEL_ROLE)}/{i['metadata']['labels'].get(LABEL_GROUP)}"
             for i in items if not i["metadata"].get("deletionTimestamp"))
     ray = kube.get(rays_path(namespace, name))
     out["conditions"] = sorted(f"{c['type']}={c['status']}" for c in ray["status"]["conditions"])

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from rayop.api.types import LABEL_CLUSTER, LABEL_NODE_KIND
+from rayop.objects import LABEL_CLUSTER, LABEL_ROLE
 from rayop.runtime.kube import KubeClient
 from tests.support.cluster import SCRIPT, LocalCluster, wait_until
 from tests.support.operator import OperatorProcess, load_sample, rays_path
@@ -108,7 +108,7 @@ class PodHistory:
                                            {"resourceVersion": self.rv, "timeoutSeconds": 5}, timeout=15):
                 meta = event["object"]["metadata"]
                 self.rv = meta["resourceVersion"]
-                if (meta.get("labels") or {}).get(LABEL_NODE_KIND) not in ("head", "worker"):
+                if (meta.get("labels") or {}).get(LABEL_ROLE) not in ("head", "worker"):
                     continue
                 self.events.append((time.monotonic(), event["type"], meta["name"], meta["uid"],
                                     bool(meta.get("deletionTimestamp"))))
@@ -126,7 +126,7 @@ def ray_pods(kube: KubeClient, namespace: str, name: str) -> dict[str, str]:
     """uid -> name of the live head and worker pods of one cluster."""
     items = kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"{LABEL_CLUSTER}={name}")["items"]
     return {p["metadata"]["uid"]: p["metadata"]["name"] for p in items
-            if p["metadata"]["labels"].get(LABEL_NODE_KIND) in ("head", "worker")
+            if p["metadata"]["labels"].get(LABEL_ROLE) in ("head", "worker")
             and not p["metadata"].get("deletionTimestamp")
             and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")}
 

@@ -429,7 +429,7 @@ def test_status_names_every_ignored_key_and_the_translations() -> None:
            "spec": {"configuration": data("ray-0.8-example-full.yaml")}}
     from datetime import datetime, timezone
 
-    from rayop.plan import Observed
+    from rayop.objects import Observed
 
     status = compute_status(ray, result, Observed(), datetime.now(timezone.utc), options=Options())
     (valid,) = [c for c in status["conditions"] if c["type"] == "ConfigurationValid"]

@@ -14,8 +14,6 @@ import yaml
 from rayop.api.convert import effective_cluster
 from rayop.autoscaler import autoscaler_role_rules
 from rayop.build import (
-    ANNOTATION_REPLACEMENTS,
-    LABEL_TEMPLATE_HASH,
     Owner,
     build_children,
     image_ray_version,
@@ -25,6 +23,7 @@ from rayop.build import (
     with_replacements,
 )
 from rayop.defaults import DEFAULT_RAY_IMAGE, Options
+from rayop.objects import ANNOTATION_REPLACEMENTS, LABEL_TEMPLATE_HASH
 from tests.unit.test_plan_fixtures import PROGRAMS, UID, autoscaling, desired_for, ray, static
 
 SAMPLES = sorted((Path(__file__).resolve().parents[2] / "manifests" / "samples").glob("*.yaml"))

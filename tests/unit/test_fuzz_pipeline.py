@@ -23,7 +23,8 @@ from rayop.api.model import ConfigurationError
 from rayop.autoscaler import inpod_files
 from rayop.build import build_children
 from rayop.defaults import Options
-from rayop.plan import Create, Observed, plan_cluster
+from rayop.objects import Observed
+from rayop.plan import Create, plan_cluster
 from rayop.status import compute_status
 from tests.support.raygen import rays
 

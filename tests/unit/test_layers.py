@@ -1,5 +1,11 @@
-"""The import layering contract: api <- pure builders/plan/status <- reconciler <- cli, with the runtime a
-library of its own and the in-pod programs standalone.
+"""The import layering contract (docs/architecture.md draws it), lowest layer first:
+
+    api  <-  defaults, objects  <-  builders (autoscaler, build)  <-  plan, status  <-  reconciler  <-  cli
+
+with the runtime a library of its own and the in-pod programs standalone. `rayop.objects` (typed reads, pod
+classification, the head choice, the shared names and ports) needs only the API and the defaults; the builders
+never reach up to the plan, the status or the reconciler; the status never imports the plan (both read pods
+through `rayop.objects`, so they agree on which pod is the head).
 
 Checked by reading every module's imports (ast), so a violation fails here before it shows up as a cycle.
 """
@@ -7,6 +13,7 @@ Checked by reading every module's imports (ast), so a violation fails here befor
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -14,15 +21,25 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ROOTS = {"rayop": REPO / "controller", "rayop.api": REPO / "api"}
 
-# Which rayop modules each layer may import (prefix match). Modules not listed belong to the "pure" layer.
+# Which rayop modules each layer may import (prefix match; a module may always import itself).
 API = ("rayop.api",)
 RUNTIME = ("rayop.runtime",)
-PURE = API + ("rayop.build", "rayop.plan", "rayop.status", "rayop.defaults", "rayop.autoscaler",
-              "rayop.expectations", "rayop.jobplan")
+OBJECTS = API + ("rayop.defaults", "rayop.objects")
+BUILDERS = OBJECTS + ("rayop.autoscaler", "rayop.build")
+PURE = BUILDERS + ("rayop.plan", "rayop.status", "rayop.expectations", "rayop.jobplan")
 RULES: list[tuple[str, tuple[str, ...]]] = [
     ("rayop.api", API),
     ("rayop.runtime", RUNTIME),
     ("rayop.inpod", ()),
+    ("rayop.defaults", ()),
+    ("rayop.objects", OBJECTS),
+    ("rayop.autoscaler", OBJECTS),
+    ("rayop.build", BUILDERS),
+    ("rayop.plan", BUILDERS),
+    # Never the plan: the status reads pods, roles and the head through rayop.objects, as the plan does.
+    ("rayop.status", BUILDERS),
+    ("rayop.expectations", ()),
+    ("rayop.jobplan", PURE),
     ("rayop.reconciler", PURE + RUNTIME + ("rayop.reconciler",)),
     # Ray's Job Submission REST API: the standard library only.
     ("rayop.jobsubmit", ()),
@@ -31,6 +48,11 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("rayop.cli", PURE + RUNTIME + ("rayop.reconciler", "rayop.jobreconciler", "rayop.render", "rayop.cli")),
     ("rayop", PURE),  # every other module is pure: no client, no runtime
 ]
+# The modules that build manifests and configs: none of them may reach the plan, the status, the reconcilers,
+# the runtime or the command line.
+BUILDER_MODULES = ("rayop.build", "rayop.defaults", "rayop.autoscaler", "rayop.objects")
+ABOVE_BUILDERS = ("rayop.plan", "rayop.status", "rayop.reconciler", "rayop.jobreconciler", "rayop.runtime",
+                  "rayop.cli", "rayop.render")
 
 
 def modules() -> list[tuple[str, Path]]:
@@ -85,3 +107,38 @@ def test_pure_modules_do_not_import_the_client() -> None:
         if allowed_for(module) in (PURE, API, ()):
             text = path.read_text()
             assert "import kubernetes" not in text and "from kubernetes" not in text, module
+
+
+def _module(name: str) -> tuple[str, Path]:
+    return next((m, p) for m, p in modules() if m == name)
+
+
+def test_status_does_not_import_the_plan() -> None:
+    assert not any(permitted(n, ("rayop.plan",)) for n in imports_of(*_module("rayop.status")))
+
+
+def test_builders_do_not_import_the_reconciler_or_anything_above_them() -> None:
+    for name in BUILDER_MODULES:
+        bad = sorted(n for n in imports_of(*_module(name)) if permitted(n, ABOVE_BUILDERS))
+        assert not bad, f"{name} imports {bad}"
+
+
+def test_every_module_of_the_pure_layers_has_a_rule_of_its_own() -> None:
+    """New pure modules must be placed in a layer on purpose, not fall through to the catch-all."""
+    named = {prefix for prefix, _ in RULES}
+    for module, _ in modules():
+        if module.count(".") == 1 and not module.startswith(("rayop.api", "rayop.runtime", "rayop.inpod")):
+            assert module in named, f"{module} has no layer in RULES"
+
+
+def test_the_architecture_page_draws_every_layer() -> None:
+    """docs/architecture.md's diagram names every module that has a rule here, so the page stays true."""
+    page = (REPO / "docs" / "architecture.md").read_text()
+    # Each layer's line names its modules (comma-separated), then its description after a wide gap.
+    lines = page.split("```")[1].splitlines()
+    names = {n.strip() for line in lines for n in re.split(r"\s{3,}", line.strip())[0].split(",")}
+    for prefix, _ in RULES:
+        # The runtime and the in-pod programs stand beside the layers; the text below the diagram names them.
+        if prefix in ("rayop", "rayop.runtime", "rayop.inpod", "rayop.jobsubmit", "rayop.jobplan"):
+            continue
+        assert prefix.removeprefix("rayop.") in names, f"{prefix} is missing from docs/architecture.md's layers"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rayop.build import ANNOTATION_REPLACEMENTS
+from rayop.objects import ANNOTATION_REPLACEMENTS
 from rayop.defaults import Options
 from rayop.plan import (
     REASON_DUPLICATE_HEAD,
@@ -80,7 +80,7 @@ def test_a_new_cluster_gets_named_children_then_the_head() -> None:
 def test_workers_are_created_once_the_head_runs_and_the_launch_starts(head_phase: str, workers: int) -> None:
     d = desired_for(ray(autoscaling(initial=2)))
     full = healthy(d, workers=0)
-    head = pod("demo-head-abcde", kind="head", group="head", hash=d.head.template_hash, phase=head_phase,
+    head = pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash, phase=head_phase,
                ready=False, node="n1")
     plan = plan_cluster(d, Observed(pods=[head], services=full.services, config_maps=full.config_maps,
                                     service_accounts=full.service_accounts, roles=full.roles,
@@ -113,7 +113,7 @@ def test_scale_up(spec: dict[str, Any], want: int) -> None:
 def _mixed(d: Any) -> list[dict[str, Any]]:
     h = d.workers[0].template_hash
     return [
-        pod("demo-head-abcde", kind="head", group="head", hash=d.head.template_hash),
+        pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash),
         pod("old-ready", hash=h, age=5000),
         pod("new-ready", hash=h, age=100),
         pod("unready", hash=h, ready=False, age=200),
@@ -148,7 +148,7 @@ def test_with_the_autoscaler_busy_workers_are_kept_unless_above_max() -> None:
     assert deleted(plan) == ["unscheduled", "pending", "unready"]
     assert "autoscaler removes idle ones by name" in " ".join(plan.notes)
     lowered = desired_for(ray(autoscaling(minimum=0, maximum=1, initial=0)))
-    pods = [pod("demo-head-abcde", kind="head", group="head", hash=lowered.head.template_hash),
+    pods = [pod("demo-head-abcde", role="head", group="head", hash=lowered.head.template_hash),
             *(pod(f"w{i}", hash=lowered.workers[0].template_hash, age=1000 - i) for i in range(3))]
     plan = plan_cluster(lowered, with_pods(healthy(lowered), pods), NOW)
     assert deleted(plan) == ["w2", "w1"]  # down to maxWorkers, newest first
@@ -226,7 +226,7 @@ def _rolled(spec: dict[str, Any]) -> tuple[Any, Any]:
     new_spec["head"] = {"spec": {"containers": [{"name": "ray-head", "image": "rayproject/ray:2.60.0"}]}}
     new = desired_for(ray(new_spec))
     observed = healthy(old)
-    head = pod("demo-head-abcde", kind="head", group="head", hash=new.head.template_hash, age=3600)
+    head = pod("demo-head-abcde", role="head", group="head", hash=new.head.template_hash, age=3600)
     return new, with_pods(observed, [head, *observed.pods[1:]])
 
 
@@ -288,7 +288,7 @@ def test_head_is_recreated_only_when_its_own_template_changes() -> None:
     assert not [a for a in plan.creates if a.group == "head"]
     assert created(plan, "worker") == 0
     # While the old head terminates nothing new starts; once it is gone the new head is created.
-    terminating = pod("demo-head-abcde", kind="head", group="head", hash=d.head.template_hash, terminating=True)
+    terminating = pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash, terminating=True)
     pods = [terminating, *healthy(d).pods[1:]]
     plan = plan_cluster(head_changed, with_pods(healthy(d), pods), NOW)
     assert not plan.creates and not plan.deletes
@@ -298,7 +298,7 @@ def test_head_is_recreated_only_when_its_own_template_changes() -> None:
 
 def test_a_failed_head_is_replaced_at_once_after_back_off() -> None:
     d = desired_for(ray(static(1)))
-    failed = pod("demo-head-abcde", kind="head", group="head", hash=d.head.template_hash, phase="Failed",
+    failed = pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash, phase="Failed",
                  finished_ago=60)
     plan = plan_cluster(d, with_pods(healthy(d), [failed, *healthy(d).pods[1:]]), NOW)
     assert [a.reason for a in plan.deletes] == [REASON_REPLACE_FAILED]
@@ -307,8 +307,8 @@ def test_a_failed_head_is_replaced_at_once_after_back_off() -> None:
 
 def test_extra_heads_are_deleted_keeping_the_ready_current_one() -> None:
     d = desired_for(ray(static(0)))
-    keep = pod("demo-head-aaaaa", kind="head", group="head", hash=d.head.template_hash, age=100)
-    extra = pod("demo-head-bbbbb", kind="head", group="head", hash=d.head.template_hash, ready=False, age=10)
+    keep = pod("demo-head-aaaaa", role="head", group="head", hash=d.head.template_hash, age=100)
+    extra = pod("demo-head-bbbbb", role="head", group="head", hash=d.head.template_hash, ready=False, age=10)
     plan = plan_cluster(d, with_pods(healthy(d), [extra, keep]), NOW)
     assert [(a.name, a.reason) for a in plan.deletes if a.kind == "Pod"] == [("demo-head-bbbbb",
                                                                               REASON_DUPLICATE_HEAD)]
@@ -408,7 +408,7 @@ def test_objects_of_another_owner_are_never_touched() -> None:
 def test_a_new_head_starts_a_new_launch() -> None:
     d = desired_for(ray(static(1)))
     observed = healthy(d)
-    new_head = pod("demo-head-fffff", kind="head", group="head", hash=d.head.template_hash, age=5)
+    new_head = pod("demo-head-fffff", role="head", group="head", hash=d.head.template_hash, age=5)
     plan = plan_cluster(d, with_pods(observed, [new_head, *observed.pods[1:]]), NOW)
     assert [a.manifest["metadata"]["name"] for a in plan.creates] == [d.launcher_name("uid-demo-head-fffff")]
     assert [a.reason for a in plan.deletes] == [REASON_STALE_LAUNCH]

@@ -9,9 +9,9 @@ from typing import Any
 
 from rayop.api.convert import effective_cluster
 from rayop.autoscaler import build_autoscaler_config
-from rayop.build import LABEL_TEMPLATE_HASH, Desired, build_children
+from rayop.build import Desired, build_children
 from rayop.defaults import Options
-from rayop.plan import Observed
+from rayop.objects import LABEL_TEMPLATE_HASH, Observed
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 UID = "11111111-2222-3333-4444-555555555555"
@@ -49,7 +49,7 @@ def desired_for(obj: dict[str, Any], options: Options | None = None) -> Desired:
                           programs=PROGRAMS)
 
 
-def pod(name: str, *, kind: str = "worker", group: str = "worker", hash: str = "", phase: str = "Running",
+def pod(name: str, *, role: str = "worker", group: str = "worker", hash: str = "", phase: str = "Running",
         ready: bool = True, age: float = 600.0, node: str | None = "node-1", uid: str | None = None,
         terminating: bool = False, restarts: int = 0, waiting: str | None = None, finished_ago: float | None = None,
         ready_since: float | None = None, annotations: dict[str, str] | None = None, cluster: str = "demo",
@@ -60,7 +60,7 @@ def pod(name: str, *, kind: str = "worker", group: str = "worker", hash: str = "
         "namespace": "ray",
         "uid": uid or f"uid-{name}",
         "creationTimestamp": ts(age),
-        "labels": {"ray.k8s.io/cluster": cluster, "ray.k8s.io/node-kind": kind, "ray.k8s.io/group": group,
+        "labels": {"ray.k8s.io/cluster": cluster, "ray.k8s.io/node-kind": role, "ray.k8s.io/group": group,
                    "app.kubernetes.io/managed-by": "rayop", LABEL_TEMPLATE_HASH: hash},
         "ownerReferences": [{"apiVersion": "ray.k8s.io/v1alpha1", "kind": "Ray", "name": cluster, "uid": owner_uid,
                              "controller": True, "blockOwnerDeletion": True}],
@@ -80,7 +80,7 @@ def pod(name: str, *, kind: str = "worker", group: str = "worker", hash: str = "
         if ip:
             status["podIP"] = ip
     status["conditions"] = conditions
-    container = "ray-head" if kind == "head" else "ray-worker"
+    container = "ray-head" if role == "head" else "ray-worker"
     cs: dict[str, Any] = {"name": container, "restartCount": restarts, "ready": ready and phase == "Running"}
     if waiting:
         cs["state"] = {"waiting": {"reason": waiting, "message": f"{waiting} happened"}}
@@ -108,7 +108,7 @@ def stored(manifest: Any, *, uid: str | None = None, age: float = 600.0) -> dict
 
 def healthy(desired: Desired, workers: int | None = None, *, head_name: str = "demo-head-abcde") -> Observed:
     """The observed state of a cluster that is fully up: every child exists, every pod ready with current hashes."""
-    head = pod(head_name, kind="head", group="head", hash=desired.head.template_hash, age=3600)
+    head = pod(head_name, role="head", group="head", hash=desired.head.template_hash, age=3600)
     pods = [head]
     for gp in desired.workers:
         count = gp.desired if workers is None else workers

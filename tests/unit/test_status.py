@@ -12,7 +12,7 @@ import pytest
 from rayop.api.convert import effective_cluster
 from rayop.api.model import ConfigurationError
 from rayop.defaults import Options
-from rayop.plan import Observed
+from rayop.objects import Observed
 from rayop.status import WriteFailure, compute_status, format_time
 from tests.unit.test_plan_fixtures import NOW, autoscaling, desired_for, healthy, pod, ray, static, stored, with_pods
 
@@ -122,7 +122,7 @@ def test_ready_is_false_while_a_desired_worker_is_not_ready(make: Any, reason: s
 def test_head_ready(head: dict[str, Any] | None, reason: str) -> None:
     obj = ray(static(0))
     d = desired_for(obj)
-    pods = [] if head is None else [pod("demo-head-x", kind="head", group="head", hash=d.head.template_hash,
+    pods = [] if head is None else [pod("demo-head-x", role="head", group="head", hash=d.head.template_hash,
                                         **head)]
     status = compute(obj, with_pods(healthy(d), pods))
     c = conditions(status)
