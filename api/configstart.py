@@ -33,11 +33,10 @@ from rayop.api.legacy import (
 )
 from rayop.api.model import ConfigurationError, ConfigWarning
 from rayop.api.modelcheck import ray_container, short
-from rayop.api.types import MANAGED_START_PARAMS
+from rayop.api.types import GCS_PORT, MANAGED_START_PARAMS
 
-__all__ = ["GCS_PORT", "Start", "start_params", "resolve_params"]
+__all__ = ["Start", "start_params", "resolve_params"]
 
-GCS_PORT = "6379"
 
 # Flags of `ray start` the operator sets itself, and that a user's configuration may carry without a warning.
 _SILENT_FLAGS_HEAD = {"head", "autoscaling-config", "block", "no-monitor"}
@@ -196,7 +195,7 @@ def _start_flag(flag: str, value: str, where: str, *, head: bool, start: Start, 
     given = f"--{flag}" + (f"={value}" if value else "")
     name = RENAMED_FLAGS.get(flag, flag)
     if name == "port" and head:
-        if value != GCS_PORT:
+        if value != str(GCS_PORT):
             ctx.warnings.append(ConfigWarning(where, f"{given} ignored: the head's GCS always listens on {GCS_PORT}"))
         return
     if name in (_SILENT_FLAGS_HEAD if head else _SILENT_FLAGS_WORKER):

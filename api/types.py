@@ -34,6 +34,10 @@ HEAD_GROUP = "head"
 DEFAULT_WORKER_GROUP = "worker"
 
 # Child names: `<name>-head-<5>` and `<name>-<group>-<5>` must fit in 63 characters (hostname, label value).
+# The head's fixed ports (the GCS, Ray's dashboard and job API); the one definition, both layers use it.
+GCS_PORT = 6379
+DASHBOARD_PORT = 8265
+
 NAME_LIMIT = 63
 POD_SUFFIX = 6  # "-" + 5 random characters
 MAX_NAME_LENGTH = NAME_LIMIT - POD_SUFFIX - len("-" + HEAD_GROUP)  # 52

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypedDict, cast
 
+from rayop.api.types import DASHBOARD_PORT as DASHBOARD_PORT  # re-exported: the pod rules' ports
+from rayop.api.types import GCS_PORT as GCS_PORT
 from rayop.api.types import GROUP, HEAD_GROUP
 from rayop.defaults import Options
 
@@ -56,8 +58,6 @@ WORKER_CONTAINER = "ray-worker"
 AUTOSCALER_CONTAINER = "autoscaler"
 LAUNCHER_CONTAINER = "launcher"
 
-GCS_PORT = 6379
-DASHBOARD_PORT = 8265
 CLIENT_PORT = 10001
 METRICS_PORT = 8080
 AGENT_PORT = 52365
