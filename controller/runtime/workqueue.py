@@ -43,22 +43,6 @@ class MonotonicClock:
         return time.monotonic()
 
 
-class FakeClock:
-    """A clock that moves only when told to; for tests."""
-
-    def __init__(self, start: float = 1000.0):
-        self._now = start
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        with self._lock:
-            return self._now
-
-    def step(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
-
-
 class RateLimiter(Protocol[K_contra]):
     def when(self, key: K_contra) -> float: ...
 
