@@ -20,13 +20,10 @@ Guarantees:
 
 from __future__ import annotations
 
-import os
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol, TypedDict
 
 import structlog
 
@@ -51,9 +48,9 @@ from rayop.plan import (
 )
 from rayop.runtime.raystate import busy_node_ips
 from rayop.runtime.events import NORMAL, WARNING
-from rayop.runtime.informer import Event, Informer
+from rayop.runtime.informer import Event
 from rayop.runtime.kube import CONTENT_MERGE_PATCH, ApiError, KubeClient, Resource
-from rayop.runtime.manager import Manager, Reconcile, ReconcileError, Result
+from rayop.runtime.manager import ReconcileError, Result
 from rayop.runtime.store import INDEX_OWNER_UID, ObjectKey, make_trimmer
 from rayop.status import WriteFailure, clamp_notices, compute_status
 
@@ -90,44 +87,89 @@ DASHBOARD_RETRY_SECONDS = 60.0
 # A deadline that is due now is looked at again after this long (never a hot loop on a clock that lags).
 MIN_REQUEUE_SECONDS = 0.5
 
-# Test hook: exit the process right after the Nth successful write, to prove that a crash at any point of a
-# reconcile is repaired by the next run. Never set outside tests.
-EXIT_AFTER_WRITES_ENV = "RAYOP_TEST_EXIT_AFTER_WRITES"
+
+class DeleteOptions(TypedDict, total=False):
+    """The body of a DELETE the reconciler sends (meta/v1 DeleteOptions, the fields it uses)."""
+
+    preconditions: dict[str, str]
+    propagationPolicy: str
 
 
-def child_informers(manager: Manager) -> dict[str, Informer]:
-    """The shared informers of every child kind (label-selected, pods trimmed)."""
-    out = {}
-    for kind, resource in CHILDREN.items():
-        kwargs: dict[str, Any] = {"transform": POD_TRIM} if kind == "Pod" else {}
-        out[kind] = manager.informer(resource, label_selector=MANAGED_BY_SELECTOR, **kwargs)
-    return out
+class Writer(Protocol):
+    """The API server calls the reconciler makes, by child kind (a key of `CHILDREN`). Each raises `ApiError`
+    when the server refuses; `get` is the one live read (an AlreadyExists Service is looked at)."""
+
+    def create(self, kind: str, namespace: str, manifest: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Create the child; the object as created (its generated name)."""
+        ...
+
+    def get(self, kind: str, namespace: str, name: str) -> Mapping[str, Any]: ...
+
+    def delete(self, kind: str, namespace: str, name: str, options: DeleteOptions) -> None: ...
+
+    def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """A JSON merge patch of the child."""
+        ...
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """A JSON merge patch of the Ray's `/status` subresource with `{"status": status}`."""
+        ...
 
 
-@dataclass
-class _WriteCounter:
-    """Counts successful writes for the crash test hook."""
+class Recorder(Protocol):
+    """Records a Kubernetes Event about an object (`rayop.runtime.events.EventRecorder`); never raises."""
 
-    limit: int
-    count: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def record(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
 
-    def wrote(self) -> None:
-        with self.lock:
-            self.count += 1
-            if self.count >= self.limit:
-                log.warning("test hook: exiting after write", writes=self.count)
-                os._exit(17)
+
+class Lister(Protocol):
+    """A read of an informer's cache (`rayop.runtime.store.Store`)."""
+
+    def get(self, key: ObjectKey) -> Mapping[str, Any] | None: ...
+
+    def by_index(self, index: str, value: str) -> Sequence[Mapping[str, Any]]: ...
+
+
+BusyNodes = Callable[[str, int], frozenset[str] | None]
+
+
+class KubeWriter:
+    """`Writer` on the API server, through the manager's client (and so its write gate)."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+
+    def create(self, kind: str, namespace: str, manifest: Mapping[str, Any]) -> Mapping[str, Any]:
+        created: Mapping[str, Any] = self.client.create(CHILDREN[kind].collection(namespace), dict(manifest))
+        return created
+
+    def get(self, kind: str, namespace: str, name: str) -> Mapping[str, Any]:
+        current: Mapping[str, Any] = self.client.get(CHILDREN[kind].object(namespace, name))
+        return current
+
+    def delete(self, kind: str, namespace: str, name: str, options: DeleteOptions) -> None:
+        self.client.delete(CHILDREN[kind].object(namespace, name), dict(options))
+
+    def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        self.client.patch(CHILDREN[kind].object(namespace, name), dict(patch), CONTENT_MERGE_PATCH)
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.client.patch(RAY.object(namespace, name) + "/status", {"status": dict(status)}, CONTENT_MERGE_PATCH)
 
 
 class RayReconciler:
-    def __init__(self, manager: Manager, options: Options | None = None,
-                 now: Callable[[], datetime] | None = None):
+    """Reconciles one `Ray` key (see the module docstring) from narrow parts: the writes it makes, the Events it
+    records, the caches it reads (`rays`, and `children` by kind, each with the owner-UID index), the clock of the
+    status times and the question which workers are busy."""
+
+    def __init__(self, *, writer: Writer, recorder: Recorder, rays: Lister, children: Mapping[str, Lister],
+                 options: Options | None = None, now: Callable[[], datetime] | None = None,
+                 busy_nodes: BusyNodes = busy_node_ips, monotonic: Callable[[], float] = time.monotonic):
         self.options = options or Options()
-        self.client: KubeClient = manager.client
-        self.recorder = manager.recorder
-        self.rays = manager.informer(RAY)
-        self.children = child_informers(manager)
+        self.writer = writer
+        self.recorder = recorder
+        self.rays = rays
+        self.children = children
         self.expectations = Expectations()
         self.programs = inpod_files()
         self._now = now or (lambda: datetime.now(timezone.utc))
@@ -136,16 +178,15 @@ class RayReconciler:
         self._reported: dict[tuple[ObjectKey, str], tuple[str, int]] = {}
         # The clamp notice last reported per live Ray (UID, text): a Normal Event only when it changes.
         self._clamped: dict[ObjectKey, tuple[str, str]] = {}
-        self.busy_nodes: Callable[[str, int], frozenset[str] | None] = busy_node_ips
+        self.busy_nodes = busy_nodes
+        self._monotonic = monotonic
         # Head pod IP -> when its dashboard last failed to answer (bounded by the heads the operator talked to).
         self._silent_dashboards: dict[str, float] = {}
-        limit = os.environ.get(EXIT_AFTER_WRITES_ENV)
-        self._writes = _WriteCounter(int(limit)) if limit else None
 
     # -- reconcile ------------------------------------------------------------------------------------------------
 
     def __call__(self, key: ObjectKey) -> Result | None:
-        ray = self.rays.store.get(key)
+        ray = self.rays.get(key)
         if ray is None:
             # Deleted: the garbage collector removes the children through their ownerReferences.
             self.expectations.forget(lambda scope: isinstance(scope, tuple) and scope[0] == key)
@@ -204,11 +245,11 @@ class RayReconciler:
         return Result(requeue_after=max(requeue, MIN_REQUEUE_SECONDS))
 
     def observe(self, uid: str) -> Observed:
-        def owned(kind: str) -> list[dict[str, Any]]:
-            return self.children[kind].store.by_index(INDEX_OWNER_UID, uid)
+        def owned(kind: str) -> Sequence[Mapping[str, Any]]:
+            return self.children[kind].by_index(INDEX_OWNER_UID, uid)
 
         jobs = owned("Job")
-        pods = self.children["Pod"].store
+        pods = self.children["Pod"]
         launcher_pods = [p for j in jobs for p in pods.by_index(INDEX_OWNER_UID, str(j["metadata"]["uid"]))]
         return Observed(
             pods=owned("Pod"), services=owned("Service"), config_maps=owned("ConfigMap"), jobs=jobs,
@@ -233,12 +274,12 @@ class RayReconciler:
         port = int(model.head.ray_start_params.get("dashboard-port", DASHBOARD_PORT))
         host = str(heads[0]["status"]["podIP"])
         silent = self._silent_dashboards.get(host)
-        if silent is not None and time.monotonic() - silent < DASHBOARD_RETRY_SECONDS:
+        if silent is not None and self._monotonic() - silent < DASHBOARD_RETRY_SECONDS:
             return frozenset()
         busy = self.busy_nodes(host, port)
         if busy is None:
             # Not asked again for a while: a dashboard that does not answer must not slow every reconcile.
-            now = time.monotonic()
+            now = self._monotonic()
             self._silent_dashboards = {h: t for h, t in self._silent_dashboards.items()
                                        if now - t < DASHBOARD_RETRY_SECONDS}
             self._silent_dashboards[host] = now
@@ -287,11 +328,10 @@ class RayReconciler:
         return failures
 
     def create(self, ray: Mapping[str, Any], key: ObjectKey, namespace: str, action: Create) -> WriteFailure | None:
-        resource = CHILDREN[action.kind]
         meta = action.manifest.get("metadata") or {}
         name = str(meta.get("name") or meta.get("generateName") or "")
         try:
-            created = self.client.create(resource.collection(namespace), dict(action.manifest))
+            created = self.writer.create(action.kind, namespace, action.manifest)
         except ApiError as e:
             if e.already_exists:
                 return self._foreign(ray, action, namespace, name)
@@ -302,7 +342,6 @@ class RayReconciler:
             log.warning("create refused", key=str(key), kind=action.kind, name=name, status=e.status,
                         message=message)
             return WriteFailure("create", action.kind, name, message, e.reason)
-        self._wrote()
         created_name = created["metadata"]["name"]
         if action.group is not None:
             self.expectations.expect_created((key, action.group), created_name)
@@ -317,7 +356,7 @@ class RayReconciler:
         if action.kind != "Service" or action.group is not None:
             return None
         try:
-            current = self.client.get(CHILDREN[action.kind].object(namespace, name))
+            current = self.writer.get(action.kind, namespace, name)
         except ApiError:
             return None
         uid = str((ray.get("metadata") or {}).get("uid") or "")
@@ -330,15 +369,14 @@ class RayReconciler:
         return WriteFailure("create", action.kind, name, message, "AlreadyExists")
 
     def delete(self, ray: Mapping[str, Any], key: ObjectKey, namespace: str, action: Delete) -> WriteFailure | None:
-        resource = CHILDREN[action.kind]
         scope = (key, action.group) if action.group is not None else None
         if scope:
             self.expectations.expect_deleted(scope, action.uid)
-        body: dict[str, Any] = {"preconditions": {"uid": action.uid}}
+        options: DeleteOptions = {"preconditions": {"uid": action.uid}}
         if action.propagation:
-            body["propagationPolicy"] = action.propagation
+            options["propagationPolicy"] = action.propagation
         try:
-            self.client.delete(resource.object(namespace, action.name), body)
+            self.writer.delete(action.kind, namespace, action.name, options)
         except ApiError as e:
             if e.not_found or e.conflict:
                 return None  # already gone, or a newer object of that name: not ours to delete
@@ -346,28 +384,21 @@ class RayReconciler:
                 self.expectations.deletion_failed(scope, action.uid)
             self.recorder.record(ray, WARNING, f"FailedDelete{action.kind}", f"{action.name}: {e.message}")
             return WriteFailure("delete", action.kind, action.name, e.message, e.reason)
-        self._wrote()
         self.recorder.record(ray, NORMAL, f"Deleted{action.kind}",
                              f"{action.name}" + (f": {action.message}" if action.message else ""))
         return None
 
     def patch(self, ray: Mapping[str, Any], namespace: str, action: Patch) -> WriteFailure | None:
-        resource = CHILDREN[action.kind]
         try:
-            self.client.patch(resource.object(namespace, action.name), dict(action.patch), CONTENT_MERGE_PATCH)
+            self.writer.patch(action.kind, namespace, action.name, action.patch)
         except ApiError as e:
             if e.not_found:
                 return None  # the next reconcile creates it
             self.recorder.record(ray, WARNING, f"FailedUpdate{action.kind}", f"{action.name}: {e.message}")
             return WriteFailure("patch", action.kind, action.name, e.message, e.reason)
-        self._wrote()
         self.recorder.record(ray, NORMAL, f"Updated{action.kind}",
                              f"{action.name}" + (f": {action.message}" if action.message else ""))
         return None
-
-    def _wrote(self) -> None:
-        if self._writes is not None:
-            self._writes.wrote()
 
     # -- status and events ----------------------------------------------------------------------------------------
 
@@ -380,13 +411,11 @@ class RayReconciler:
             self.recorder.record(ray, WARNING, str(condition["reason"]), str(condition.get("message", "")))
         meta = ray["metadata"]
         try:
-            self.client.patch(RAY.object(meta["namespace"], meta["name"]) + "/status", {"status": patch},
-                              CONTENT_MERGE_PATCH)
+            self.writer.patch_status(str(meta["namespace"]), str(meta["name"]), patch)
         except ApiError as e:
             if e.not_found:
                 return
             raise
-        self._wrote()
 
     def _report_clamps(self, key: ObjectKey, ray: Mapping[str, Any], model: ClusterModel) -> None:
         """A Normal Event when the bounds change the worker count the user or the autoscaler asked for (once per
@@ -462,7 +491,3 @@ def launcher_pod_owner(event: Event) -> Iterable[ObjectKey]:
         return ()
     return (ObjectKey(event.key.namespace, str(labels[LABEL_CLUSTER])),)
 
-
-def ray_reconciler(manager: Manager) -> Reconcile:
-    """The `--reconciler` factory `rayop run` uses by default."""
-    return RayReconciler(manager)
