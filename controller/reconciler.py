@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, Protocol, TypedDict
+from typing import Protocol, TypedDict
 
 import structlog
 
@@ -95,23 +95,27 @@ class DeleteOptions(TypedDict, total=False):
     propagationPolicy: str
 
 
+# A Kubernetes object as decoded JSON; read through `_field` and `_meta`.
+Obj = Mapping[str, object]
+
+
 class Writer(Protocol):
     """The API server calls the reconciler makes, by child kind (a key of `CHILDREN`). Each raises `ApiError`
     when the server refuses; `get` is the one live read (an AlreadyExists Service is looked at)."""
 
-    def create(self, kind: str, namespace: str, manifest: Mapping[str, Any]) -> Mapping[str, Any]:
+    def create(self, kind: str, namespace: str, manifest: Obj) -> Obj:
         """Create the child; the object as created (its generated name)."""
         ...
 
-    def get(self, kind: str, namespace: str, name: str) -> Mapping[str, Any]: ...
+    def get(self, kind: str, namespace: str, name: str) -> Obj: ...
 
     def delete(self, kind: str, namespace: str, name: str, options: DeleteOptions) -> None: ...
 
-    def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> None:
         """A JSON merge patch of the child."""
         ...
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
         """A JSON merge patch of the Ray's `/status` subresource with `{"status": status}`."""
         ...
 
@@ -119,15 +123,15 @@ class Writer(Protocol):
 class Recorder(Protocol):
     """Records a Kubernetes Event about an object (`rayop.runtime.events.EventRecorder`); never raises."""
 
-    def record(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
+    def record(self, obj: Obj, type_: str, reason: str, message: str) -> None: ...
 
 
 class Lister(Protocol):
     """A read of an informer's cache (`rayop.runtime.store.Store`)."""
 
-    def get(self, key: ObjectKey) -> Mapping[str, Any] | None: ...
+    def get(self, key: ObjectKey) -> Obj | None: ...
 
-    def by_index(self, index: str, value: str) -> Sequence[Mapping[str, Any]]: ...
+    def by_index(self, index: str, value: str) -> Sequence[Obj]: ...
 
 
 BusyNodes = Callable[[str, int], frozenset[str] | None]
@@ -139,21 +143,21 @@ class KubeWriter:
     def __init__(self, client: KubeClient) -> None:
         self.client = client
 
-    def create(self, kind: str, namespace: str, manifest: Mapping[str, Any]) -> Mapping[str, Any]:
-        created: Mapping[str, Any] = self.client.create(CHILDREN[kind].collection(namespace), dict(manifest))
+    def create(self, kind: str, namespace: str, manifest: Obj) -> Obj:
+        created: Obj = self.client.create(CHILDREN[kind].collection(namespace), dict(manifest))
         return created
 
-    def get(self, kind: str, namespace: str, name: str) -> Mapping[str, Any]:
-        current: Mapping[str, Any] = self.client.get(CHILDREN[kind].object(namespace, name))
+    def get(self, kind: str, namespace: str, name: str) -> Obj:
+        current: Obj = self.client.get(CHILDREN[kind].object(namespace, name))
         return current
 
     def delete(self, kind: str, namespace: str, name: str, options: DeleteOptions) -> None:
         self.client.delete(CHILDREN[kind].object(namespace, name), dict(options))
 
-    def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> None:
         self.client.patch(CHILDREN[kind].object(namespace, name), dict(patch), CONTENT_MERGE_PATCH)
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
         self.client.patch(RAY.object(namespace, name) + "/status", {"status": dict(status)}, CONTENT_MERGE_PATCH)
 
 
@@ -195,10 +199,9 @@ class RayReconciler:
             self._reported.pop((key, "translated"), None)
             self._clamped.pop(key, None)
             return None
-        meta = ray["metadata"]
-        if meta.get("deletionTimestamp"):
+        if _meta(ray).get("deletionTimestamp"):
             return None
-        observed = self.observe(str(meta["uid"]))
+        observed = self.observe(str(_meta(ray)["uid"]))
         now = self._now()
         try:
             conversion = effective_cluster(ray)
@@ -218,7 +221,7 @@ class RayReconciler:
         self._report_clamps(key, ray, conversion.cluster)
         desired = build_children(ray, conversion.cluster, self.options, programs=self.programs)
         paused = self.paused_groups(key, observed, [HEAD_GROUP, *(w.group for w in desired.workers)])
-        suspended = (ray.get("spec") or {}).get("suspend") is True
+        suspended = _field(ray, "spec").get("suspend") is True
         plan = plan_cluster(desired, observed, now, paused=paused, suspended=suspended)
         if self._removes_ready_workers(plan, observed):
             # About to remove running, ready workers: ask Ray which ones are busy, so idle ones go first.
@@ -245,12 +248,12 @@ class RayReconciler:
         return Result(requeue_after=max(requeue, MIN_REQUEUE_SECONDS))
 
     def observe(self, uid: str) -> Observed:
-        def owned(kind: str) -> Sequence[Mapping[str, Any]]:
+        def owned(kind: str) -> Sequence[Obj]:
             return self.children[kind].by_index(INDEX_OWNER_UID, uid)
 
         jobs = owned("Job")
         pods = self.children["Pod"]
-        launcher_pods = [p for j in jobs for p in pods.by_index(INDEX_OWNER_UID, str(j["metadata"]["uid"]))]
+        launcher_pods = [p for j in jobs for p in pods.by_index(INDEX_OWNER_UID, str(_meta(j)["uid"]))]
         return Observed(
             pods=owned("Pod"), services=owned("Service"), config_maps=owned("ConfigMap"), jobs=jobs,
             service_accounts=owned("ServiceAccount"), roles=owned("Role"), role_bindings=owned("RoleBinding"),
@@ -264,7 +267,7 @@ class RayReconciler:
         return any(isinstance(a, Delete) and a.kind == "Pod" and a.name in ready and a.reason in DRAINING_REASONS
                    for a in plan.actions)
 
-    def busy_workers(self, ray: Mapping[str, Any], model: ClusterModel, observed: Observed) -> frozenset[str]:
+    def busy_workers(self, ray: Obj, model: ClusterModel, observed: Observed) -> frozenset[str]:
         """Pod IPs of the workers whose Ray node runs tasks or actors, from the head's dashboard; empty when it
         does not answer."""
         heads = [p for p in observed.pods if (p["metadata"].get("labels") or {}).get(LABEL_NODE_KIND) == KIND_HEAD
@@ -283,8 +286,7 @@ class RayReconciler:
             self._silent_dashboards = {h: t for h, t in self._silent_dashboards.items()
                                        if now - t < DASHBOARD_RETRY_SECONDS}
             self._silent_dashboards[host] = now
-            log.info("the dashboard does not say which workers are busy", key=f"{ray['metadata']['namespace']}/"
-                     f"{ray['metadata']['name']}")
+            log.info("the dashboard does not say which workers are busy", key=str(ObjectKey.of(ray)))
             return frozenset()
         self._silent_dashboards.pop(host, None)
         return busy
@@ -304,7 +306,7 @@ class RayReconciler:
 
     # -- apply ----------------------------------------------------------------------------------------------------
 
-    def apply(self, ray: Mapping[str, Any], key: ObjectKey, plan: Plan) -> list[WriteFailure]:
+    def apply(self, ray: Obj, key: ObjectKey, plan: Plan) -> list[WriteFailure]:
         failures: list[WriteFailure] = []
         refused_groups: set[str] = set()
         namespace = key.namespace
@@ -327,7 +329,7 @@ class RayReconciler:
                     failures.append(failure)
         return failures
 
-    def create(self, ray: Mapping[str, Any], key: ObjectKey, namespace: str, action: Create) -> WriteFailure | None:
+    def create(self, ray: Obj, key: ObjectKey, namespace: str, action: Create) -> WriteFailure | None:
         meta = action.manifest.get("metadata") or {}
         name = str(meta.get("name") or meta.get("generateName") or "")
         try:
@@ -342,14 +344,14 @@ class RayReconciler:
             log.warning("create refused", key=str(key), kind=action.kind, name=name, status=e.status,
                         message=message)
             return WriteFailure("create", action.kind, name, message, e.reason)
-        created_name = created["metadata"]["name"]
+        created_name = str(_meta(created)["name"])
         if action.group is not None:
             self.expectations.expect_created((key, action.group), created_name)
         self.recorder.record(ray, NORMAL, f"Created{action.kind}",
                              f"{created_name}" + (f": {action.message}" if action.message else ""))
         return None
 
-    def _foreign(self, ray: Mapping[str, Any], action: Create, namespace: str, name: str) -> WriteFailure | None:
+    def _foreign(self, ray: Obj, action: Create, namespace: str, name: str) -> WriteFailure | None:
         """A named child that already exists is fine when it is this Ray's (a cache that lags behind); a Service of
         the same name that belongs to someone else (a name the configuration's provider.services asks for) is never
         adopted, and the status says so."""
@@ -359,16 +361,15 @@ class RayReconciler:
             current = self.writer.get(action.kind, namespace, name)
         except ApiError:
             return None
-        uid = str((ray.get("metadata") or {}).get("uid") or "")
-        owners = [r.get("uid") for r in (current.get("metadata") or {}).get("ownerReferences") or []
-                  if isinstance(r, Mapping) and r.get("controller")]
+        uid = str(_meta(ray).get("uid") or "")
+        owners = [r.get("uid") for r in _items(_meta(current).get("ownerReferences")) if r.get("controller")]
         if uid in owners:
             return None
         message = f"Service {name} already exists and does not belong to this Ray; it is not adopted or changed"
         self.recorder.record(ray, WARNING, "FailedCreateService", message)
         return WriteFailure("create", action.kind, name, message, "AlreadyExists")
 
-    def delete(self, ray: Mapping[str, Any], key: ObjectKey, namespace: str, action: Delete) -> WriteFailure | None:
+    def delete(self, ray: Obj, key: ObjectKey, namespace: str, action: Delete) -> WriteFailure | None:
         scope = (key, action.group) if action.group is not None else None
         if scope:
             self.expectations.expect_deleted(scope, action.uid)
@@ -388,7 +389,7 @@ class RayReconciler:
                              f"{action.name}" + (f": {action.message}" if action.message else ""))
         return None
 
-    def patch(self, ray: Mapping[str, Any], namespace: str, action: Patch) -> WriteFailure | None:
+    def patch(self, ray: Obj, namespace: str, action: Patch) -> WriteFailure | None:
         try:
             self.writer.patch(action.kind, namespace, action.name, action.patch)
         except ApiError as e:
@@ -402,14 +403,14 @@ class RayReconciler:
 
     # -- status and events ----------------------------------------------------------------------------------------
 
-    def write_status(self, ray: Mapping[str, Any], status: Mapping[str, Any]) -> None:
-        old = ray.get("status") or {}
+    def write_status(self, ray: Obj, status: Obj) -> None:
+        old = _field(ray, "status")
         patch = merge_patch(old, status)
         if not patch:
             return
         for condition in problems_raised(old, status):
             self.recorder.record(ray, WARNING, str(condition["reason"]), str(condition.get("message", "")))
-        meta = ray["metadata"]
+        meta = _meta(ray)
         try:
             self.writer.patch_status(str(meta["namespace"]), str(meta["name"]), patch)
         except ApiError as e:
@@ -417,7 +418,7 @@ class RayReconciler:
                 return
             raise
 
-    def _report_clamps(self, key: ObjectKey, ray: Mapping[str, Any], model: ClusterModel) -> None:
+    def _report_clamps(self, key: ObjectKey, ray: Obj, model: ClusterModel) -> None:
         """A Normal Event when the bounds change the worker count the user or the autoscaler asked for (once per
         distinct notice)."""
         notices = clamp_notices(ray, model)
@@ -425,16 +426,17 @@ class RayReconciler:
             self._clamped.pop(key, None)
             return
         text = "; ".join(notices)
-        seen = (str(ray["metadata"]["uid"]), text)
+        seen = (str(_meta(ray)["uid"]), text)
         if self._clamped.get(key) == seen:
             return
         self._clamped[key] = seen
         self.recorder.record(ray, NORMAL, "WorkersClamped", text)
 
-    def _first_report(self, key: ObjectKey, kind: str, ray: Mapping[str, Any]) -> bool:
+    def _first_report(self, key: ObjectKey, kind: str, ray: Obj) -> bool:
         """True once per (Ray UID, generation) for each kind of configuration report: no Event storm."""
-        meta = ray["metadata"]
-        seen = (str(meta["uid"]), int(meta.get("generation") or 0))
+        meta = _meta(ray)
+        generation = meta.get("generation")
+        seen = (str(meta["uid"]), generation if isinstance(generation, int) else 0)
         if self._reported.get((key, kind)) == seen:
             return False
         self._reported[(key, kind)] = seen
@@ -450,12 +452,12 @@ PROGRESS_REASONS = frozenset({
 EVENT_CONDITIONS = frozenset({"HeadReady", "WorkersReady", "SuccessfulLaunch", "ReplicaFailure"})
 
 
-def problems_raised(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def problems_raised(old: Obj, new: Obj) -> list[Obj]:
     """Conditions that newly report a problem: False (True for ReplicaFailure) with a reason that is not mere
     progress, and a status or reason different from before. Each deserves one Warning Event."""
-    before = {c.get("type"): c for c in old.get("conditions") or []}
+    before = {c.get("type"): c for c in _items(old.get("conditions"))}
     raised = []
-    for c in new.get("conditions") or []:
+    for c in _items(new.get("conditions")):
         kind = c.get("type")
         if kind not in EVENT_CONDITIONS or c.get("reason") in PROGRESS_REASONS:
             continue
@@ -466,9 +468,9 @@ def problems_raised(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Mapp
     return raised
 
 
-def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+def merge_patch(old: Obj, new: Obj) -> dict[str, object]:
     """The JSON merge patch (RFC 7386) that turns `old` into `new`: changed keys, removed keys as null."""
-    patch: dict[str, Any] = {}
+    patch: dict[str, object] = {}
     for k, v in new.items():
         before = old.get(k)
         if isinstance(v, Mapping) and isinstance(before, Mapping):
@@ -481,6 +483,21 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
         if k not in new:
             patch[k] = None
     return patch
+
+
+def _field(obj: Obj, name: str) -> Obj:
+    """The object-valued field `name` of `obj`; empty when it is missing or null."""
+    value = obj.get(name)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _meta(obj: Obj) -> Obj:
+    return _field(obj, "metadata")
+
+
+def _items(value: object) -> list[Obj]:
+    """The objects of a JSON list (conditions, ownerReferences); empty when it is missing or null."""
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
 
 
 def launcher_pod_owner(event: Event) -> Iterable[ObjectKey]:
