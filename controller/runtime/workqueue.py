@@ -11,7 +11,7 @@ Guarantees:
   overall token bucket); `forget` resets the key's backoff.
 - `shutdown()` wakes every waiting `get()`, which then returns None; `shutdown(drain=True)` first waits until the
   keys being processed are done.
-- The clock is injectable: tests drive delays and backoff with a fake clock and `tick()`.
+- The clock is injectable: tests drive delays and backoff with a fake clock (a waiting `get()` polls it).
 
 Metrics hooks (`on_add`, `on_get`, `on_done`, `on_retry`, `on_depth`) let the metrics layer observe depth,
 latency and work duration without this module importing it; `unfinished_work_seconds()` and
@@ -298,11 +298,6 @@ class WorkQueue(Generic[K]):
             if not self._processing:
                 return 0.0
             return self._clock.now() - min(self._processing.values())
-
-    def tick(self) -> None:
-        """Wake waiters so they re-read a fake clock."""
-        with self._cond:
-            self._cond.notify_all()
 
     def _depth_changed(self) -> None:
         if self._on_depth:
