@@ -11,8 +11,8 @@ A second controller, `rayjob` (`rayop.jobreconciler`), runs `RayJob`s when their
 `--reconciler observe` runs, instead of the Ray reconciler, one that only reads the caches and logs what it sees (it
 writes nothing), for debugging the watch loop alone.
 
-`build_manager` takes the reconcilers' writers as parameters (the API server's by default), so a test can run the
-real operator with a writer of its own (tests/support/faulty.py).
+`build_manager` takes the Ray reconciler's writer and the RayJob reconciler's Job Submission client as parameters
+(the real ones by default), so a test can run the real operator with its own (tests/support/faulty.py).
 
 Other subcommands (e.g. `rayop render`) register themselves in `SUBCOMMANDS`.
 """
