@@ -2,14 +2,17 @@
 
 `rayop run` starts the operator: informers for `Ray` objects and for the children the operator creates (selected
 by the label `app.kubernetes.io/managed-by=rayop`, mapped to their owner through the controller ownerReference of
-kind `Ray`), one controller whose reconcile function is pluggable (`--reconciler module:factory`), leader election,
-and the health/metrics port. SIGTERM or SIGINT drains and exits 0; losing the lease exits 1.
+kind `Ray`), one controller running the Ray reconciler (`rayop.reconciler`), leader election, and the
+health/metrics port. SIGTERM or SIGINT drains and exits 0; losing the lease exits 1.
 
 A second controller, `rayjob` (`rayop.jobreconciler`), runs `RayJob`s when their CRD is served at start-up
 (`--rayjobs auto`; `on` or `off` force it).
 
-The default reconciler is the Ray reconciler (`rayop.reconciler`); `--reconciler observe` only reads the caches
-and logs what it sees (it writes nothing), for debugging the watch loop alone.
+`--reconciler observe` runs, instead of the Ray reconciler, one that only reads the caches and logs what it sees (it
+writes nothing), for debugging the watch loop alone.
+
+`build_manager` takes the Ray reconciler's writer and the RayJob reconciler's Job Submission client as parameters
+(the real ones by default), so a test can run the real operator with its own (tests/support/faulty.py).
 
 Other subcommands (e.g. `rayop render`) register themselves in `SUBCOMMANDS`.
 """
@@ -17,24 +20,33 @@ Other subcommands (e.g. `rayop render`) register themselves in `SUBCOMMANDS`.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import FrameType
 
 import structlog
 
 from rayop.defaults import Options, add_option_arguments, options_from_args
 from rayop.jobplan import Timing
 from rayop.jobreconciler import rayjob_crd_served, wire_rayjobs
+from rayop.jobsubmit import JobSubmissionClient
 from rayop.reconciler import CHILDREN as CHILD_RESOURCES
-from rayop.reconciler import MANAGED_BY_SELECTOR, RAY, RayReconciler, child_informers, launcher_pod_owner
+from rayop.reconciler import (
+    MANAGED_BY_SELECTOR,
+    POD_TRIM,
+    RAY,
+    KubeWriter,
+    RayReconciler,
+    Writer,
+    launcher_pod_owner,
+)
 from rayop.render import add_render_parser
 from rayop.runtime.handlers import controller_owner_key, generation_changed
+from rayop.runtime.informer import Informer
 from rayop.runtime.kube import KubeClient, Resource
 from rayop.runtime.leaderelection import LeaderElectionConfig, default_identity
 from rayop.runtime.logging import FORMATS, LEVELS, configure_logging
@@ -43,26 +55,44 @@ from rayop.runtime.store import INDEX_OWNER_UID, ObjectKey
 
 log = structlog.get_logger("rayop.cli")
 
-RAY_GROUP = RAY.group
-MANAGED_BY = MANAGED_BY_SELECTOR
 CHILDREN: tuple[Resource, ...] = tuple(CHILD_RESOURCES.values())
 CONTROLLER_NAME = "ray"
-DEFAULT_RECONCILER = "rayop.reconciler:ray_reconciler"
+RECONCILERS = ("ray", "observe")
 # Every Ray is reconciled at least this often (plus up to 10 % jitter) even when no event arrives: a safety net
 # for lost events and deadlines. On an idle cluster a resync writes nothing.
 DEFAULT_RESYNC_SECONDS = 600.0
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
-ReconcilerFactory = Callable[[Manager], Reconcile]
+WriterFactory = Callable[[KubeClient], Writer]
 
 
-# -- the reconciler until the real one exists ------------------------------------------------------------------
+def child_informers(manager: Manager) -> dict[str, Informer]:
+    """The shared informers of every child kind of a `Ray`, by kind (label-selected, pods trimmed)."""
+    out = {}
+    for kind, resource in CHILD_RESOURCES.items():
+        if kind == "Pod":
+            out[kind] = manager.informer(resource, label_selector=MANAGED_BY_SELECTOR, transform=POD_TRIM)
+        else:
+            out[kind] = manager.informer(resource, label_selector=MANAGED_BY_SELECTOR)
+    return out
+
+
+def ray_reconciler(manager: Manager, options: Options | None = None, writer: Writer | None = None) -> RayReconciler:
+    """The Ray reconciler on the manager's caches and recorder, writing through `writer` (default: the manager's
+    client)."""
+    return RayReconciler(
+        writer=writer or KubeWriter(manager.client),
+        recorder=manager.recorder,
+        rays=manager.informer(RAY).store,
+        children={kind: informer.store for kind, informer in child_informers(manager).items()},
+        options=options,
+    )
 
 
 def observe_only(manager: Manager) -> Reconcile:
     """A reconciler that reads the caches and logs what it sees. It writes nothing."""
     rays = manager.informer(RAY)
-    children = [manager.informer(r, label_selector=MANAGED_BY) for r in CHILDREN]
+    children = list(child_informers(manager).values())
     olog = structlog.get_logger("rayop.observe")
 
     def reconcile(key: ObjectKey) -> Result:
@@ -79,28 +109,12 @@ def observe_only(manager: Manager) -> Reconcile:
     return reconcile
 
 
-def load_reconciler(spec: str, options: Options | None = None) -> ReconcilerFactory:
-    if spec == "observe":
-        return observe_only
-    if spec == DEFAULT_RECONCILER:
-        return lambda manager: RayReconciler(manager, options)
-    module_name, _, attr = spec.partition(":")
-    if not attr:
-        raise SystemExit(f"--reconciler must be 'observe' or 'module:factory', got {spec!r}")
-    factory = getattr(importlib.import_module(module_name), attr)
-    return factory  # type: ignore[no-any-return]
-
-
-# -- wiring ------------------------------------------------------------------------------------------------------
-
-
-def wire(manager: Manager, factory: ReconcilerFactory, workers: int,
+def wire(manager: Manager, reconcile: Reconcile, workers: int,
          resync_period: float | None = DEFAULT_RESYNC_SECONDS) -> None:
-    """Informers for Ray and its children, one controller calling the reconciler built by `factory`."""
-    reconcile = factory(manager)
+    """Informers for Ray and its children, one controller calling `reconcile`."""
     controller = manager.controller(CONTROLLER_NAME, reconcile, workers=workers, resync_period=resync_period)
     controller.watch_primary(manager.informer(RAY), predicate=generation_changed)
-    to_owner = controller_owner_key("Ray", RAY_GROUP)
+    to_owner = controller_owner_key("Ray", RAY.group)
     informers = child_informers(manager)
     for informer in informers.values():
         controller.watch(informer, to_owner)
@@ -118,7 +132,7 @@ def _namespaces(values: list[str] | None) -> list[str] | None:
     return names or None
 
 
-def add_run_parser(sub: Any) -> None:
+def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run the operator")
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None,
                    help="kubeconfig file (default: $KUBECONFIG, then in-cluster, then ~/.kube/config)")
@@ -150,9 +164,8 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--rayjob-workers", type=int, default=2, help="concurrent RayJob reconciles (default 2)")
     p.add_argument("--rayjob-poll-interval", type=float, default=Timing.poll_interval,
                    help="seconds between polls of a running Ray job (default 2)")
-    p.add_argument("--reconciler", default=DEFAULT_RECONCILER,
-                   help="module:factory, factory(manager) -> reconcile(key) (default: the Ray reconciler); "
-                        "'observe' only reads the caches and logs")
+    p.add_argument("--reconciler", choices=RECONCILERS, default="ray",
+                   help="ray (default): the Ray reconciler; observe: only read the caches and log")
     p.add_argument("--resync-period", type=float, default=DEFAULT_RESYNC_SECONDS, metavar="SECONDS",
                    help="reconcile every Ray at least this often, plus up to 10%% jitter, even without events; "
                         f"0 turns it off (default {DEFAULT_RESYNC_SECONDS:g})")
@@ -160,7 +173,10 @@ def add_run_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def build_manager(args: argparse.Namespace) -> Manager:
+def build_manager(args: argparse.Namespace, writer: WriterFactory = KubeWriter,
+                  submitter: JobSubmissionClient | None = None) -> Manager:
+    """The manager `rayop run` runs, wired from its arguments. `writer` makes the Ray reconciler's writer from the
+    manager's client; `submitter` is the RayJob reconciler's client of Ray's Job Submission API."""
     client = KubeClient.load(args.kubeconfig, args.context, qps=args.kube_api_qps, burst=args.kube_api_burst)
     election = None
     if args.leader_elect:
@@ -179,20 +195,27 @@ def build_manager(args: argparse.Namespace) -> Manager:
         leader_election=election,
         shutdown_timeout=args.shutdown_timeout,
     )
-    wire(manager, load_reconciler(args.reconciler, options_from_args(args)), args.workers,
-         getattr(args, "resync_period", DEFAULT_RESYNC_SECONDS))
+    if args.reconciler == "observe":
+        reconcile: Reconcile = observe_only(manager)
+    else:
+        reconcile = ray_reconciler(manager, options_from_args(args), writer(client))
+    wire(manager, reconcile, args.workers, args.resync_period)
     rayjobs = args.rayjobs == "on" or (args.rayjobs == "auto" and rayjob_crd_served(client))
     if rayjobs:
-        wire_rayjobs(manager, args.rayjob_workers, Timing(poll_interval=args.rayjob_poll_interval))
+        wire_rayjobs(manager, args.rayjob_workers, Timing(poll_interval=args.rayjob_poll_interval), submitter)
     log.info("rayjob controller", enabled=rayjobs, mode=args.rayjobs)
     return manager
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
-    manager = build_manager(args)
+    return serve(build_manager(args))
 
-    def on_signal(signum: int, frame: Any) -> None:
+
+def serve(manager: Manager) -> int:
+    """Run the manager until it stops (SIGTERM or SIGINT drain it); its exit code."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal received, draining", signal=signal.Signals(signum).name)
         manager.stop()
 
@@ -207,7 +230,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return code
 
 
-SUBCOMMANDS: dict[str, Callable[[Any], None]] = {"run": add_run_parser}
+SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
+    "run": add_run_parser}
 SUBCOMMANDS["render"] = add_render_parser  # rayop render FILE: offline manifests (rayop.render)
 
 

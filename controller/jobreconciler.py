@@ -24,7 +24,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
@@ -68,9 +67,6 @@ log = structlog.get_logger("rayop.jobreconciler")
 
 RAYJOB = Resource(GROUP, VERSION, j.PLURAL, j.KIND)
 CONTROLLER_NAME = "rayjob"
-# Test hook: exit the process right after a successful submission, before the status records it, to prove that
-# a restarted operator adopts the submission instead of repeating it. Never set outside tests.
-EXIT_AFTER_SUBMIT_ENV = "RAYOP_TEST_EXIT_AFTER_SUBMIT"
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
@@ -300,9 +296,6 @@ class RayJobReconciler:
             return submit_unreachable(decision, rayjob, str(e), failures, now, self.timing)
         self._succeeded(key)
         log.info("submitted", key=str(key), submission_id=sid, address=action.address)
-        if os.environ.get(EXIT_AFTER_SUBMIT_ENV):
-            log.warning("test hook: exiting after submission", submission_id=sid)
-            os._exit(17)
         return decision
 
     # -- status ---------------------------------------------------------------------------------------------------
@@ -334,10 +327,11 @@ def rayjob_reconciler(manager: Manager) -> Reconcile:
     return RayJobReconciler(manager)
 
 
-def wire_rayjobs(manager: Manager, workers: int, timing: Timing | None = None) -> RayJobReconciler:
+def wire_rayjobs(manager: Manager, workers: int, timing: Timing | None = None,
+                 submitter: JobSubmissionClient | None = None) -> RayJobReconciler:
     """The `rayjob` controller: its own workqueue, fed by RayJob changes (spec: generation) and by every Ray
     event that concerns a RayJob (the child it owns, a Ray its selector matches or its status names)."""
-    reconciler = RayJobReconciler(manager, timing)
+    reconciler = RayJobReconciler(manager, timing, submitter)
     controller = manager.controller(CONTROLLER_NAME, reconciler, workers=workers)
     controller.watch_primary(reconciler.jobs, predicate=generation_changed)
     controller.watch(reconciler.rays, reconciler.rayjobs_of_ray)

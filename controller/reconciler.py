@@ -20,13 +20,10 @@ Guarantees:
 
 from __future__ import annotations
 
-import os
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Protocol, TypedDict
 
 import structlog
 
@@ -63,9 +60,9 @@ from rayop.plan import (
 )
 from rayop.runtime.raystate import busy_node_ips
 from rayop.runtime.events import NORMAL, WARNING
-from rayop.runtime.informer import Event, Informer
+from rayop.runtime.informer import Event
 from rayop.runtime.kube import CONTENT_MERGE_PATCH, ApiError, KubeClient, Resource
-from rayop.runtime.manager import Manager, Reconcile, ReconcileError, Result
+from rayop.runtime.manager import ReconcileError, Result
 from rayop.runtime.store import INDEX_OWNER_UID, ObjectKey, make_trimmer
 from rayop.status import WriteFailure, clamp_notices, compute_status
 
@@ -102,44 +99,93 @@ DASHBOARD_RETRY_SECONDS = 60.0
 # A deadline that is due now is looked at again after this long (never a hot loop on a clock that lags).
 MIN_REQUEUE_SECONDS = 0.5
 
-# Test hook: exit the process right after the Nth successful write, to prove that a crash at any point of a
-# reconcile is repaired by the next run. Never set outside tests.
-EXIT_AFTER_WRITES_ENV = "RAYOP_TEST_EXIT_AFTER_WRITES"
+
+class DeleteOptions(TypedDict, total=False):
+    """The body of a DELETE the reconciler sends (meta/v1 DeleteOptions, the fields it uses)."""
+
+    preconditions: dict[str, str]
+    propagationPolicy: str
 
 
-def child_informers(manager: Manager) -> dict[str, Informer]:
-    """The shared informers of every child kind (label-selected, pods trimmed)."""
-    out = {}
-    for kind, resource in CHILDREN.items():
-        kwargs: dict[str, Any] = {"transform": POD_TRIM} if kind == "Pod" else {}
-        out[kind] = manager.informer(resource, label_selector=MANAGED_BY_SELECTOR, **kwargs)
-    return out
+# A Kubernetes object as decoded JSON; read through `_field` and `_meta`.
+Obj = Mapping[str, object]
 
 
-@dataclass
-class _WriteCounter:
-    """Counts successful writes for the crash test hook."""
+class Writer(Protocol):
+    """The API server calls the reconciler makes, by child kind (a key of `CHILDREN`). Each raises `ApiError`
+    when the server refuses; `get` is the one live read (an AlreadyExists Service is looked at)."""
 
-    limit: int
-    count: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def create(self, kind: str, namespace: str, manifest: Obj) -> Obj:
+        """Create the child; the object as created (its generated name)."""
+        ...
 
-    def wrote(self) -> None:
-        with self.lock:
-            self.count += 1
-            if self.count >= self.limit:
-                log.warning("test hook: exiting after write", writes=self.count)
-                os._exit(17)
+    def get(self, kind: str, namespace: str, name: str) -> Obj: ...
+
+    def delete(self, kind: str, namespace: str, name: str, options: DeleteOptions) -> None: ...
+
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> None:
+        """A JSON merge patch of the child."""
+        ...
+
+    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
+        """A JSON merge patch of the Ray's `/status` subresource with `{"status": status}`."""
+        ...
+
+
+class Recorder(Protocol):
+    """Records a Kubernetes Event about an object (`rayop.runtime.events.EventRecorder`); never raises."""
+
+    def record(self, obj: Obj, type_: str, reason: str, message: str) -> None: ...
+
+
+class Lister(Protocol):
+    """A read of an informer's cache (`rayop.runtime.store.Store`)."""
+
+    def get(self, key: ObjectKey) -> Obj | None: ...
+
+    def by_index(self, index: str, value: str) -> Sequence[Obj]: ...
+
+
+BusyNodes = Callable[[str, int], frozenset[str] | None]
+
+
+class KubeWriter:
+    """`Writer` on the API server, through the manager's client (and so its write gate)."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+
+    def create(self, kind: str, namespace: str, manifest: Obj) -> Obj:
+        created: Obj = self.client.create(CHILDREN[kind].collection(namespace), dict(manifest))
+        return created
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj:
+        current: Obj = self.client.get(CHILDREN[kind].object(namespace, name))
+        return current
+
+    def delete(self, kind: str, namespace: str, name: str, options: DeleteOptions) -> None:
+        self.client.delete(CHILDREN[kind].object(namespace, name), dict(options))
+
+    def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> None:
+        self.client.patch(CHILDREN[kind].object(namespace, name), dict(patch), CONTENT_MERGE_PATCH)
+
+    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
+        self.client.patch(RAY.object(namespace, name) + "/status", {"status": dict(status)}, CONTENT_MERGE_PATCH)
 
 
 class RayReconciler:
-    def __init__(self, manager: Manager, options: Options | None = None,
-                 now: Callable[[], datetime] | None = None):
+    """Reconciles one `Ray` key (see the module docstring) from narrow parts: the writes it makes, the Events it
+    records, the caches it reads (`rays`, and `children` by kind, each with the owner-UID index), the clock of the
+    status times and the question which workers are busy."""
+
+    def __init__(self, *, writer: Writer, recorder: Recorder, rays: Lister, children: Mapping[str, Lister],
+                 options: Options | None = None, now: Callable[[], datetime] | None = None,
+                 busy_nodes: BusyNodes = busy_node_ips, monotonic: Callable[[], float] = time.monotonic):
         self.options = options or Options()
-        self.client: KubeClient = manager.client
-        self.recorder = manager.recorder
-        self.rays = manager.informer(RAY)
-        self.children = child_informers(manager)
+        self.writer = writer
+        self.recorder = recorder
+        self.rays = rays
+        self.children = children
         self.expectations = Expectations()
         self.programs = inpod_files()
         self._now = now or (lambda: datetime.now(timezone.utc))
@@ -148,16 +194,15 @@ class RayReconciler:
         self._reported: dict[tuple[ObjectKey, str], tuple[str, int]] = {}
         # The clamp notice last reported per live Ray (UID, text): a Normal Event only when it changes.
         self._clamped: dict[ObjectKey, tuple[str, str]] = {}
-        self.busy_nodes: Callable[[str, int], frozenset[str] | None] = busy_node_ips
+        self.busy_nodes = busy_nodes
+        self._monotonic = monotonic
         # Head pod IP -> when its dashboard last failed to answer (bounded by the heads the operator talked to).
         self._silent_dashboards: dict[str, float] = {}
-        limit = os.environ.get(EXIT_AFTER_WRITES_ENV)
-        self._writes = _WriteCounter(int(limit)) if limit else None
 
     # -- reconcile ------------------------------------------------------------------------------------------------
 
     def __call__(self, key: ObjectKey) -> Result | None:
-        ray = self.rays.store.get(key)
+        ray = self.rays.get(key)
         if ray is None:
             # Deleted: the garbage collector removes the children through their ownerReferences.
             self.expectations.forget(lambda scope: isinstance(scope, tuple) and scope[0] == key)
@@ -166,10 +211,9 @@ class RayReconciler:
             self._reported.pop((key, "translated"), None)
             self._clamped.pop(key, None)
             return None
-        meta = ray["metadata"]
-        if meta.get("deletionTimestamp"):
+        if _meta(ray).get("deletionTimestamp"):
             return None
-        observed = self.observe(str(meta["uid"]))
+        observed = self.observe(str(_meta(ray)["uid"]))
         now = self._now()
         try:
             conversion = effective_cluster(ray)
@@ -189,7 +233,7 @@ class RayReconciler:
         self._report_clamps(key, ray, conversion.cluster)
         desired = build_children(ray, conversion.cluster, self.options, programs=self.programs)
         paused = self.paused_groups(key, observed, [HEAD_GROUP, *(w.group for w in desired.workers)])
-        suspended = (ray.get("spec") or {}).get("suspend") is True
+        suspended = _field(ray, "spec").get("suspend") is True
         plan = plan_cluster(desired, observed, now, paused=paused, suspended=suspended)
         if self._removes_ready_workers(plan, observed):
             # About to remove running, ready workers: ask Ray which ones are busy, so idle ones go first.
@@ -216,12 +260,12 @@ class RayReconciler:
         return Result(requeue_after=max(requeue, MIN_REQUEUE_SECONDS))
 
     def observe(self, uid: str) -> Observed:
-        def owned(kind: str) -> list[dict[str, Any]]:
-            return self.children[kind].store.by_index(INDEX_OWNER_UID, uid)
+        def owned(kind: str) -> Sequence[Obj]:
+            return self.children[kind].by_index(INDEX_OWNER_UID, uid)
 
         jobs = owned("Job")
-        pods = self.children["Pod"].store
-        launcher_pods = [p for j in jobs for p in pods.by_index(INDEX_OWNER_UID, str(j["metadata"]["uid"]))]
+        pods = self.children["Pod"]
+        launcher_pods = [p for j in jobs for p in pods.by_index(INDEX_OWNER_UID, str(_meta(j)["uid"]))]
         return Observed(
             pods=owned("Pod"), services=owned("Service"), config_maps=owned("ConfigMap"), jobs=jobs,
             service_accounts=owned("ServiceAccount"), roles=owned("Role"), role_bindings=owned("RoleBinding"),
@@ -235,7 +279,7 @@ class RayReconciler:
         return any(isinstance(a, Delete) and a.kind == "Pod" and a.name in ready and a.reason in DRAINING_REASONS
                    for a in plan.actions)
 
-    def busy_workers(self, ray: Mapping[str, Any], model: ClusterModel, observed: Observed) -> frozenset[str]:
+    def busy_workers(self, ray: Obj, model: ClusterModel, observed: Observed) -> frozenset[str]:
         """Pod IPs of the workers whose Ray node runs tasks or actors, from the head's dashboard; empty when it
         does not answer."""
         heads = [p for p in observed.pods if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == ROLE_HEAD
@@ -245,17 +289,16 @@ class RayReconciler:
         port = int(model.head.ray_start_params.get("dashboard-port", DASHBOARD_PORT))
         host = str(heads[0]["status"]["podIP"])
         silent = self._silent_dashboards.get(host)
-        if silent is not None and time.monotonic() - silent < DASHBOARD_RETRY_SECONDS:
+        if silent is not None and self._monotonic() - silent < DASHBOARD_RETRY_SECONDS:
             return frozenset()
         busy = self.busy_nodes(host, port)
         if busy is None:
             # Not asked again for a while: a dashboard that does not answer must not slow every reconcile.
-            now = time.monotonic()
+            now = self._monotonic()
             self._silent_dashboards = {h: t for h, t in self._silent_dashboards.items()
                                        if now - t < DASHBOARD_RETRY_SECONDS}
             self._silent_dashboards[host] = now
-            log.info("the dashboard does not say which workers are busy", key=f"{ray['metadata']['namespace']}/"
-                     f"{ray['metadata']['name']}")
+            log.info("the dashboard does not say which workers are busy", key=str(ObjectKey.of(ray)))
             return frozenset()
         self._silent_dashboards.pop(host, None)
         return busy
@@ -269,7 +312,7 @@ class RayReconciler:
 
     # -- apply ----------------------------------------------------------------------------------------------------
 
-    def apply(self, ray: Mapping[str, Any], key: ObjectKey, plan: Plan) -> list[WriteFailure]:
+    def apply(self, ray: Obj, key: ObjectKey, plan: Plan) -> list[WriteFailure]:
         failures: list[WriteFailure] = []
         refused_groups: set[str] = set()
         namespace = key.namespace
@@ -292,12 +335,11 @@ class RayReconciler:
                     failures.append(failure)
         return failures
 
-    def create(self, ray: Mapping[str, Any], key: ObjectKey, namespace: str, action: Create) -> WriteFailure | None:
-        resource = CHILDREN[action.kind]
+    def create(self, ray: Obj, key: ObjectKey, namespace: str, action: Create) -> WriteFailure | None:
         meta = action.manifest.get("metadata") or {}
         name = str(meta.get("name") or meta.get("generateName") or "")
         try:
-            created = self.client.create(resource.collection(namespace), dict(action.manifest))
+            created = self.writer.create(action.kind, namespace, action.manifest)
         except ApiError as e:
             if e.already_exists:
                 return self._foreign(ray, action, namespace, name)
@@ -308,43 +350,40 @@ class RayReconciler:
             log.warning("create refused", key=str(key), kind=action.kind, name=name, status=e.status,
                         message=message)
             return WriteFailure("create", action.kind, name, message, e.reason)
-        self._wrote()
-        created_name = created["metadata"]["name"]
+        created_name = str(_meta(created)["name"])
         if action.group is not None:
             self.expectations.expect_created((key, action.group), created_name)
         self.recorder.record(ray, NORMAL, f"Created{action.kind}",
                              f"{created_name}" + (f": {action.message}" if action.message else ""))
         return None
 
-    def _foreign(self, ray: Mapping[str, Any], action: Create, namespace: str, name: str) -> WriteFailure | None:
+    def _foreign(self, ray: Obj, action: Create, namespace: str, name: str) -> WriteFailure | None:
         """A named child that already exists is fine when it is this Ray's (a cache that lags behind); a Service of
         the same name that belongs to someone else (a name the configuration's provider.services asks for) is never
         adopted, and the status says so."""
         if action.kind != "Service" or action.group is not None:
             return None
         try:
-            current = self.client.get(CHILDREN[action.kind].object(namespace, name))
+            current = self.writer.get(action.kind, namespace, name)
         except ApiError:
             return None
-        uid = str((ray.get("metadata") or {}).get("uid") or "")
-        owners = [r.get("uid") for r in (current.get("metadata") or {}).get("ownerReferences") or []
-                  if isinstance(r, Mapping) and r.get("controller")]
+        uid = str(_meta(ray).get("uid") or "")
+        owners = [r.get("uid") for r in _items(_meta(current).get("ownerReferences")) if r.get("controller")]
         if uid in owners:
             return None
         message = f"Service {name} already exists and does not belong to this Ray; it is not adopted or changed"
         self.recorder.record(ray, WARNING, "FailedCreateService", message)
         return WriteFailure("create", action.kind, name, message, "AlreadyExists")
 
-    def delete(self, ray: Mapping[str, Any], key: ObjectKey, namespace: str, action: Delete) -> WriteFailure | None:
-        resource = CHILDREN[action.kind]
+    def delete(self, ray: Obj, key: ObjectKey, namespace: str, action: Delete) -> WriteFailure | None:
         scope = (key, action.group) if action.group is not None else None
         if scope:
             self.expectations.expect_deleted(scope, action.uid)
-        body: dict[str, Any] = {"preconditions": {"uid": action.uid}}
+        options: DeleteOptions = {"preconditions": {"uid": action.uid}}
         if action.propagation:
-            body["propagationPolicy"] = action.propagation
+            options["propagationPolicy"] = action.propagation
         try:
-            self.client.delete(resource.object(namespace, action.name), body)
+            self.writer.delete(action.kind, namespace, action.name, options)
         except ApiError as e:
             if e.not_found or e.conflict:
                 return None  # already gone, or a newer object of that name: not ours to delete
@@ -352,49 +391,40 @@ class RayReconciler:
                 self.expectations.deletion_failed(scope, action.uid)
             self.recorder.record(ray, WARNING, f"FailedDelete{action.kind}", f"{action.name}: {e.message}")
             return WriteFailure("delete", action.kind, action.name, e.message, e.reason)
-        self._wrote()
         self.recorder.record(ray, NORMAL, f"Deleted{action.kind}",
                              f"{action.name}" + (f": {action.message}" if action.message else ""))
         return None
 
-    def patch(self, ray: Mapping[str, Any], namespace: str, action: Patch) -> WriteFailure | None:
-        resource = CHILDREN[action.kind]
+    def patch(self, ray: Obj, namespace: str, action: Patch) -> WriteFailure | None:
         try:
-            self.client.patch(resource.object(namespace, action.name), dict(action.patch), CONTENT_MERGE_PATCH)
+            self.writer.patch(action.kind, namespace, action.name, action.patch)
         except ApiError as e:
             if e.not_found:
                 return None  # the next reconcile creates it
             self.recorder.record(ray, WARNING, f"FailedUpdate{action.kind}", f"{action.name}: {e.message}")
             return WriteFailure("patch", action.kind, action.name, e.message, e.reason)
-        self._wrote()
         self.recorder.record(ray, NORMAL, f"Updated{action.kind}",
                              f"{action.name}" + (f": {action.message}" if action.message else ""))
         return None
 
-    def _wrote(self) -> None:
-        if self._writes is not None:
-            self._writes.wrote()
-
     # -- status and events ----------------------------------------------------------------------------------------
 
-    def write_status(self, ray: Mapping[str, Any], status: Mapping[str, Any]) -> None:
-        old = ray.get("status") or {}
+    def write_status(self, ray: Obj, status: Obj) -> None:
+        old = _field(ray, "status")
         patch = merge_patch(old, status)
         if not patch:
             return
         for condition in problems_raised(old, status):
             self.recorder.record(ray, WARNING, str(condition["reason"]), str(condition.get("message", "")))
-        meta = ray["metadata"]
+        meta = _meta(ray)
         try:
-            self.client.patch(RAY.object(meta["namespace"], meta["name"]) + "/status", {"status": patch},
-                              CONTENT_MERGE_PATCH)
+            self.writer.patch_status(str(meta["namespace"]), str(meta["name"]), patch)
         except ApiError as e:
             if e.not_found:
                 return
             raise
-        self._wrote()
 
-    def _report_clamps(self, key: ObjectKey, ray: Mapping[str, Any], model: ClusterModel) -> None:
+    def _report_clamps(self, key: ObjectKey, ray: Obj, model: ClusterModel) -> None:
         """A Normal Event when the bounds change the worker count the user or the autoscaler asked for (once per
         distinct notice)."""
         notices = clamp_notices(ray, model)
@@ -402,16 +432,17 @@ class RayReconciler:
             self._clamped.pop(key, None)
             return
         text = "; ".join(notices)
-        seen = (str(ray["metadata"]["uid"]), text)
+        seen = (str(_meta(ray)["uid"]), text)
         if self._clamped.get(key) == seen:
             return
         self._clamped[key] = seen
         self.recorder.record(ray, NORMAL, "WorkersClamped", text)
 
-    def _first_report(self, key: ObjectKey, kind: str, ray: Mapping[str, Any]) -> bool:
+    def _first_report(self, key: ObjectKey, kind: str, ray: Obj) -> bool:
         """True once per (Ray UID, generation) for each kind of configuration report: no Event storm."""
-        meta = ray["metadata"]
-        seen = (str(meta["uid"]), int(meta.get("generation") or 0))
+        meta = _meta(ray)
+        generation = meta.get("generation")
+        seen = (str(meta["uid"]), generation if isinstance(generation, int) else 0)
         if self._reported.get((key, kind)) == seen:
             return False
         self._reported[(key, kind)] = seen
@@ -427,12 +458,12 @@ PROGRESS_REASONS = frozenset({
 EVENT_CONDITIONS = frozenset({"HeadReady", "WorkersReady", "SuccessfulLaunch", "ReplicaFailure"})
 
 
-def problems_raised(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def problems_raised(old: Obj, new: Obj) -> list[Obj]:
     """Conditions that newly report a problem: False (True for ReplicaFailure) with a reason that is not mere
     progress, and a status or reason different from before. Each deserves one Warning Event."""
-    before = {c.get("type"): c for c in old.get("conditions") or []}
+    before = {c.get("type"): c for c in _items(old.get("conditions"))}
     raised = []
-    for c in new.get("conditions") or []:
+    for c in _items(new.get("conditions")):
         kind = c.get("type")
         if kind not in EVENT_CONDITIONS or c.get("reason") in PROGRESS_REASONS:
             continue
@@ -443,9 +474,9 @@ def problems_raised(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Mapp
     return raised
 
 
-def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+def merge_patch(old: Obj, new: Obj) -> dict[str, object]:
     """The JSON merge patch (RFC 7386) that turns `old` into `new`: changed keys, removed keys as null."""
-    patch: dict[str, Any] = {}
+    patch: dict[str, object] = {}
     for k, v in new.items():
         before = old.get(k)
         if isinstance(v, Mapping) and isinstance(before, Mapping):
@@ -460,6 +491,21 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
     return patch
 
 
+def _field(obj: Obj, name: str) -> Obj:
+    """The object-valued field `name` of `obj`; empty when it is missing or null."""
+    value = obj.get(name)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _meta(obj: Obj) -> Obj:
+    return _field(obj, "metadata")
+
+
+def _items(value: object) -> list[Obj]:
+    """The objects of a JSON list (conditions, ownerReferences); empty when it is missing or null."""
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
 def launcher_pod_owner(event: Event) -> Iterable[ObjectKey]:
     """A launcher pod (owned by its Job) maps to its `Ray`, by label: its termination message is the launcher's
     summary, which the status reports."""
@@ -468,7 +514,3 @@ def launcher_pod_owner(event: Event) -> Iterable[ObjectKey]:
         return ()
     return (ObjectKey(event.key.namespace, str(labels[LABEL_CLUSTER])),)
 
-
-def ray_reconciler(manager: Manager) -> Reconcile:
-    """The `--reconciler` factory `rayop run` uses by default."""
-    return RayReconciler(manager)

@@ -185,9 +185,6 @@ class Store:
         with self._lock:
             return self._items.get(key)
 
-    def get_by_name(self, namespace: str, name: str) -> JSON | None:
-        return self.get(ObjectKey(namespace, name))
-
     def list(self) -> builtins.list[JSON]:
         with self._lock:
             return list(self._items.values())

@@ -11,7 +11,7 @@ Guarantees:
   overall token bucket); `forget` resets the key's backoff.
 - `shutdown()` wakes every waiting `get()`, which then returns None; `shutdown(drain=True)` first waits until the
   keys being processed are done.
-- The clock is injectable: tests drive delays and backoff with a fake clock and `tick()`.
+- The clock is injectable: tests drive delays and backoff with a fake clock (a waiting `get()` polls it).
 
 Metrics hooks (`on_add`, `on_get`, `on_done`, `on_retry`, `on_depth`) let the metrics layer observe depth,
 latency and work duration without this module importing it; `unfinished_work_seconds()` and
@@ -41,22 +41,6 @@ class Clock(Protocol):
 class MonotonicClock:
     def now(self) -> float:
         return time.monotonic()
-
-
-class FakeClock:
-    """A clock that moves only when told to; for tests."""
-
-    def __init__(self, start: float = 1000.0):
-        self._now = start
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        with self._lock:
-            return self._now
-
-    def step(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
 
 
 class RateLimiter(Protocol[K_contra]):
@@ -314,11 +298,6 @@ class WorkQueue(Generic[K]):
             if not self._processing:
                 return 0.0
             return self._clock.now() - min(self._processing.values())
-
-    def tick(self) -> None:
-        """Wake waiters so they re-read a fake clock."""
-        with self._cond:
-            self._cond.notify_all()
 
     def _depth_changed(self) -> None:
         if self._on_depth:

@@ -474,6 +474,22 @@ def rolled_out(pm: PrivateCluster, kube: KubeClient, before: str) -> str:
     return name
 
 
+def set_operator_command(pm: PrivateCluster, command: list[str], env: list[dict[str, Any]]) -> None:
+    """Replace the command and environment of the operator's container (one rollout)."""
+    path = "/spec/template/spec/containers/0"
+    patch = [{"op": "replace", "path": f"{path}/command", "value": command},
+             {"op": "replace", "path": f"{path}/env", "value": env}]
+    pm.kubectl("patch", "-n", OPERATOR_NS, "deployment/rayop", "--type=json", "-p", json.dumps(patch))
+
+
+def shipped_container() -> dict[str, Any]:
+    """The operator's container as manifests/deployment.yaml ships it."""
+    deployment = next(d for d in yaml.safe_load_all((MANIFESTS / "deployment.yaml").read_text())
+                      if d and d["kind"] == "Deployment")
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
 def test_operator_killed_right_after_submitting_never_submits_twice(pm: PrivateCluster, kube: KubeClient,
                                                                      namespace: str, operator_pod: str) -> None:
     """The operator exits (test hook) right after Ray accepted the submission and before its status says so; the
@@ -483,7 +499,10 @@ def test_operator_killed_right_after_submitting_never_submits_twice(pm: PrivateC
                                        "spec": HEAD_ONLY})
     wait_ready(kube, namespace, "crashhost")
     current = next(p["metadata"]["name"] for p in operator_pods(kube) if is_ready(p))
-    pm.kubectl("set", "env", "-n", OPERATOR_NS, "deployment/rayop", "RAYOP_TEST_EXIT_AFTER_SUBMIT=1")
+    # The same operator, started through the test entry point that exits right after Ray accepts a submission.
+    shipped = shipped_container()
+    faulty = ["python", "-m", "tests.support.faulty", "--exit-after-submit", *shipped["command"][1:]]
+    set_operator_command(pm, faulty, [*shipped["env"], {"name": "PYTHONPATH", "value": str(REPO)}])
     crashing = rolled_out(pm, kube, current)
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": j.KIND, "metadata": {"name": "once"},
             "spec": {"entrypoint": "echo started; sleep 8; echo finished", "clusterSelector": {"use": "crash"}}}
@@ -501,5 +520,5 @@ def test_operator_killed_right_after_submitting_never_submits_twice(pm: PrivateC
     assert done["status"]["submissionId"] == sid and done["status"]["jobStatus"] == "SUCCEEDED"
     mine = [x for x in ray_jobs(pm, kube, namespace, "crashhost") if x["submission_id"].startswith("rayjob-")]
     assert [(x["submission_id"], x["status"]) for x in mine] == [(sid, "SUCCEEDED")], mine
-    pm.kubectl("set", "env", "-n", OPERATOR_NS, "deployment/rayop", "RAYOP_TEST_EXIT_AFTER_SUBMIT-")
+    set_operator_command(pm, shipped["command"], shipped["env"])
     rolled_out(pm, kube, crashing)

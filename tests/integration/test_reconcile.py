@@ -295,7 +295,7 @@ def test_crash_after_every_write_converges(cluster: LocalCluster, kube: KubeClie
             assert n < 60, "the operator never finished without reaching its write limit"
             ns = fresh(str(n))
             crashing = OperatorProcess(cluster, [ns], tmp_path / f"crash-{n}.log",
-                                       env={"RAYOP_TEST_EXIT_AFTER_WRITES": str(n)})
+                                       faults=["--exit-after-writes", str(n)])
             crashing.start()
             exited = wait_until(lambda: not crashing.running() or settled(kube, ns, "ray-sample"), 90,
                                 message=f"run {n} exits or settles")

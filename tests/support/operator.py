@@ -67,27 +67,32 @@ def load_sample(name: str, namespace: str) -> dict[str, Any]:
 
 class OperatorProcess:
     """`rayop run` in a subprocess, watching the given namespaces; logs go to a file. `kubeconfig` points it at
-    another API server than the cluster's first."""
+    another API server than the cluster's first. `faults` (options of `tests.support.faulty`, e.g.
+    `["--exit-after-writes", "3"]`) run it with that crash injected."""
 
     def __init__(self, cluster: LocalCluster, namespaces: list[str], log_path: Path,
                  extra_args: list[str] | None = None, env: dict[str, str] | None = None,
-                 kubeconfig: str | None = None):
+                 kubeconfig: str | None = None, faults: list[str] | None = None):
         self.cluster = cluster
         self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.namespaces = namespaces
         self.log_path = log_path
         self.extra_args = extra_args or []
         self.env = env or {}
+        self.faults = faults
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
-        args = [sys.executable, "-m", "rayop.cli", "run", "--kubeconfig", self.kubeconfig,
+        entry = ["-m", "rayop.cli"] if self.faults is None else ["-m", "tests.support.faulty", *self.faults]
+        args = [sys.executable, *entry, "run", "--kubeconfig", self.kubeconfig,
                 "--no-leader-elect", "--metrics-bind-address", "127.0.0.1:0", "--log-format", "json",
                 "--kube-api-qps", "200", "--kube-api-burst", "400"]
         for ns in self.namespaces:
             args += ["--namespace", ns]
         env = dict(os.environ, **self.env, **(extra_env or {}))
         env.pop("KUBERNETES_SERVICE_HOST", None)
+        if self.faults is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args + self.extra_args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)

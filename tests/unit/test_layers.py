@@ -45,7 +45,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("rayop.jobsubmit", ()),
     ("rayop.jobreconciler", PURE + RUNTIME + ("rayop.reconciler", "rayop.jobsubmit", "rayop.jobreconciler")),
     ("rayop.render", PURE + ("rayop.render",)),
-    ("rayop.cli", PURE + RUNTIME + ("rayop.reconciler", "rayop.jobreconciler", "rayop.render", "rayop.cli")),
+    ("rayop.cli", PURE + RUNTIME + ("rayop.reconciler", "rayop.jobreconciler", "rayop.jobsubmit", "rayop.render",
+                   "rayop.cli")),
     ("rayop", PURE),  # every other module is pure: no client, no runtime
 ]
 # The modules that build manifests and configs: none of them may reach the plan, the status, the reconcilers,

@@ -17,7 +17,7 @@ from rayop.runtime.leaderelection import (
     LeaseConflict,
     micro_time,
 )
-from rayop.runtime.workqueue import FakeClock
+from tests.support.clock import FakeClock
 
 
 class MemoryLease:

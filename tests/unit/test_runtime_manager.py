@@ -17,7 +17,8 @@ from rayop.runtime.kube import ApiError, KubeClient
 from rayop.runtime.manager import Controller, Manager, Result, TerminalError, parse_address
 from rayop.runtime.metrics import Metrics
 from rayop.runtime.store import ObjectKey
-from rayop.runtime.workqueue import ExponentialBackoff, FakeClock, MaxOfLimiter
+from rayop.runtime.workqueue import ExponentialBackoff, MaxOfLimiter
+from tests.support.clock import FakeClock
 
 KEY = ObjectKey("ns", "r")
 

@@ -9,11 +9,11 @@ import pytest
 from rayop.runtime.workqueue import (
     BucketLimiter,
     ExponentialBackoff,
-    FakeClock,
     MaxOfLimiter,
     WorkQueue,
     default_rate_limiter,
 )
+from tests.support.clock import FakeClock
 
 
 def make_queue(clock: FakeClock, **kwargs: object) -> WorkQueue[str]:
