@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from rayop.api.types import HEAD_GROUP, LABEL_NODE_KIND
+from rayop.api.types import HEAD_GROUP
+from rayop.objects import LABEL_ROLE
 from rayop.plan import Create, Delete, Patch, Plan
 from rayop.reconciler import CHILDREN, RayReconciler
 from rayop.runtime.kube import ApiError
@@ -299,7 +300,7 @@ def reconciling(sample: str = "static.yaml") -> tuple[Rig, ObjectKey]:
 
 def head_pods(writer: FakeWriter) -> list[str]:
     return [name for (kind, _, name), obj in writer.objects.items()
-            if kind == "Pod" and obj["metadata"]["labels"].get(LABEL_NODE_KIND) == "head"]
+            if kind == "Pod" and obj["metadata"]["labels"].get(LABEL_ROLE) == "head"]
 
 
 def test_a_cache_behind_the_writes_never_doubles_the_head() -> None:
