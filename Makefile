@@ -51,8 +51,9 @@ test-unit: venv
 test-integration: controlplane venv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
+# Unit and integration tests in one lane, the real-Ray e2e tests in another, at the same time (hack/test.sh).
 test: controlplane venv lint
-	$(BIN)/pytest tests $(PYTEST_ARGS)
+	hack/test.sh $(PYTEST_ARGS)
 
 run: controlplane venv
 	hack/run.sh

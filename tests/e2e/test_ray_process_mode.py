@@ -39,7 +39,14 @@ import yaml
 
 from rayop.objects import LABEL_CLUSTER, LABEL_ROLE
 from rayop.runtime.kube import ApiError, KubeClient
-from tests.support.cluster import REPO, SCRIPT, PrivateCluster, process_mode_unavailable, wait_until
+from tests.support.cluster import (
+    REPO,
+    SCRIPT,
+    PrivateCluster,
+    delete_namespace,
+    process_mode_unavailable,
+    wait_until,
+)
 from tests.support.operator import rays_path
 
 MANIFESTS = REPO / "manifests"
@@ -159,10 +166,7 @@ def namespace(request: pytest.FixtureRequest, kube: KubeClient, operator_pod: st
     wait_until(lambda: _get(kube, f"/api/v1/namespaces/{name}/configmaps/kube-root-ca.crt"), 60,
                message="kube-root-ca.crt")
     yield name
-    kube.delete(f"/api/v1/namespaces/{name}")
-    # Workers drain in their preStop hook; the bound is their grace period (drain timeout 300 s + 30 s).
-    wait_until(lambda: _get(kube, f"/api/v1/namespaces/{name}") is None, 420, 0.5,
-               message=f"namespace {name} deleted")
+    delete_namespace(kube, name)
 
 
 # -- pods, exec, drivers -------------------------------------------------------------------------------------------

@@ -151,3 +151,33 @@ def process_mode_unavailable() -> str | None:
     sp.run(["ip", "netns", "del", probe], capture_output=True)
     return None
 
+
+
+# Kinds a test namespace may hold whose deletion makes pods go; deleted before the namespace itself.
+OWNER_COLLECTIONS = (
+    "/apis/ray.k8s.io/v1alpha1/namespaces/{ns}/rayjobs",
+    "/apis/ray.k8s.io/v1alpha1/namespaces/{ns}/rays",
+)
+
+
+def delete_namespace(kube: KubeClient, name: str, timeout: float = 420) -> None:
+    """Delete a test namespace and wait until it is gone, its `RayJob`s and `Ray`s first.
+
+    Deleting the namespace alone is slow for a reason outside rayop: when the namespace controller finds pods still
+    there, it looks again only after half of their longest grace period (`Estimate/2 + 1` seconds, 166 s for a Ray
+    worker's 330 s, whose drain timeout is 300 s), however soon they end. The Ray pods of an idle cluster end within
+    seconds of their owner's deletion, so once they are gone the namespace goes at once. `timeout` bounds each wait;
+    a busy worker's drain may use its whole grace period."""
+    from rayop.runtime.kube import ApiError
+
+    for collection in OWNER_COLLECTIONS:
+        try:
+            kube.delete(collection.format(ns=name))
+        except ApiError as err:
+            if err.status != 404:  # the kind is not installed in this control plane
+                raise
+    wait_until(lambda: not kube.get(f"/api/v1/namespaces/{name}/pods")["items"], timeout, 0.5,
+               message=f"the pods of namespace {name} gone")
+    kube.delete(f"/api/v1/namespaces/{name}")
+    wait_until(lambda: not kube.get("/api/v1/namespaces", fieldSelector=f"metadata.name={name}")["items"], timeout,
+               0.5, message=f"namespace {name} deleted")
