@@ -462,10 +462,13 @@ def _build_pod(owner: Owner, model: ClusterModel, group: HeadGroup | WorkerGroup
         # whole grace period, which covers the drain timeout).
         # A restart in the same pod first asks the GCS (rayop_drain.py --on-restart) whether the pod's previous Ray
         # node ended by a drain someone else asked for (Ray's autoscaler, `ray drain-node`); if so the guard leaves
-        # the marker too. A crash is no drain: Ray starts again and the node rejoins.
-        guard = shlex.join([*drain_command(head_address(model, options), options.drain_timeout_seconds),
+        # the marker too. A crash is no drain: Ray starts again and the node rejoins. The guard runs with the Python
+        # next to `ray` (a login shell's PATH may put another `python` first), else with `python`.
+        guard = shlex.join([*drain_command(head_address(model, options), options.drain_timeout_seconds)[1:],
                             "--on-restart"])
-        script = (f"if [ -e {STARTED_MARKER} ] && [ ! -e {DRAIN_MARKER} ]; then {guard} || true; fi; "
+        script = (f"if [ -e {STARTED_MARKER} ] && [ ! -e {DRAIN_MARKER} ]; then "
+                  f"py=\"$(dirname \"$(command -v ray)\")/python\"; [ -x \"$py\" ] || py=python; "
+                  f"\"$py\" {guard} || true; fi; "
                   f"if [ -e {DRAIN_MARKER} ]; then echo 'this pod was drained: Ray is not started again'; "
                   f"trap 'exit 0' TERM INT; while true; do sleep 3600 & wait $!; done; fi; "
                   f"touch {STARTED_MARKER} 2>/dev/null || true; {script}")

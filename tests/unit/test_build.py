@@ -376,13 +376,14 @@ def test_a_worker_restarting_in_its_pod_asks_the_restart_guard_and_a_drained_one
     assert rayop_drain.MARKER == DRAIN_MARKER  # the guard writes the marker the script reads
     d = desired_for(ray(static(1)))
     text = script(d.workers[0].manifest)
-    guard = text.split(" || true;", 1)[0].split("then ", 1)[1]
+    guard = text.split(" || true;", 1)[0].split('; "$py" ', 1)[1]
     argv = shlex.split(guard)
-    assert argv[:2] == ["python", "-c"] and argv[-1] == "--on-restart"
+    assert argv[0] == "-c" and argv[-1] == "--on-restart"
     assert argv[argv.index("--address") + 1] == "demo-head.ray.svc.cluster.local:6379"
-    assert "def on_restart(" in argv[2]
+    assert "def on_restart(" in argv[1]
     # The script itself, with the pod's /dev/shm in a temporary folder, `ray start` replaced by an echo and a
-    # stand-in `python` that says it was asked and writes the marker when told to (as the guard does for a drain).
+    # stand-in `python` (next to a `ray`) that says it was asked and writes the marker when told to (as the guard
+    # does for a drain).
     shm = tmp_path / "shm"
     shm.mkdir()
     text = text.replace(DRAIN_MARKER, str(shm / "drained")).replace(STARTED_MARKER, str(shm / "started"))
@@ -392,6 +393,8 @@ def test_a_worker_restarting_in_its_pod_asks_the_restart_guard_and_a_drained_one
     (bin_dir / "python").write_text(f'#!/bin/sh\necho GUARD ASKED\n[ -n "$DRAINED" ] && touch {shm / "drained"}\n'
                                     "exit 3\n")
     (bin_dir / "python").chmod(0o755)
+    (bin_dir / "ray").write_text("#!/bin/sh\nexit 0\n")  # the guard runs with the Python next to `ray`
+    (bin_dir / "ray").chmod(0o755)
 
     def start(drained: bool = False) -> str:
         env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DRAINED": "1" if drained else ""}
