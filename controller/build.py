@@ -87,8 +87,11 @@ HASH_VERSION = 1
 CONFIGURATION_KEY = "configuration.yaml"
 CONFIG_VOLUME = "rayop-config"
 SHM_VOLUME = "shared-mem"
-# Left in the pod's /dev/shm by rayop_drain.py (the preStop hook): Ray is not started again in this pod.
+# Left in the pod's /dev/shm by rayop_drain.py (the preStop hook, or its restart guard): Ray is not started again in
+# this pod.
 DRAIN_MARKER = "/dev/shm/rayop-drained"
+# Left by the worker's first start in the pod: a start that finds it is a container restart in the same pod.
+STARTED_MARKER = "/dev/shm/rayop-started"
 LOG_VOLUME = "ray-logs"
 RAY_TMP = "/tmp/ray"
 HEALTH_PATH = "/api/healthz"
@@ -467,8 +470,18 @@ def _add_ray_command(pod: _PodDraft) -> None:
         # Ray again while its pod goes: the container may restart (restartPolicy Always), the node never rejoins.
         # The idle shell ends on SIGTERM at once (a PID 1 shell would otherwise ignore it and hold the pod for the
         # whole grace period, which covers the drain timeout).
-        script = (f"if [ -e {DRAIN_MARKER} ]; then echo 'this pod was drained: Ray is not started again'; "
-                  f"trap 'exit 0' TERM INT; while true; do sleep 3600 & wait $!; done; fi; {script}")
+        # A restart in the same pod first asks the GCS (rayop_drain.py --on-restart) whether the pod's previous Ray
+        # node ended by a drain someone else asked for (Ray's autoscaler, `ray drain-node`); if so the guard leaves
+        # the marker too. A crash is no drain: Ray starts again and the node rejoins. The guard runs with the Python
+        # next to `ray` (a login shell's PATH may put another `python` first), else with `python`.
+        guard = shlex.join([*drain_command(head_address(model, options), options.drain_timeout_seconds)[1:],
+                            "--on-restart"])
+        script = (f"if [ -e {STARTED_MARKER} ] && [ ! -e {DRAIN_MARKER} ]; then "
+                  f"py=\"$(dirname \"$(command -v ray)\")/python\"; [ -x \"$py\" ] || py=python; "
+                  f"\"$py\" {guard} || true; fi; "
+                  f"if [ -e {DRAIN_MARKER} ]; then echo 'this pod was drained: Ray is not started again'; "
+                  f"trap 'exit 0' TERM INT; while true; do sleep 3600 & wait $!; done; fi; "
+                  f"touch {STARTED_MARKER} 2>/dev/null || true; {script}")
     if ray.get("command") or ray.get("args"):
         # The user's command is kept as given; it can start Ray with `eval "exec $RAYOP_RAY_START_COMMAND"`.
         env.append(_env_var("RAYOP_RAY_START_COMMAND", script))

@@ -8,13 +8,22 @@ Proves:
   history never shows more than desired + surge worker pods;
 - a launcher whose workers never join fails with its own reason: `SuccessfulLaunch=False`, reason
   `WorkersNotJoined` and the launcher's message (not the Job's `BackoffLimitExceeded`/`DeadlineExceeded`), and a
-  Warning Event with the same reason.
+  Warning Event with the same reason;
+- a worker drained from outside the operator (`ray drain-node` as an idle termination; the v1 autoscaler's own
+  `drain_nodes` call) loses its raylet; when its container restarts in the same pod (the kubelet's liveness restart,
+  done here at once), Ray does NOT start there again:
+  Ray's alive nodes stay one fewer each while the pods stay up; a worker whose processes are killed (SIGKILL) or
+  whose container is stopped (SIGTERM, as the kubelet does after a failed liveness probe) rejoins as before;
+- suspend and resume a live Ray: every pod gone within one drain deadline, `Suspended` in the status, and after
+  resume Ready with the same worker count, the driver seeing head + N workers alive.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -289,5 +298,206 @@ def test_an_image_tag_change_rolls_the_workers_within_the_surge_and_a_knob_resta
     finally:
         if history is not None:
             history.stop()
+        op.stop()
+    assert "Traceback" not in op.log(), op.log()[-5000:]
+
+
+# Ray's nodes as a driver on the head sees them: one JSON line [{"id", "ip", "alive"}].
+NODES = """
+import json
+import ray
+ray.init(address="auto", logging_level="ERROR")
+print(json.dumps([{"id": n["NodeID"], "ip": n["NodeManagerAddress"], "alive": n["Alive"]} for n in ray.nodes()]))
+"""
+
+
+def head_exec(pm: PrivateCluster, kube: KubeClient, ns: str, name: str, *cmd: str,
+              container: str = "ray-head") -> subprocess.CompletedProcess[str]:
+    head = kube.get(f"/api/v1/namespaces/{ns}/pods",
+                    labelSelector=f"ray.k8s.io/cluster={name},ray.k8s.io/node-kind=head")["items"][0]
+    return pm.script("exec", head["metadata"]["name"], "-n", ns, "-c", container, "--", *cmd, check=False,
+                     timeout=300)
+
+
+def alive_nodes(pm: PrivateCluster, kube: KubeClient, ns: str, name: str) -> dict[str, str]:
+    """The alive Ray nodes a driver on the head sees: node id -> IP (the head included)."""
+    out = head_exec(pm, kube, ns, name, "python", "-c", NODES)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[")]
+    assert out.returncode == 0 and lines, f"driver failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}"
+    return {n["id"]: n["ip"] for n in json.loads(lines[-1]) if n["alive"]}
+
+
+def restarts(kube: KubeClient, ns: str, pod: str) -> int:
+    p = kube.get(f"/api/v1/namespaces/{ns}/pods/{pod}")
+    return sum(c.get("restartCount", 0) for c in p["status"].get("containerStatuses") or [])
+
+
+def running_again(kube: KubeClient, ns: str, pod: str, before: int) -> bool:
+    p = kube.get(f"/api/v1/namespaces/{ns}/pods/{pod}")
+    statuses = p["status"].get("containerStatuses") or []
+    return bool(statuses) and statuses[0].get("restartCount", 0) > before and "running" in statuses[0].get("state", {})
+
+
+def container_log(pm: PrivateCluster, kube: KubeClient, ns: str, pod: str, run: int) -> str:
+    """The log of one run of the pod's Ray worker container (process mode keeps one file per run)."""
+    uid = kube.get(f"/api/v1/namespaces/{ns}/pods/{pod}")["metadata"]["uid"]
+    path = pm.state_dir / "nodeagent" / "pods" / uid / "logs" / "ray-worker" / f"{run}.log"
+    return path.read_text()[-3000:] if path.exists() else f"(no {path})"
+
+
+def test_a_worker_drained_from_outside_never_rejoins_and_a_crashed_one_does(pm: PrivateCluster, kube: KubeClient,
+                                                                            namespace: str, tmp_path: Path) -> None:
+    from tests.e2e.test_ray_process_mode import container_pid
+
+    op = OperatorProcess(pm, [namespace], tmp_path / "operator.log", extra_args=["--drain-timeout", "60"])
+    op.start()
+    try:
+        ray = {
+            "apiVersion": "ray.k8s.io/v1alpha1", "kind": "Ray", "metadata": {"name": "guard", "namespace": namespace},
+            "spec": {"autoScalingMode": "disabled", "minWorkers": 3, "maxWorkers": 3, "initialWorkers": 3,
+                     "headRayStartParams": {**SMALL, "num-cpus": "0"}, "workerRayStartParams": dict(SMALL)},
+        }
+        kube.create(rays_path(namespace), ray)
+        wait_until(lambda: condition(kube.get(rays_path(namespace, "guard")), "Ready").get("status") == "True", 300,
+                   interval=2, message="Ray guard Ready")
+        workers = sorted(worker_pods(kube, namespace, "guard"), key=lambda p: p["metadata"]["name"])
+        ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in workers}
+        nodes = wait_until(lambda: (n := alive_nodes(pm, kube, namespace, "guard")) and len(n) == 4 and n, 120,
+                           interval=2, message="head + 3 workers alive in Ray")
+        by_ip = {ip: node for node, ip in nodes.items()}
+        idle_drained, autoscaler_drained, crashed = (p["metadata"]["name"] for p in workers)
+        before = {pod: restarts(kube, namespace, pod) for pod in ips}
+        address = f"guard-head.{namespace}.svc.cluster.local:6379"
+
+        # 1. Drained from outside, as Ray's autoscalers do: `ray drain-node` (an idle termination, what autoscaler v2
+        #    and users send) and the v1 autoscaler's own call (GcsClient.drain_nodes, what StandardAutoscaler sends
+        #    before it asks the node provider to terminate the node).
+        out = head_exec(pm, kube, namespace, "guard", "ray", "drain-node", "--address", address, "--node-id",
+                        by_ip[ips[idle_drained]], "--reason", "DRAIN_NODE_REASON_IDLE_TERMINATION",
+                        "--reason-message", "idle: drained from outside")
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        v1 = ("import sys; from ray._raylet import GcsClient; "
+              "print('DRAINED', GcsClient(address=sys.argv[1]).drain_nodes([bytes.fromhex(sys.argv[2])], timeout=5))")
+        out = head_exec(pm, kube, namespace, "guard", "python", "-c", v1, address, by_ip[ips[autoscaler_drained]])
+        assert out.returncode == 0 and "DRAINED [b" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+        left = sorted(ip for ip in nodes.values() if ip not in (ips[idle_drained], ips[autoscaler_drained]))
+        wait_until(lambda: sorted(alive_nodes(pm, kube, namespace, "guard").values()) == left, 120, interval=2,
+                   message="the drained raylets gone from Ray")
+        # The raylet exits after its drain, but `ray start --block` (the container's process) stays; its dashboard
+        # agent went with the raylet, so the liveness probe fails and the kubelet stops and restarts the container
+        # (after 30 s + 120 x 5 s). Do now what the kubelet does then: SIGTERM to the container's process.
+        for pod in (idle_drained, autoscaler_drained):
+            assert restarts(kube, namespace, pod) == before[pod]
+            os.kill(container_pid(pm, kube.get(f"/api/v1/namespaces/{namespace}/pods/{pod}"), "ray-worker"),
+                    signal.SIGTERM)
+        for pod in (idle_drained, autoscaler_drained):  # the container restarts in the same pod
+            wait_until(lambda pod=pod: running_again(kube, namespace, pod, before[pod]), 180, interval=1,
+                       message=f"{pod}'s container restarted")
+        time.sleep(5)
+        for pod in (idle_drained, autoscaler_drained):
+            print(f"{pod} after its restart:\n{container_log(pm, kube, namespace, pod, before[pod] + 1)}")
+        # The drained nodes do not come back: Ray keeps head + the one worker left, well after the restarts, and the
+        # pods stay (idle, not Ready) until someone deletes them.
+        watch_until = time.monotonic() + 45
+        while time.monotonic() < watch_until:  # time enough for a restarted raylet to register, many times over
+            after = alive_nodes(pm, kube, namespace, "guard")
+            assert sorted(after.values()) == left, (after, ips)
+            time.sleep(2)
+        for pod in (idle_drained, autoscaler_drained):
+            p = kube.get(f"/api/v1/namespaces/{namespace}/pods/{pod}")
+            assert p["status"]["phase"] == "Running" and not p["metadata"].get("deletionTimestamp")
+            assert restarts(kube, namespace, pod) == before[pod] + 1  # idles; no crash loop
+            assert not ready(p)
+        markers = {}
+        for pod in (idle_drained, autoscaler_drained):
+            marker = wait_until(lambda pod=pod: (r := pm.script(
+                "exec", pod, "-n", namespace, "-c", "ray-worker", "--", "cat", "/dev/shm/rayop-drained",
+                check=False, timeout=60)).returncode == 0 and r.stdout.strip(), 60, interval=1,
+                message=f"{pod}'s restart guard leaves the drained marker")
+            markers[pod] = marker
+        print(f"markers: {markers}")
+        assert "AUTOSCALER_DRAIN_IDLE" in markers[idle_drained], markers
+        assert "EXPECTED_TERMINATION: Terminated by autoscaler." in markers[autoscaler_drained], markers
+
+        # 2. The third worker's processes killed (a crash, as an OOM kill): the container restarts and its Ray node
+        #    rejoins, a new node under the same pod IP.
+        crashed_pod = kube.get(f"/api/v1/namespaces/{namespace}/pods/{crashed}")
+        os.killpg(container_pid(pm, crashed_pod, "ray-worker"), signal.SIGKILL)
+        wait_until(lambda: running_again(kube, namespace, crashed, before[crashed]), 180, interval=1,
+                   message=f"{crashed}'s container restarted after the kill")
+        rejoined = wait_until(lambda: (n := alive_nodes(pm, kube, namespace, "guard")) and ips[crashed] in
+                              n.values() and by_ip[ips[crashed]] not in n and n, 240, interval=3,
+                              message=f"{crashed}'s Ray node rejoined after the kill")
+        assert len(rejoined) == 2, rejoined
+        # 3. Its container stopped by SIGTERM (what the kubelet sends after a failed liveness probe; `ray start`
+        #    then drains its own node as a preemption): a restart, not a drain — it rejoins again.
+        node_before = next(node for node, ip in rejoined.items() if ip == ips[crashed])
+        crashed_pod = kube.get(f"/api/v1/namespaces/{namespace}/pods/{crashed}")
+        os.kill(container_pid(pm, crashed_pod, "ray-worker"), signal.SIGTERM)
+        wait_until(lambda: running_again(kube, namespace, crashed, before[crashed] + 1), 180, interval=1,
+                   message=f"{crashed}'s container restarted after SIGTERM")
+        again = wait_until(lambda: (n := alive_nodes(pm, kube, namespace, "guard")) and ips[crashed] in
+                           n.values() and node_before not in n and n, 240, interval=3,
+                           message=f"{crashed}'s Ray node rejoined after SIGTERM")
+        assert len(again) == 2, again
+        assert pm.script("exec", crashed, "-n", namespace, "-c", "ray-worker", "--", "test", "-e",
+                         "/dev/shm/rayop-drained", check=False, timeout=60).returncode != 0
+    finally:
+        op.stop()
+    assert "Traceback" not in op.log(), op.log()[-5000:]
+
+
+def test_suspend_and_resume_a_live_ray(pm: PrivateCluster, kube: KubeClient, namespace: str, tmp_path: Path) -> None:
+    drain_deadline = 120
+    op = OperatorProcess(pm, [namespace], tmp_path / "operator.log",
+                         extra_args=["--drain-timeout", str(drain_deadline)])
+    op.start()
+    try:
+        ray = {
+            "apiVersion": "ray.k8s.io/v1alpha1", "kind": "Ray", "metadata": {"name": "pause", "namespace": namespace},
+            "spec": {"autoScalingMode": "disabled", "minWorkers": 2, "maxWorkers": 2, "initialWorkers": 2,
+                     "headRayStartParams": {**SMALL, "num-cpus": "0"}, "workerRayStartParams": dict(SMALL)},
+        }
+        kube.create(rays_path(namespace), ray)
+        before = wait_until(lambda: (r := kube.get(rays_path(namespace, "pause"))) and
+                            condition(r, "Ready").get("status") == "True" and r, 300, interval=2,
+                            message="Ray pause Ready")
+        workers_before = before["status"]["worker"]["readyReplicas"]
+        assert workers_before == 2
+        nodes_before = wait_until(lambda: (n := alive_nodes(pm, kube, namespace, "pause")) and len(n) == 3 and n,
+                                  120, interval=2, message="head + 2 workers alive in Ray")
+
+        def pods() -> list[dict[str, Any]]:
+            return kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector="ray.k8s.io/cluster=pause")["items"]
+
+        kube.patch(rays_path(namespace, "pause"), {"spec": {"suspend": True}})
+        t0 = time.monotonic()
+        wait_until(lambda: not pods(), drain_deadline, interval=1, message="every pod gone within one drain deadline")
+        print(f"suspended: every pod gone in {time.monotonic() - t0:.0f}s (drain deadline {drain_deadline}s)")
+        suspended = wait_until(lambda: (r := kube.get(rays_path(namespace, "pause"))) and
+                               condition(r, "Suspended").get("status") == "True" and
+                               condition(r, "Suspended").get("message") == "no pod runs" and r, 60, interval=1,
+                               message="Suspended")
+        assert condition(suspended, "Ready").get("status") == "False"
+        assert condition(suspended, "Ready").get("reason") == "Suspended"
+        time.sleep(5)
+        assert not pods()  # nothing comes back while suspended
+
+        kube.patch(rays_path(namespace, "pause"), {"spec": {"suspend": False}})
+        t0 = time.monotonic()
+        resumed = wait_until(lambda: (r := kube.get(rays_path(namespace, "pause"))) and
+                             condition(r, "Ready").get("status") == "True" and r, 300, interval=2,
+                             message="Ready after resume")
+        print(f"resumed: Ready {time.monotonic() - t0:.0f}s after the resume")
+        assert resumed["status"]["worker"]["readyReplicas"] == workers_before
+        assert (condition(resumed, "Suspended").get("status"), condition(resumed, "Suspended").get("reason")) == \
+            ("False", "Resumed")
+        # A driver on the new head sees head + the same number of workers alive, on the new worker pods.
+        nodes = wait_until(lambda: (n := alive_nodes(pm, kube, namespace, "pause")) and len(n) == 3 and n, 120,
+                           interval=2, message="head + 2 workers alive in Ray after resume")
+        worker_ips = {p["status"]["podIP"] for p in worker_pods(kube, namespace, "pause")}
+        assert worker_ips <= set(nodes.values()) and len(worker_ips) == workers_before, (nodes, worker_ips)
+        assert not set(nodes) & set(nodes_before)  # a new Ray: every node is new
+    finally:
         op.stop()
     assert "Traceback" not in op.log(), op.log()[-5000:]

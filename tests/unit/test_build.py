@@ -361,3 +361,63 @@ def test_image_ray_version(image: str, version: tuple[int, int] | None) -> None:
 def test_stable_hash_ignores_key_order() -> None:
     assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_a_worker_restarting_in_its_pod_asks_the_restart_guard_and_a_drained_one_stays_idle(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from rayop.build import DRAIN_MARKER, STARTED_MARKER
+    from rayop.inpod import rayop_drain
+
+    assert rayop_drain.MARKER == DRAIN_MARKER  # the guard writes the marker the script reads
+    d = desired_for(ray(static(1)))
+    text = script(d.workers[0].manifest)
+    guard = text.split(" || true;", 1)[0].split('; "$py" ', 1)[1]
+    argv = shlex.split(guard)
+    assert argv[0] == "-c" and argv[-1] == "--on-restart"
+    assert argv[argv.index("--address") + 1] == "demo-head.ray.svc.cluster.local:6379"
+    assert "def on_restart(" in argv[1]
+    # The script itself, with the pod's /dev/shm in a temporary folder, `ray start` replaced by an echo and a
+    # stand-in `python` (next to a `ray`) that says it was asked and writes the marker when told to (as the guard
+    # does for a drain).
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    text = text.replace(DRAIN_MARKER, str(shm / "drained")).replace(STARTED_MARKER, str(shm / "started"))
+    text = text.rsplit("exec ", 1)[0] + "echo RAY STARTS"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\necho GUARD ASKED\n[ -n "$DRAINED" ] && touch {shm / "drained"}\n'
+                                    "exit 3\n")
+    (bin_dir / "python").chmod(0o755)
+    (bin_dir / "ray").write_text("#!/bin/sh\nexit 0\n")  # the guard runs with the Python next to `ray`
+    (bin_dir / "ray").chmod(0o755)
+
+    def start(drained: bool = False) -> str:
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DRAINED": "1" if drained else ""}
+        out = tmp_path / "out"
+        with out.open("w") as f:  # a file, not a pipe: the idle loop's `sleep` outlives the shell
+            proc = subprocess.Popen(["/bin/bash", "-c", text], stdout=f, env=env, start_new_session=True)
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and "drained" not in out.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if proc.poll() is None:  # idles: SIGTERM ends it at once, with status 0
+                time.sleep(0.2)
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=10) == 0
+                os.killpg(proc.pid, signal.SIGKILL)  # its sleep
+        return out.read_text()
+
+    assert start() == "RAY STARTS\n"  # the first start in the pod: no question asked
+    assert (shm / "started").exists()
+    assert start() == "GUARD ASKED\nRAY STARTS\n"  # a restart after a crash: asked, Ray starts again
+    assert start(drained=True) == "GUARD ASKED\nthis pod was drained: Ray is not started again\n"
+    assert start() == "this pod was drained: Ray is not started again\n"  # the marker holds: not even asked
+
+
+def test_the_head_and_a_plasma_directory_worker_get_no_restart_guard() -> None:
+    d = desired_for(ray(static(1, workerRayStartParams={"plasma-directory": "/data"})))
+    assert "--on-restart" not in script(d.workers[0].manifest)
+    assert "--on-restart" not in script(d.head.manifest)

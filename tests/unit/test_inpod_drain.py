@@ -6,6 +6,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from rayop.inpod import rayop_drain
 
 
@@ -82,3 +84,87 @@ def test_the_exit_code_reports_a_loss(monkeypatch: Any, tmp_path: Any, capsys: A
     # The head already gone (the whole Ray is being deleted): nothing to drain, at once.
     assert rayop_drain.main(["--address", address, "--marker", str(marker)]) == 0
     assert '"outcome": "gone"' in capsys.readouterr().out
+
+
+# -- the restart guard ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Death:
+    reason: int = 0
+    reason_message: str = ""
+
+
+@dataclass
+class Snapshot:
+    state: int = 1
+
+
+@dataclass
+class Node:
+    node_id: NodeId
+    instance_id: str
+    start_time_ms: int
+    state: int = 1  # DEAD
+    death_info: Death = field(default_factory=Death)
+    state_snapshot: Snapshot = field(default_factory=Snapshot)
+    node_manager_address: str = "10.0.0.2"
+    is_head_node: bool = False
+
+
+def ended(reason: str, message: str = "", state: int = 1, snapshot: str = "IDLE") -> Node:
+    from ray.core.generated.common_pb2 import NodeDeathInfo
+    from ray.core.generated.gcs_pb2 import NodeSnapshot
+
+    return Node(NodeId("n"), "pod-a", 1, state=state, death_info=Death(NodeDeathInfo.Reason.Value(reason), message),
+                state_snapshot=Snapshot(NodeSnapshot.State.Value(snapshot)))
+
+
+@pytest.mark.parametrize("node, drained", [
+    # What Ray 2.60 records (tried against a real GCS): each drain, and each end that is not one.
+    (ended("AUTOSCALER_DRAIN_IDLE", "idle for 60 s"), True),  # `ray drain-node`, autoscaler v2, the preStop hook
+    (ended("AUTOSCALER_DRAIN_PREEMPTED", "spot reclaim"), True),  # a preemption asked for from outside
+    (ended("EXPECTED_TERMINATION", "Terminated by autoscaler."), True),  # the v1 autoscaler's `drain_nodes`
+    (ended("AUTOSCALER_DRAIN_PREEMPTED", "Node received SIGTERM; draining before shutdown."), False),  # kubelet stop
+    (ended("EXPECTED_TERMINATION", "received SIGTERM"), False),  # `ray stop`, a raylet terminated
+    (ended("UNEXPECTED_TERMINATION", "health check failed due to missing too many heartbeats"), False),  # a crash
+    (ended("UNSPECIFIED", "", state=0), False),  # killed, the GCS has not noticed yet
+    (ended("UNSPECIFIED", "", state=0, snapshot="DRAINING"), True),  # its drain still under way
+], ids=["idle", "preempted", "v1-autoscaler", "sigterm-self-drain", "sigterm", "crash", "alive", "alive-draining"])
+def test_only_a_drain_counts_as_one(node: Node, drained: bool) -> None:
+    assert (rayop_drain.drained_by(node) is not None) is drained
+
+
+def test_the_pods_newest_node_is_the_one_asked_about() -> None:
+    old = Node(NodeId("old"), "pod-a", 100)
+    new = Node(NodeId("new"), "pod-a", 200)
+    other = Node(NodeId("other"), "pod-b", 300, node_manager_address="10.0.0.9")
+    head = Node(NodeId("head"), "pod-a", 400, is_head_node=True)
+    gcs = Gcs({n.node_id.value: n for n in (old, new, other, head)}, [])  # type: ignore[misc]
+    assert rayop_drain.last_node(gcs, "pod-a", "10.0.0.9") is new  # the instance id (pod name) wins
+    assert rayop_drain.last_node(gcs, None, "10.0.0.9") is other  # without one, the IP
+    assert rayop_drain.last_node(gcs, "pod-c", None) is None
+
+
+def test_the_guard_writes_the_marker_only_for_a_drain(monkeypatch: Any, tmp_path: Any) -> None:
+    import ray._raylet
+
+    nodes: list[Node] = []
+    monkeypatch.setattr(ray._raylet, "GcsClient", lambda address: Gcs({n.node_id.value: n for n in nodes}, []))
+    marker = tmp_path / "marker"
+    with socket.socket() as gcs:
+        gcs.bind(("127.0.0.1", 0))
+        gcs.listen()
+        args = rayop_drain.parse_args(["--address", f"127.0.0.1:{gcs.getsockname()[1]}", "--on-restart",
+                                       "--instance-id", "pod-a", "--marker", str(marker)])
+        assert rayop_drain.on_restart(args, 0)["outcome"] == "start"  # no node of this pod known: start
+        nodes.append(ended("UNEXPECTED_TERMINATION", "health check failed"))
+        result = rayop_drain.on_restart(args, 0)
+        assert result["outcome"] == "start" and "UNEXPECTED_TERMINATION" in result["message"]
+        assert not marker.exists()
+        nodes.append(Node(NodeId("m"), "pod-a", 2, death_info=ended("AUTOSCALER_DRAIN_IDLE").death_info))
+        assert rayop_drain.on_restart(args, 0)["outcome"] == "drained"
+        assert "AUTOSCALER_DRAIN_IDLE" in marker.read_text()
+    marker.unlink()
+    assert rayop_drain.on_restart(args, 0)["outcome"] == "start"  # the GCS does not answer: start
+    assert not marker.exists()
