@@ -474,8 +474,8 @@ def _add_ray_command(pod: _PodDraft) -> None:
         # node ended by a drain someone else asked for (Ray's autoscaler, `ray drain-node`); if so the guard leaves
         # the marker too. A crash is no drain: Ray starts again and the node rejoins. The guard runs with the Python
         # next to `ray` (a login shell's PATH may put another `python` first), else with `python`.
-        guard = shlex.join([*drain_command(head_address(model, options), options.drain_timeout_seconds)[1:],
-                            "--on-restart"])
+        drain = drain_command(head_address(pod.model, pod.options), pod.options.drain_timeout_seconds)
+        guard = shlex.join([*drain[1:], "--on-restart"])
         script = (f"if [ -e {STARTED_MARKER} ] && [ ! -e {DRAIN_MARKER} ]; then "
                   f"py=\"$(dirname \"$(command -v ray)\")/python\"; [ -x \"$py\" ] || py=python; "
                   f"\"$py\" {guard} || true; fi; "
