@@ -37,7 +37,9 @@ from rayop.expectations import Expectations
 from rayop.objects import (
     DASHBOARD_PORT,
     LABEL_CLUSTER,
+    LABEL_MANAGED_BY,
     LABEL_ROLE,
+    MANAGED_BY,
     ROLE_HEAD,
     ROLE_LAUNCHER,
     ROLE_WORKER,
@@ -45,7 +47,9 @@ from rayop.objects import (
     classify,
     is_ready,
     is_terminating,
+    label,
     name_of,
+    pod_ip,
     uid_of,
 )
 from rayop.plan import (
@@ -69,7 +73,7 @@ from rayop.status import WriteFailure, clamp_notices, compute_status
 log = structlog.get_logger("rayop.reconciler")
 
 RAY = Resource(GROUP, VERSION, PLURAL, KIND)
-MANAGED_BY_SELECTOR = "app.kubernetes.io/managed-by=rayop"
+MANAGED_BY_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 CHILDREN: dict[str, Resource] = {
     "Pod": Resource("", "v1", "pods", "Pod"),
     "ConfigMap": Resource("", "v1", "configmaps", "ConfigMap"),
@@ -274,20 +278,18 @@ class RayReconciler:
 
     @staticmethod
     def _removes_ready_workers(plan: Plan, observed: Observed) -> bool:
-        ready = {str(p["metadata"]["name"]) for p in observed.pods
-                 if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == ROLE_WORKER and is_ready(p)}
+        ready = {name_of(p) for p in observed.pods if label(p, LABEL_ROLE) == ROLE_WORKER and is_ready(p)}
         return any(isinstance(a, Delete) and a.kind == "Pod" and a.name in ready and a.reason in DRAINING_REASONS
                    for a in plan.actions)
 
     def busy_workers(self, ray: Obj, model: ClusterModel, observed: Observed) -> frozenset[str]:
         """Pod IPs of the workers whose Ray node runs tasks or actors, from the head's dashboard; empty when it
         does not answer."""
-        heads = [p for p in observed.pods if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == ROLE_HEAD
-                 and is_ready(p) and (p.get("status") or {}).get("podIP")]
+        heads = [p for p in observed.pods if label(p, LABEL_ROLE) == ROLE_HEAD and is_ready(p) and pod_ip(p)]
         if not heads:
             return frozenset()
         port = int(model.head.ray_start_params.get("dashboard-port", DASHBOARD_PORT))
-        host = str(heads[0]["status"]["podIP"])
+        host = pod_ip(heads[0])
         silent = self._silent_dashboards.get(host)
         if silent is not None and self._monotonic() - silent < DASHBOARD_RETRY_SECONDS:
             return frozenset()
@@ -509,8 +511,8 @@ def _items(value: object) -> list[Obj]:
 def launcher_pod_owner(event: Event) -> Iterable[ObjectKey]:
     """A launcher pod (owned by its Job) maps to its `Ray`, by label: its termination message is the launcher's
     summary, which the status reports."""
-    labels = (event.obj.get("metadata") or {}).get("labels") or {}
-    if labels.get(LABEL_ROLE) != ROLE_LAUNCHER or not labels.get(LABEL_CLUSTER):
+    cluster = label(event.obj, LABEL_CLUSTER)
+    if label(event.obj, LABEL_ROLE) != ROLE_LAUNCHER or not cluster:
         return ()
-    return (ObjectKey(event.key.namespace, str(labels[LABEL_CLUSTER])),)
+    return (ObjectKey(event.key.namespace, cluster),)
 
