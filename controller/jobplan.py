@@ -258,7 +258,12 @@ else
     ray job status --address "$address" "$sid" >/dev/null 2>&1 || exit 1
   fi
 fi
-exec ray job logs --address "$address" --follow "$sid"
+# Stopped from outside (the pod deleted), the submitter fails, so the Job starts another pod that follows on:
+# `ray job logs` may exit 0 on SIGTERM, which would count as the Job's success.
+ray job logs --address "$address" --follow "$sid" &
+follower=$!
+trap 'kill -TERM "$follower" 2>/dev/null; exit 143' TERM INT
+wait "$follower"
 """
 SUBMITTER_CONTAINER = "submitter"
 SUBMITTER_BACKOFF_LIMIT = 3
