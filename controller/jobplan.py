@@ -258,8 +258,8 @@ else
     ray job status --address "$address" "$sid" >/dev/null 2>&1 || exit 1
   fi
 fi
-# Stopped from outside (the pod deleted), the submitter fails, so the Job starts another pod that follows on:
-# `ray job logs` may exit 0 on SIGTERM, which would count as the Job's success.
+# Stopped by SIGTERM (the pod deleted), the submitter exits 143 whatever `ray job logs` returns, so the Job
+# counts a failure and starts another pod, which follows on.
 ray job logs --address "$address" --follow "$sid" &
 follower=$!
 trap 'kill -TERM "$follower" 2>/dev/null; exit 143' TERM INT
