@@ -129,7 +129,7 @@ _CLASS_RULES: dict[type, list[Rule]] = {
             None,
         )
     ],
-    j.RayJobSpec: [(j.ONE_CLUSTER_RULE, j.ONE_CLUSTER_MESSAGE, None)],
+    j.RayJobSpec: [(rule, message, None) for rule, message in j.SPEC_RULES],
 }
 
 

@@ -5,8 +5,8 @@ Guarantees:
   `RayJob.from_dict` read the same declarations.
 - `rayClusterSpec` is the `Ray` kind's own `RaySpec` (same schema, same CEL rules), so a job's cluster is validated
   exactly like a `Ray`.
-- Only what the operator implements is declared: fields a later version adds (suspension, a submitter Job, a
-  deletion policy) are absent, so the API server prunes them instead of the operator silently ignoring them.
+- Only what the operator implements is declared: fields a later version adds are absent, so the API server prunes
+  them instead of the operator silently ignoring them.
 - Pure: no I/O, no clock, no environment, no Kubernetes client.
 """
 
@@ -32,7 +32,14 @@ MAX_BACKOFF_LIMIT = 100
 MAX_NAME_LENGTH = 40
 
 SUBMISSION_HTTP = "HTTP"
-SUBMISSION_MODES = (SUBMISSION_HTTP,)
+SUBMISSION_K8S_JOB = "K8sJob"
+SUBMISSION_MODES = (SUBMISSION_HTTP, SUBMISSION_K8S_JOB)
+
+# What a finished job leaves behind (spec.deletionPolicy).
+DELETE_NONE = "DeleteNone"
+DELETE_CLUSTER = "DeleteCluster"
+DELETE_SELF = "DeleteSelf"
+DELETION_POLICIES = (DELETE_NONE, DELETE_CLUSTER, DELETE_SELF)
 
 # Ray's job states (JobStatus in ray.dashboard.modules.job.common).
 JOB_PENDING = "PENDING"
@@ -50,8 +57,9 @@ DEPLOY_COMPLETE = "Complete"
 DEPLOY_FAILED = "Failed"
 DEPLOY_VALIDATION_FAILED = "ValidationFailed"
 DEPLOY_RETRYING = "Retrying"
+DEPLOY_SUSPENDED = "Suspended"
 DEPLOYMENT_STATUSES = (DEPLOY_INITIALIZING, DEPLOY_RUNNING, DEPLOY_COMPLETE, DEPLOY_FAILED, DEPLOY_VALIDATION_FAILED,
-                       DEPLOY_RETRYING)
+                       DEPLOY_RETRYING, DEPLOY_SUSPENDED)
 DEPLOY_FINISHED = frozenset({DEPLOY_COMPLETE, DEPLOY_FAILED, DEPLOY_VALIDATION_FAILED})
 
 # Condition types on status.conditions.
@@ -121,21 +129,40 @@ class RayJobSpec:
     )
     submission_mode: str | None = prop(
         "submissionMode",
-        "How the job is submitted. HTTP: the operator submits through Ray's Job Submission REST API on the head's "
-        "dashboard port and polls it. (A submitter Kubernetes Job, K8sJob, is not implemented yet.)",
+        "How the job is submitted. HTTP (the default): the operator submits through Ray's Job Submission REST API on "
+        "the head's dashboard port. K8sJob: a submitter Kubernetes Job (<name>-submit-<attempt>, in the head's "
+        "image) runs `ray job submit` and follows the job's logs, so `kubectl logs job/<name>-submit-<attempt>` "
+        "shows the program's output. In both modes the operator follows the job's state through the REST API.",
         enum=SUBMISSION_MODES,
         default=SUBMISSION_HTTP,
     )
     shutdown_after_job_finishes: bool | None = prop(
         "shutdownAfterJobFinishes",
-        "Delete the cluster created from rayClusterSpec once the job finished (ttlSecondsAfterFinished later). "
-        "Never deletes a cluster picked by clusterSelector.",
+        "Delete the cluster created from rayClusterSpec once the job finished (ttlSecondsAfterFinished later): "
+        "the same as deletionPolicy DeleteCluster. Never deletes a cluster picked by clusterSelector.",
+    )
+    deletion_policy: str | None = prop(
+        "deletionPolicy",
+        "What goes once the job finished, ttlSecondsAfterFinished later. DeleteNone: nothing. DeleteCluster: the "
+        "cluster created from rayClusterSpec (only with rayClusterSpec). DeleteSelf: the RayJob itself, and with "
+        "it what it owns (its cluster, its submitter Jobs); a cluster picked by clusterSelector stays. Unset: "
+        "DeleteCluster when shutdownAfterJobFinishes is true, else DeleteNone. Not together with "
+        "shutdownAfterJobFinishes: true.",
+        enum=DELETION_POLICIES,
     )
     ttl_seconds_after_finished: int | None = prop(
         "ttlSecondsAfterFinished",
-        "Seconds after the job finished before its cluster is deleted (with shutdownAfterJobFinishes). Defaults "
-        "to 0.",
+        "Seconds after the job finished before what deletionPolicy (or shutdownAfterJobFinishes) names is "
+        "deleted. Defaults to 0.",
         minimum=0,
+    )
+    suspend: bool | None = prop(
+        "suspend",
+        "While true (what Kueue and other queueing systems set) the job does not run: created suspended, no "
+        "cluster and no pods are created; set on a running job, the operator asks Ray to stop the Ray job, deletes "
+        "the cluster the job owns and the job shows Suspended. Set back to false, the job starts again as a new "
+        "attempt (a fresh cluster and submission id; startTime, and with it activeDeadlineSeconds, counts from "
+        "then). Ignored once the job finished.",
     )
     active_deadline_seconds: int | None = prop(
         "activeDeadlineSeconds",
@@ -180,6 +207,9 @@ class RayJobStatus:
     )
     ray_cluster_name: str | None = prop("rayClusterName", "The `Ray` the job runs (or ran) on.")
     dashboard_url: str | None = prop("dashboardURL", "The Ray dashboard of that cluster.")
+    submitter_name: str | None = prop(
+        "submitterName", "K8sJob mode: the submitter Job of the current attempt (`kubectl logs job/<it>`)."
+    )
     cluster_deleted: bool | None = prop(
         "clusterDeleted", "True once the operator deleted the job's own cluster (shutdownAfterJobFinishes)."
     )
@@ -212,11 +242,36 @@ NAME_MESSAGE = (
 )
 ONE_CLUSTER_RULE = "has(self.rayClusterSpec) != has(self.clusterSelector)"
 ONE_CLUSTER_MESSAGE = "spec must set exactly one of rayClusterSpec and clusterSelector"
+POLICY_OR_SHUTDOWN_RULE = ("!(has(self.deletionPolicy) && has(self.shutdownAfterJobFinishes) && "
+                           "self.shutdownAfterJobFinishes)")
+POLICY_OR_SHUTDOWN_MESSAGE = ("spec.deletionPolicy and spec.shutdownAfterJobFinishes: true must not both be set "
+                              "(shutdownAfterJobFinishes: true is deletionPolicy DeleteCluster)")
+DELETE_CLUSTER_RULE = f"!has(self.deletionPolicy) || self.deletionPolicy != '{DELETE_CLUSTER}' || has(self.rayClusterSpec)"
+DELETE_CLUSTER_MESSAGE = ("spec.deletionPolicy DeleteCluster needs rayClusterSpec: a cluster picked by "
+                          "clusterSelector is never deleted")
+# CEL rules on the spec as a whole.
+SPEC_RULES = ((ONE_CLUSTER_RULE, ONE_CLUSTER_MESSAGE), (POLICY_OR_SHUTDOWN_RULE, POLICY_OR_SHUTDOWN_MESSAGE),
+              (DELETE_CLUSTER_RULE, DELETE_CLUSTER_MESSAGE))
+
+
+def deletion_policy(spec: RayJobSpec) -> str:
+    """The effective deletion policy: deletionPolicy, else DeleteCluster with shutdownAfterJobFinishes (and a
+    cluster of its own), else DeleteNone."""
+    if spec.deletion_policy:
+        return spec.deletion_policy
+    if spec.shutdown_after_job_finishes and spec.ray_cluster_spec is not None:
+        return DELETE_CLUSTER
+    return DELETE_NONE
 
 
 def submission_id(uid: str, attempt: int) -> str:
     """The Ray submission id of an attempt: a pure function of the RayJob's UID and the attempt number."""
     return f"rayjob-{uid}-{attempt}"
+
+
+def submitter_name(name: str, attempt: int) -> str:
+    """The submitter Job of an attempt (K8sJob mode)."""
+    return f"{name}-submit-{attempt}"
 
 
 def cluster_name(name: str, attempt: int) -> str:

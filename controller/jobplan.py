@@ -17,6 +17,16 @@ Guarantees:
   status write that counts the failure, deletes the failed attempt's own cluster, and the next attempt starts on a
   fresh cluster after a back-off (`retry_base` x 2^n, at most `max_backoff`). The deadline
   (`activeDeadlineSeconds`, from `startTime`) fails the job and asks Ray to stop it until Ray reports it ended.
+- K8sJob mode (`submissionMode: K8sJob`): instead of the operator's POST, a submitter Job owned by the RayJob
+  (`submitter_manifest`, in the head pod's image) runs `ray job submit` with the same submission id and follows
+  the job's logs; a submitter pod that finds the submission id known to Ray follows its logs instead of
+  submitting, so a retried pod never starts a second run. The state still comes from the REST API; the
+  submitter's own failure (Ray never got the submission) fails the RayJob (`SubmitterFailed`).
+- Suspension (`suspend: true`): a job that has not started creates nothing (Suspended); a running one gets Ray's
+  stop and its own cluster deleted, and moves to the next attempt (a fresh cluster and submission id when it is
+  resumed), without counting a failure; startTime restarts at the resume. A finished job ignores it.
+- What a finished job leaves (`deletionPolicy`, `shutdownAfterJobFinishes`): `ttlSecondsAfterFinished` after
+  `endTime` its own cluster (DeleteCluster) or the RayJob itself (DeleteSelf) is deleted; nothing (DeleteNone).
 - No hot loop: the caller is woken by changes of the RayJob and of Rays (owned or matching the selector); timed
   requeues only poll a submitted job (`poll_interval`), back off while the dashboard does not answer
   (1 s, 2 s, 4 s ... `max_backoff`), wait between attempts, and wake at the deadline and the TTL.
@@ -25,6 +35,8 @@ Guarantees:
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -87,6 +99,9 @@ class Observed:
     job_missing: bool = False
     dashboard_error: str | None = None
     dashboard_failures: int = 0
+    # K8sJob mode: the attempt's submitter Job (None: none seen), and the head pod's Ray image.
+    submitter: Mapping[str, Any] | None = None
+    head_image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +127,17 @@ class Stop:
     submission_id: str
 
 
-Action = CreateCluster | DeleteCluster | Submit | Stop
+@dataclass(frozen=True)
+class CreateSubmitter:
+    manifest: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DeleteSelf:
+    uid: str
+
+
+Action = CreateCluster | DeleteCluster | Submit | Stop | CreateSubmitter | DeleteSelf
 
 
 @dataclass(frozen=True)
@@ -220,6 +245,96 @@ def submit_body(rayjob: Mapping[str, Any], job: j.RayJob, attempt: int) -> dict[
     return body
 
 
+# The submitter's shell: ask Ray about the submission id first; only an unknown id is submitted (`--no-wait`),
+# then the job's logs are followed to its end. A submit that fails because the id exists meanwhile still follows.
+# Positional arguments: the dashboard address, the submission id, then `ray job submit`'s options and entrypoint.
+SUBMITTER_SCRIPT = """set -u
+address="$1"; sid="$2"; shift 2
+if ray job status --address "$address" "$sid" >/dev/null 2>&1; then
+  echo "rayop: Ray already has the submission $sid; following its logs"
+else
+  echo "rayop: submitting $sid to $address"
+  if ! ray job submit --address "$address" --submission-id "$sid" --no-wait "$@"; then
+    ray job status --address "$address" "$sid" >/dev/null 2>&1 || exit 1
+  fi
+fi
+# Stopped by SIGTERM (the pod deleted), the submitter exits 143 whatever `ray job logs` returns, so the Job
+# counts a failure and starts another pod, which follows on.
+ray job logs --address "$address" --follow "$sid" &
+follower=$!
+trap 'kill -TERM "$follower" 2>/dev/null; exit 143' TERM INT
+wait "$follower"
+"""
+SUBMITTER_CONTAINER = "submitter"
+SUBMITTER_BACKOFF_LIMIT = 3
+
+
+def entrypoint_argv(entrypoint: str) -> list[str]:
+    """The words after `ray job submit ... --`. Ray joins them with `shlex.join` into the command its shell runs:
+    a plain command is passed as its words (Ray gets exactly the entrypoint), anything else (pipes, `&&`,
+    variables, other quoting) as `sh -c <entrypoint>`, so Ray's shell runs the same command as in HTTP mode."""
+    try:
+        words = shlex.split(entrypoint)
+    except ValueError:
+        words = []
+    if words and shlex.join(words) == entrypoint:
+        return words
+    return ["sh", "-c", entrypoint]
+
+
+def submitter_manifest(rayjob: Mapping[str, Any], job: j.RayJob, attempt: int, address: str,
+                       image: str) -> dict[str, Any]:
+    """The K8sJob-mode submitter of an attempt: a Job owned by the RayJob running `ray job submit` in `image`."""
+    meta = rayjob["metadata"]
+    body = submit_body(rayjob, job, attempt)
+    options = ["--metadata-json", json.dumps(body["metadata"], sort_keys=True)]
+    if "runtime_env" in body:
+        options += ["--runtime-env-json", json.dumps(body["runtime_env"], sort_keys=True)]
+    if "entrypoint_num_cpus" in body:
+        options += ["--entrypoint-num-cpus", f"{body['entrypoint_num_cpus']:g}"]
+    if "entrypoint_num_gpus" in body:
+        options += ["--entrypoint-num-gpus", f"{body['entrypoint_num_gpus']:g}"]
+    if "entrypoint_resources" in body:
+        options += ["--entrypoint-resources", json.dumps(body["entrypoint_resources"], sort_keys=True)]
+    labels = {j.LABEL_RAYJOB: str(meta["name"]), LABEL_MANAGED_BY: "rayop"}
+    container = {
+        "name": SUBMITTER_CONTAINER,
+        "image": image,
+        "command": ["bash", "-c", SUBMITTER_SCRIPT, "rayop-submit", address, str(body["submission_id"]),
+                    *options, "--", *entrypoint_argv(str(body["entrypoint"]))],
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": j.submitter_name(str(meta["name"]), attempt),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": API_VERSION, "kind": j.KIND, "name": meta["name"], "uid": meta["uid"],
+                "controller": True, "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": {
+            "backoffLimit": SUBMITTER_BACKOFF_LIMIT,
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
+                         "containers": [container]},
+            },
+        },
+    }
+
+
+def job_condition(job: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any] | None:
+    for c in ((job or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind and c.get("status") == "True":
+            return c  # type: ignore[no-any-return]
+    return None
+
+
 def wants_job_info(rayjob: Mapping[str, Any], cluster: Mapping[str, Any] | None) -> bool:
     """Whether the caller should ask Ray about the attempt's submission before `decide`: the job is not finished
     and the cluster exists and is Ready (or the job was submitted already: then poll regardless)."""
@@ -269,7 +384,7 @@ class _Status:
         self.old = old
         # Carried over: what earlier reconciles learned and what is set once.
         for key in ("jobId", "jobStatus", "startTime", "endTime", "rayClusterName", "dashboardURL",
-                    "clusterDeleted", "failed"):
+                    "clusterDeleted", "failed", "submitterName"):
             if old.get(key) is not None:
                 self.body[key] = old[key]
         self.body.setdefault("startTime", _ts(self.now))
@@ -320,7 +435,7 @@ class _Status:
 
 
 WARNING_REASONS = frozenset({
-    "InvalidSpec", "DeadlineExceeded", "Retrying", "ClusterRejected", "SubmissionRejected", "JobFailed", "JobStopped", "JobLost",
+    "InvalidSpec", "SubmitterFailed", "DeadlineExceeded", "Retrying", "ClusterRejected", "SubmissionRejected", "JobFailed", "JobStopped", "JobLost",
     "ClusterLost", "DashboardUnreachable", "ClusterSelectorNoMatch", "ClusterSelectorAmbiguous",
     "ClusterNameConflict",
 })
@@ -362,6 +477,8 @@ def decide(rayjob: Mapping[str, Any], observed: Observed, now: datetime, timing:
         return _finished(rayjob, spec, observed, st, now, timing)
     if (spec.ray_cluster_spec is None) == (spec.cluster_selector is None):
         return _done(rayjob, st.set(j.DEPLOY_VALIDATION_FAILED, "InvalidSpec", j.ONE_CLUSTER_MESSAGE))
+    if spec.suspend:
+        return _suspend(rayjob, spec, observed, st)
     left = None
     if spec.active_deadline_seconds:
         start = _parse_ts(st.body["startTime"]) or _naive(now)
@@ -382,6 +499,39 @@ def decide(rayjob: Mapping[str, Any], observed: Observed, now: datetime, timing:
 
 def _naive(now: datetime) -> datetime:
     return now.replace(tzinfo=None)
+
+
+def _suspend(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed, st: _Status) -> Decision:
+    """spec.suspend: nothing runs. What the current attempt started is undone (Ray's stop, the own cluster
+    deleted) and the next attempt is the one a resume starts; a job that never started stays as it is."""
+    old = st.old
+    attempt = st.body["attempt"]
+    actions: list[Action] = []
+    cluster = observed.cluster
+    submitted = _submitted(rayjob)
+    if cluster is not None and submitted and old.get("jobStatus") not in j.JOB_TERMINAL:
+        actions.append(Stop(dashboard_address(cluster), st.body["submissionId"]))
+    if cluster is not None and spec.ray_cluster_spec is not None:
+        meta = cluster["metadata"]
+        actions.append(DeleteCluster(str(meta["name"]), str(meta["uid"])))
+    message = "spec.suspend is true: no cluster, no submission"
+    if submitted or (cluster is not None and spec.ray_cluster_spec is not None):
+        nxt = attempt + 1
+        st.body["attempt"] = nxt
+        st.body["submissionId"] = j.submission_id(str(rayjob["metadata"]["uid"]), nxt)
+        message = (f"spec.suspend is true: attempt {attempt} was stopped"
+                   + (f" and its Ray {cluster['metadata']['name']} deleted" if actions and cluster is not None
+                      and spec.ray_cluster_spec is not None else "")
+                   + f"; a resume starts attempt {nxt}")
+    elif old.get("jobDeploymentStatus") == j.DEPLOY_SUSPENDED:
+        message = str(old.get("message") or message)
+    for key in ("jobStatus", "jobId", "submitterName", "dashboardURL", "nextAttemptTime", "startTime"):
+        st.body.pop(key, None)
+    if spec.ray_cluster_spec is not None or cluster is None:
+        st.body.pop("rayClusterName", None)
+    status = st.set(j.DEPLOY_SUSPENDED, "Suspended", message, cluster_ready=False, submitted=False)
+    status.pop("startTime", None)
+    return _done(rayjob, status, tuple(actions))
 
 
 def _deadline(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed, st: _Status,
@@ -457,6 +607,8 @@ def _active(rayjob: Mapping[str, Any], job: j.RayJob, spec: j.RayJobSpec, observ
                                         cluster_ready=True, submitted=False),
                          requeue_after=backoff(observed.dashboard_failures, timing))
         # Ray does not know this attempt's submission id: submit it.
+        if spec.submission_mode == j.SUBMISSION_K8S_JOB:
+            return _create_submitter(rayjob, job, observed, st, attempt, address, timing)
         st.body["jobStatus"] = j.JOB_PENDING
         st.body.pop("jobId", None)
         return _done(rayjob, st.set(j.DEPLOY_RUNNING, "Submitted",
@@ -472,6 +624,10 @@ def _active(rayjob: Mapping[str, Any], job: j.RayJob, spec: j.RayJobSpec, observ
                                     cluster_ready=ready, submitted=True),
                      requeue_after=backoff(observed.dashboard_failures, timing))
     if observed.job is None:
+        if observed.job_missing and spec.submission_mode == j.SUBMISSION_K8S_JOB:
+            waiting = _submitter_pending(rayjob, job, observed, st, attempt, address, ready, timing)
+            if waiting is not None:
+                return waiting
         if observed.job_missing:
             return _done(rayjob, st.set(j.DEPLOY_FAILED, "JobLost",
                                         f"Ray no longer knows the submission {st.body['submissionId']} (the "
@@ -496,7 +652,7 @@ def _active(rayjob: Mapping[str, Any], job: j.RayJob, spec: j.RayJobSpec, observ
         failed = int(st.body.get("failed") or 0) + 1
         st.body["failed"] = failed
         limit = spec.backoff_limit or 0
-        if attempt <= limit:
+        if failed <= limit:
             return _retry(rayjob, spec, observed, st, attempt, failed, limit, f"{reason}: {why}", timing)
         if attempt > 1:
             why = f"attempt {attempt} of {attempt}: {why}"
@@ -506,6 +662,49 @@ def _active(rayjob: Mapping[str, Any], job: j.RayJob, spec: j.RayJobSpec, observ
     message = info.message or f"Ray reports the job {info.status}"
     return _done(rayjob, st.set(j.DEPLOY_RUNNING, reason, message, cluster_ready=ready, submitted=True),
                  requeue_after=timing.poll_interval)
+
+
+def _create_submitter(rayjob: Mapping[str, Any], job: j.RayJob, observed: Observed, st: _Status, attempt: int,
+                      address: str, timing: Timing) -> Decision:
+    """K8sJob mode, Ray does not know the submission id: create the attempt's submitter Job."""
+    name = j.submitter_name(str(rayjob["metadata"]["name"]), attempt)
+    if not observed.head_image:
+        return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "HeadPodUnknown",
+                                    "waiting to see the head pod, whose image the submitter Job runs",
+                                    cluster_ready=True, submitted=False), requeue_after=timing.poll_interval)
+    st.body["jobStatus"] = j.JOB_PENDING
+    st.body.pop("jobId", None)
+    st.body["submitterName"] = name
+    return _done(rayjob, st.set(j.DEPLOY_RUNNING, "SubmitterCreated",
+                                f"the Job {name} submits {st.body['submissionId']} to {address}",
+                                cluster_ready=True, submitted=True),
+                 (CreateSubmitter(submitter_manifest(rayjob, job, attempt, address, observed.head_image)),),
+                 requeue_after=timing.poll_interval)
+
+
+def _submitter_pending(rayjob: Mapping[str, Any], job: j.RayJob, observed: Observed, st: _Status, attempt: int,
+                       address: str, ready: bool, timing: Timing) -> Decision | None:
+    """K8sJob mode, the submitter Job was created and Ray does not know the submission (yet): wait for the
+    submitter, fail when it failed, create it again when it is not there (AlreadyExists is fine). None when the
+    submitter completed: Ray lost a job it had (`JobLost`)."""
+    name = j.submitter_name(str(rayjob["metadata"]["name"]), attempt)
+    st.body["submitterName"] = name
+    submitter = observed.submitter
+    failed = job_condition(submitter, "Failed")
+    if failed is not None:
+        return _done(rayjob, st.set(
+            j.DEPLOY_FAILED, "SubmitterFailed",
+            f"the submitter Job {name} failed ({failed.get('reason') or 'Failed'}: {failed.get('message') or ''}) "
+            f"and Ray has no submission {st.body['submissionId']}; see `kubectl logs job/{name}`",
+            cluster_ready=ready, submitted=True))
+    if submitter is not None and job_condition(submitter, "Complete") is not None:
+        return None
+    actions: tuple[Action, ...] = ()
+    if submitter is None and observed.head_image:
+        actions = (CreateSubmitter(submitter_manifest(rayjob, job, attempt, address, observed.head_image)),)
+    return _done(rayjob, st.set(j.DEPLOY_RUNNING, "WaitingForSubmitter",
+                                f"the Job {name} has not submitted {st.body['submissionId']} yet",
+                                cluster_ready=ready, submitted=True), actions, requeue_after=timing.poll_interval)
 
 
 def _retry(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed, st: _Status, attempt: int,
@@ -518,6 +717,7 @@ def _retry(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed, st
     st.body["submissionId"] = j.submission_id(str(rayjob["metadata"]["uid"]), nxt)
     st.body.pop("jobStatus", None)
     st.body.pop("jobId", None)
+    st.body.pop("submitterName", None)
     st.body["nextAttemptTime"] = _ts(st.now + timedelta(seconds=delay))
     actions: tuple[Action, ...] = ()
     where = "on the same Ray"
@@ -536,8 +736,12 @@ def _retry(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed, st
 
 
 def _ttl_wait(spec: j.RayJobSpec, status: Mapping[str, Any], now: datetime) -> float | None:
-    """Seconds until the finished job's own cluster is due for deletion (0: now), or None when it stays."""
-    if not spec.shutdown_after_job_finishes or spec.ray_cluster_spec is None or status.get("clusterDeleted"):
+    """Seconds until what the deletion policy names (the own cluster, or the RayJob) is due for deletion (0: now),
+    or None when nothing is to be deleted."""
+    policy = j.deletion_policy(spec)
+    if policy == j.DELETE_NONE:
+        return None
+    if policy == j.DELETE_CLUSTER and (spec.ray_cluster_spec is None or status.get("clusterDeleted")):
         return None
     end = _parse_ts(status.get("endTime"))
     due = (end or now.replace(tzinfo=None)) + timedelta(seconds=spec.ttl_seconds_after_finished or 0)
@@ -564,6 +768,13 @@ def _finished(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed,
     wait = _ttl_wait(spec, status, now)
     if wait is None:
         return _done(rayjob, status)
+    if j.deletion_policy(spec) == j.DELETE_SELF:
+        if wait > 0:
+            return Decision(status=status, requeue_after=wait)
+        return Decision(status=status, actions=(DeleteSelf(str(rayjob["metadata"]["uid"])),),
+                        events=((NORMAL, "DeletingSelf",
+                                 f"deleting this RayJob and what it owns: the job finished "
+                                 f"{spec.ttl_seconds_after_finished or 0} s ago (deletionPolicy DeleteSelf)"),))
     if observed.cluster is None:
         if status.get("rayClusterName"):
             status["clusterDeleted"] = True
@@ -574,7 +785,7 @@ def _finished(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed,
     return Decision(status=status, actions=(DeleteCluster(str(meta["name"]), str(meta["uid"])),),
                     events=((NORMAL, "DeletingCluster",
                              f"deleting the Ray {meta['name']}: the job finished "
-                             f"{spec.ttl_seconds_after_finished or 0} s ago (shutdownAfterJobFinishes)"),))
+                             f"{spec.ttl_seconds_after_finished or 0} s ago (deletionPolicy DeleteCluster)"),))
 
 
 def submit_refused(decision: Decision, rayjob: Mapping[str, Any], message: str, now: datetime) -> Decision:
@@ -628,7 +839,7 @@ def has_finalizer(rayjob: Mapping[str, Any]) -> bool:
 
 def needs_finalizer(rayjob: Mapping[str, Any], decision: Decision) -> bool:
     """A job about to be submitted gets the finalizer first (so its deletion can never skip the stop)."""
-    return any(isinstance(a, Submit) for a in decision.actions) and not has_finalizer(rayjob)
+    return any(isinstance(a, (Submit, CreateSubmitter)) for a in decision.actions) and not has_finalizer(rayjob)
 
 
 def wants_job_info_deleting(rayjob: Mapping[str, Any], cluster: Mapping[str, Any] | None) -> bool:

@@ -14,6 +14,10 @@ Guarantees:
   the cached resourceVersion, and the status patch carries it (409 on a stale cache; the key is retried).
 - Status goes through the `/status` subresource as a JSON merge patch, only when it differs from the stored one;
   one Event per transition (the core's), plus Normal Events for the cluster created and deleted.
+- K8sJob mode: the attempt's submitter Job (built by the core, in the image of the Ray's head pod, read live when
+  the Job is about to be created) is created with a controller ownerReference to the RayJob, so it goes with the
+  RayJob; AlreadyExists is fine. Submitter Jobs (label ray.k8s.io/rayjob) are watched, mapped to their RayJob, so
+  a failed submitter wakes the RayJob at once.
 - Ray's stop API is called for a job past its `activeDeadlineSeconds`, repeatedly (each poll) until Ray reports
   the job ended.
 - Deletion: a RayJob gets the finalizer `ray.k8s.io/stop-ray-job` right before its first submission; when it is
@@ -33,10 +37,13 @@ import structlog
 
 from rayop.api import rayjob as j
 from rayop.api.types import GROUP, VERSION
+from rayop.build import AUTOSCALER_CONTAINER
 from rayop.jobplan import (
     CreateCluster,
+    CreateSubmitter,
     Decision,
     DeleteCluster,
+    DeleteSelf,
     JobInfo,
     Observed,
     Stop,
@@ -66,6 +73,8 @@ from rayop.runtime.store import INDEX_NAMESPACE, ObjectKey, controller_owner
 log = structlog.get_logger("rayop.jobreconciler")
 
 RAYJOB = Resource(GROUP, VERSION, j.PLURAL, j.KIND)
+BATCH_JOB = Resource("batch", "v1", "jobs", "Job")
+POD = Resource("", "v1", "pods", "Pod")
 CONTROLLER_NAME = "rayjob"
 
 
@@ -81,6 +90,8 @@ class RayJobReconciler:
         self.recorder = manager.recorder
         self.jobs = manager.informer(RAYJOB)
         self.rays = manager.informer(RAY)
+        # Only the submitter Jobs (K8sJob mode), which carry the RayJob label.
+        self.submitters = manager.informer(BATCH_JOB, label_selector=j.LABEL_RAYJOB)
         self.timing = timing or Timing()
         self.submitter = submitter or JobSubmissionClient()
         self._now = now or (lambda: datetime.now(timezone.utc))
@@ -108,6 +119,13 @@ class RayJobReconciler:
                          and any(labels_match(selector, ls) for ls in labels)):
                 keys.add(ObjectKey(namespace, str(job["metadata"]["name"])))
         return keys
+
+    def rayjob_of_submitter(self, event: Event) -> Iterable[ObjectKey]:
+        """A submitter Job event concerns the RayJob that owns it."""
+        ref = controller_owner(event.obj)
+        if ref is None or ref.get("kind") != j.KIND:
+            return ()
+        return (ObjectKey(str((event.obj.get("metadata") or {}).get("namespace") or ""), str(ref.get("name") or "")),)
 
     # -- reconcile ------------------------------------------------------------------------------------------------
 
@@ -187,7 +205,14 @@ class RayJobReconciler:
             cluster = pick[0] if len(pick) == 1 else None
             if named and status.get("jobStatus") and not pick:
                 cluster = self.rays.store.get(ObjectKey(key.namespace, str(named)))
-        observed = Observed(cluster=cluster, selected=selected, foreign=foreign)
+        k8s_job = spec.get("submissionMode") == j.SUBMISSION_K8S_JOB
+        submitter: Mapping[str, Any] | None = None
+        if k8s_job:
+            submitter = self.submitters.store.get(ObjectKey(key.namespace, j.submitter_name(key.name,
+                                                                                           int(attempt or 1))))
+            if submitter is not None and not _owned_by(submitter, uid):
+                submitter = None
+        observed = Observed(cluster=cluster, selected=selected, foreign=foreign, submitter=submitter)
         wanted = wants_job_info_deleting(rayjob, cluster) if deleting else wants_job_info(rayjob, cluster)
         if cluster is None or not wanted:
             return observed
@@ -201,8 +226,29 @@ class RayJobReconciler:
             return Observed(cluster=cluster, selected=selected, dashboard_error=str(e), dashboard_failures=failures)
         self._succeeded(key)
         if info is None:
-            return Observed(cluster=cluster, selected=selected, job_missing=True)
-        return Observed(cluster=cluster, selected=selected, job=JobInfo.from_json(info))
+            image = None
+            if k8s_job and not deleting and (submitter is None or not status.get("jobStatus")):
+                image = self.head_image(cluster)
+            return Observed(cluster=cluster, selected=selected, job_missing=True, submitter=submitter,
+                            head_image=image)
+        return Observed(cluster=cluster, selected=selected, job=JobInfo.from_json(info), submitter=submitter)
+
+    def head_image(self, cluster: Mapping[str, Any]) -> str | None:
+        """The Ray image of the cluster's head pod (live GET: only when a submitter Job is about to be created)."""
+        name = (cluster.get("status") or {}).get("headPodName")
+        namespace = str(cluster["metadata"]["namespace"])
+        if not name:
+            return None
+        try:
+            pod = self.client.get(POD.object(namespace, str(name)))
+        except ApiError as e:
+            if e.not_found:
+                return None
+            raise
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            if c.get("name") != AUTOSCALER_CONTAINER and c.get("image"):
+                return str(c["image"])
+        return None
 
     def _failed(self, key: ObjectKey) -> int:
         with self._lock:
@@ -227,7 +273,33 @@ class RayJobReconciler:
                 decision = self.submit(key, rayjob, decision, action, now)
             elif isinstance(action, Stop):
                 self.stop(key, rayjob, action)
+            elif isinstance(action, CreateSubmitter):
+                self.create_submitter(key, rayjob, action)
+            elif isinstance(action, DeleteSelf):
+                self.delete_self(key, rayjob, action)
         return decision
+
+    def delete_self(self, key: ObjectKey, rayjob: Mapping[str, Any], action: DeleteSelf) -> None:
+        """deletionPolicy DeleteSelf: delete this RayJob (its UID as a precondition); what it owns follows."""
+        try:
+            self.client.delete(RAYJOB.object(key.namespace, key.name),
+                               {"preconditions": {"uid": action.uid}, "propagationPolicy": "Background"})
+        except ApiError as e:
+            if not (e.not_found or e.conflict):
+                raise
+            return
+        log.info("deleted the finished RayJob (DeleteSelf)", key=str(key))
+
+    def create_submitter(self, key: ObjectKey, rayjob: Mapping[str, Any], action: CreateSubmitter) -> None:
+        name = str(action.manifest["metadata"]["name"])
+        try:
+            self.client.create(BATCH_JOB.collection(key.namespace), dict(action.manifest))
+        except ApiError as e:
+            if e.already_exists:
+                return
+            raise
+        log.info("created submitter", key=str(key), job=name)
+        self.recorder.record(rayjob, NORMAL, "CreatedSubmitter", f"created the submitter Job {name}")
 
     def stop(self, key: ObjectKey, rayjob: Mapping[str, Any], action: Stop) -> None:
         """Ask Ray to stop the job; a failure is retried by the next poll (the status still shows it running)."""
@@ -335,6 +407,7 @@ def wire_rayjobs(manager: Manager, workers: int, timing: Timing | None = None,
     controller = manager.controller(CONTROLLER_NAME, reconciler, workers=workers)
     controller.watch_primary(reconciler.jobs, predicate=generation_changed)
     controller.watch(reconciler.rays, reconciler.rayjobs_of_ray)
+    controller.watch(reconciler.submitters, reconciler.rayjob_of_submitter)
     return reconciler
 
 

@@ -1,5 +1,6 @@
 """End to end, `RayJob` with real Ray: the operator deployed from manifests/ (both CRDs, RBAC, Deployment) into a
-process-mode control plane of the test's own; HTTP submission through Ray's Job Submission REST API.
+process-mode control plane of the test's own (the `pm` and `kube` fixtures of test_ray_process_mode); HTTP
+submission through Ray's Job Submission REST API, and K8sJob submission through a submitter Job.
 
 Proves:
 - a `RayJob` with `rayClusterSpec` (the sample manifests/samples/rayjob/every-node.yaml, as shipped) gets a child
@@ -10,6 +11,11 @@ Proves:
   `Ray` once it is labelled, and that Ray stays (with shutdownAfterJobFinishes); seen from Ray's side there is
   exactly one job with the RayJob's submission id, and it SUCCEEDED;
 - a runtimeEnv Ray cannot use ends the job with a reason naming it (no crash, no retry loop).
+- K8sJob mode (the sample logs-in-kubectl.yaml): a submitter Job owned by the RayJob runs `ray job submit`, its
+  `kubectl logs` show the program's output, the job completes and its cluster goes after the TTL; a submitter pod
+  killed after the submission is replaced by one that follows the logs instead of submitting again;
+- suspend (created suspended: nothing; suspended while running: stopped, cluster deleted; resumed: runs) and
+  deletionPolicy DeleteSelf.
 
 The measured times are printed (run with `-s`). Needs root, iproute2 with working `ip netns`, nsenter, unshare.
 """
@@ -17,14 +23,11 @@ The measured times are printed (run with `-s`). Needs root, iproute2 with workin
 from __future__ import annotations
 
 import json
-import shutil
 import threading
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,15 +36,16 @@ import yaml
 from rayop.api import rayjob as j
 from rayop.api.types import GROUP, VERSION
 from rayop.runtime.kube import ApiError, KubeClient
-from tests.e2e.test_ray_process_mode import (
+from tests.e2e.test_ray_process_mode import (  # noqa: F401 (pm, kube: the shared module-scoped fixtures)
     SMALL,
     _get,
     cluster_pods,
     exec_in,
     head_pod,
     is_ready,
+    kube,
     live,
-    netns_names,
+    pm,
     ray_container,
     wait_ready,
 )
@@ -66,27 +70,6 @@ def record(name: str, seconds: float) -> None:
 def jobs_path(ns: str, name: str | None = None) -> str:
     base = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{j.PLURAL}"
     return f"{base}/{name}" if name else base
-
-
-@pytest.fixture(scope="module")
-def pm() -> Iterator[PrivateCluster]:
-    tmp = Path(tempfile.mkdtemp(prefix="rayop-e2e-rayjob-"))
-    t0 = time.monotonic()
-    cluster = PrivateCluster.start(tmp / "cluster", "--process", "--nodes", "1")
-    record("control plane up (process mode, 1 node)", time.monotonic() - t0)
-    prefix = cluster.state()["netns_prefix"]
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-        left = [n for n in netns_names() if n.startswith(prefix)]
-        assert not left, f"network namespaces left after down: {left}"
-
-
-@pytest.fixture(scope="module")
-def kube(pm: PrivateCluster) -> KubeClient:
-    return pm.client()
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +114,23 @@ def namespace(request: pytest.FixtureRequest, kube: KubeClient, operator_pod: st
     wait_until(lambda: _get(kube, f"/api/v1/namespaces/{name}/configmaps/kube-root-ca.crt"), 60,
                message="kube-root-ca.crt")
     yield name
+    # The RayJobs and Rays go first, and their pods with them; only then the namespace. Deleting the namespace
+    # right away is slow for a reason outside the operator: the namespace controller deletes pods first and, while
+    # any pod is not terminal, looks again only after half the longest terminationGracePeriodSeconds (the
+    # workers': drain timeout 300 s + 30 s, so 166 s), however fast the pods actually go.
+    for path in (jobs_path(name), rays_path(name)):
+        for item in kube.get(path)["items"]:
+            try:
+                kube.delete(f"{path}/{item['metadata']['name']}")
+            except ApiError as e:
+                if not e.not_found:
+                    raise
+    # Workers drain in their preStop hook (they end at once when the head goes); the bound is their grace period.
+    wait_until(lambda: not [p for p in kube.get(f"/api/v1/namespaces/{name}/pods")["items"]
+                            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")], 330, 0.5,
+               message=f"the pods of namespace {name} gone")
     kube.delete(f"/api/v1/namespaces/{name}")
-    # Workers drain in their preStop hook; the bound is their grace period (drain timeout 300 s + 30 s).
-    wait_until(lambda: _get(kube, f"/api/v1/namespaces/{name}") is None, 420, 0.5,
+    wait_until(lambda: _get(kube, f"/api/v1/namespaces/{name}") is None, 60, 0.5,
                message=f"namespace {name} deleted")
 
 
@@ -522,3 +519,137 @@ def test_operator_killed_right_after_submitting_never_submits_twice(pm: PrivateC
     assert [(x["submission_id"], x["status"]) for x in mine] == [(sid, "SUCCEEDED")], mine
     set_operator_command(pm, shipped["command"], shipped["env"])
     rolled_out(pm, kube, crashing)
+
+
+def submitter_pods(kube: KubeClient, ns: str, job: str) -> list[dict[str, Any]]:
+    items = kube.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=f"batch.kubernetes.io/job-name={job}")["items"]
+    return sorted(items, key=lambda p: p["metadata"]["creationTimestamp"])
+
+
+def test_k8s_job_mode_output_is_in_kubectl_logs(pm: PrivateCluster, kube: KubeClient, namespace: str) -> None:
+    """The sample logs-in-kubectl.yaml as shipped (K8sJob mode): a submitter Job owned by the RayJob runs `ray job
+    submit` from the head's image (here: the virtualenv's ray); the program's output is in `kubectl logs` of the
+    submitter; the state comes from Ray: SUCCEEDED / Complete; the cluster goes 5 s + one reconcile after the end;
+    the submitter Job stays until the RayJob goes, then goes with it."""
+    sample = MANIFESTS / "samples" / "rayjob" / "logs-in-kubectl.yaml"
+    body = yaml.safe_load(sample.read_text())
+    assert body["spec"]["submissionMode"] == "K8sJob" and body["spec"]["entrypoint"].startswith("python ")
+    body["spec"]["entrypoint"] = PYTHON + body["spec"]["entrypoint"].removeprefix("python")
+    t0 = time.monotonic()
+    pm.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+    name = body["metadata"]["name"]
+    uid = wait_until(lambda: _get(kube, jobs_path(namespace, name)), 30)["metadata"]["uid"]
+    child, submitter = j.cluster_name(name, 1), j.submitter_name(name, 1)
+    done = wait_job(kube, namespace, name, "Complete")
+    record("K8sJob RayJob created -> Complete", time.monotonic() - t0)
+    status = done["status"]
+    assert status["jobStatus"] == "SUCCEEDED" and status["reason"] == "JobSucceeded", status
+    assert status["submissionId"] == f"rayjob-{uid}-1" and status["submitterName"] == submitter
+    job = kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{submitter}")
+    (owner,) = job["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("RayJob", uid, True)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["bash", "-c"] and f"rayjob-{uid}-1" in container["command"]
+    # The program's output, through the submitter's `ray job logs --follow`.
+    logs = wait_until(lambda: (lambda out: out if "program output" in out else None)(
+        pm.kubectl("logs", "-n", namespace, f"job/{submitter}", check=False).stdout), 60, 1,
+        message="the program's output in kubectl logs")
+    print(logs[-1500:])
+    assert "program output: ran one task on each of 2 nodes: [True, True]" in logs, logs[-3000:]
+    assert f"submitting rayjob-{uid}-1" in logs, logs[-3000:]
+    # shutdownAfterJobFinishes + ttlSecondsAfterFinished 5.
+    wait_until(lambda: _get(kube, rays_path(namespace, child)) is None, 60, 0.2, message="the child Ray deleted")
+    gone_after = time.time() - parse_ts(status["endTime"])
+    record("K8sJob: job end -> child Ray deleted (ttl 5 s)", gone_after)
+    assert gone_after < 5 + 1 + 3, gone_after  # endTime has 1 s resolution; one reconcile and the watch
+    # Exactly one Ray job ran: the submitter Job succeeded with one pod.
+    job = kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{submitter}")
+    assert job["status"].get("succeeded") == 1 and not job["status"].get("failed"), job["status"]
+    reasons = events_of(kube, namespace, name)
+    for reason in ("CreatedCluster", "CreatedSubmitter", "SubmitterCreated", "JobSucceeded", "DeletedCluster"):
+        assert reason in reasons, reasons
+    # The submitter goes with the RayJob.
+    kube.delete(jobs_path(namespace, name))
+    wait_until(lambda: _get(kube, f"/apis/batch/v1/namespaces/{namespace}/jobs/{submitter}") is None, 60, 0.5,
+               message="the submitter Job deleted with the RayJob")
+    wait_until(lambda: not submitter_pods(kube, namespace, submitter), 60, 0.5, message="the submitter pod gone")
+
+
+def test_k8s_job_mode_retried_submitter_follows_instead_of_resubmitting(pm: PrivateCluster, kube: KubeClient,
+                                                                         namespace: str) -> None:
+    """A submitter pod started again after Ray accepted the submission (the Job's pod template run once more) finds
+    the submission id known to Ray and follows its logs; Ray runs the program exactly once."""
+    kube.create(rays_path(namespace), {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Ray",
+                                       "metadata": {"name": "subhost", "labels": {"use": "submitter"}},
+                                       "spec": HEAD_ONLY})
+    wait_ready(kube, namespace, "subhost")
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": j.KIND, "metadata": {"name": "follow"},
+            "spec": {"submissionMode": "K8sJob", "clusterSelector": {"use": "submitter"},
+                     "entrypoint": "echo started; sleep 40; echo finished"}}
+    created = kube.create(jobs_path(namespace), body)
+    sid = j.submission_id(created["metadata"]["uid"], 1)
+    submitter = j.submitter_name("follow", 1)
+    wait_until(lambda: ((_get(kube, jobs_path(namespace, "follow")) or {}).get("status") or {}).get(
+        "jobStatus") == "RUNNING", 120, 0.5, message="the Ray job RUNNING")
+    wait_until(lambda: (lambda ps: ps[0] if ps and "started" in pm.kubectl(
+        "logs", "-n", namespace, ps[0]["metadata"]["name"], check=False).stdout else None)(
+        submitter_pods(kube, namespace, submitter)), 60, 0.5, message="the first submitter pod following")
+    # A retried submitter pod: the Job's own pod template run once more while the first pod still follows (what
+    # the Job controller starts after a pod failure; deleting the pod is not used, since in process mode a
+    # deleted pod's process may live on until the Ray job ends).
+    job = kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{submitter}")
+    template = job["spec"]["template"]
+    retry = kube.create(f"/api/v1/namespaces/{namespace}/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "follow-retry"},
+        "spec": {k: v for k, v in template["spec"].items()}})
+    second = retry
+    done = wait_job(kube, namespace, "follow", "Complete", timeout=180)
+    assert done["status"]["submissionId"] == sid and done["status"]["jobStatus"] == "SUCCEEDED"
+    logs = wait_until(lambda: (lambda out: out if "finished" in out else None)(
+        pm.kubectl("logs", "-n", namespace, second["metadata"]["name"], check=False).stdout), 60, 1,
+        message="the second pod's logs")
+    print(logs[-1000:])
+    assert f"Ray already has the submission {sid}; following its logs" in logs, logs[-2000:]
+    assert "submitting" not in logs, logs[-2000:]
+    mine = [x for x in ray_jobs(pm, kube, namespace, "subhost") if x["submission_id"].startswith("rayjob-")]
+    assert [(x["submission_id"], x["status"]) for x in mine] == [(sid, "SUCCEEDED")], mine
+
+
+def test_suspend_then_resume_then_delete_self(pm: PrivateCluster, kube: KubeClient, namespace: str) -> None:
+    """Created suspended: no cluster, no pods, Suspended. Resumed: it runs. Suspended while running: Ray is asked
+    to stop the job, its cluster is deleted, Suspended (attempt 2 next). Resumed again: it runs to Complete on a
+    fresh cluster, and deletionPolicy DeleteSelf deletes the RayJob (and with it its cluster) ttl later."""
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": j.KIND, "metadata": {"name": "queued"},
+            "spec": {"suspend": True, "deletionPolicy": "DeleteSelf", "ttlSecondsAfterFinished": 3,
+                     "entrypoint": "echo started; sleep 12; echo finished", "rayClusterSpec": HEAD_ONLY}}
+    kube.create(jobs_path(namespace), body)
+    job = wait_job(kube, namespace, "queued", "Suspended", timeout=60)
+    assert job["status"]["reason"] == "Suspended" and job["status"]["attempt"] == 1
+    time.sleep(3)
+    assert not kube.get(rays_path(namespace), labelSelector=f"{j.LABEL_RAYJOB}=queued")["items"]
+    assert not kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+    assert (_get(kube, jobs_path(namespace, "queued")) or {})["status"]["jobDeploymentStatus"] == "Suspended"
+
+    kube.patch(jobs_path(namespace, "queued"), {"spec": {"suspend": False}})
+    wait_until(lambda: ((_get(kube, jobs_path(namespace, "queued")) or {}).get("status") or {}).get(
+        "jobStatus") == "RUNNING", 180, 0.5, message="attempt 1 RUNNING")
+    assert _get(kube, rays_path(namespace, "queued-1")) is not None
+    kube.patch(jobs_path(namespace, "queued"), {"spec": {"suspend": True}})
+    suspended = wait_job(kube, namespace, "queued", "Suspended", timeout=60)
+    status = suspended["status"]
+    assert status["attempt"] == 2 and not status.get("failed") and "jobStatus" not in status, status
+    assert "attempt 1 was stopped" in status["message"], status
+    wait_until(lambda: _get(kube, rays_path(namespace, "queued-1")) is None, 120, 0.5, message="queued-1 deleted")
+    reasons = events_of(kube, namespace, "queued")
+    assert "StoppingJob" in reasons and "Suspended" in reasons, reasons
+
+    kube.patch(jobs_path(namespace, "queued"), {"spec": {"suspend": False}})
+    done = wait_job(kube, namespace, "queued", "Complete", timeout=300)
+    assert done["status"]["jobStatus"] == "SUCCEEDED" and done["status"]["rayClusterName"] == "queued-2"
+    assert done["status"]["submissionId"].endswith("-2")
+    t_end = parse_ts(done["status"]["endTime"])
+    wait_until(lambda: _get(kube, jobs_path(namespace, "queued")) is None, 60, 0.2,
+               message="the RayJob deleted (DeleteSelf)")
+    record("job end -> RayJob deleted (DeleteSelf, ttl 3 s)", time.time() - t_end)
+    wait_until(lambda: _get(kube, rays_path(namespace, "queued-2")) is None, 120, 0.5,
+               message="its Ray deleted with it")

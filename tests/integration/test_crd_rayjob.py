@@ -75,6 +75,12 @@ BAD = [
     ("deadline-zero", {"entrypoint": "x", "activeDeadlineSeconds": 0, **SELECTOR}, "spec.activeDeadlineSeconds"),
     ("backoff-negative", {"entrypoint": "x", "backoffLimit": -1, **SELECTOR}, "spec.backoffLimit"),
     ("backoff-too-high", {"entrypoint": "x", "backoffLimit": 101, **SELECTOR}, "spec.backoffLimit"),
+    ("unknown-policy", {"entrypoint": "x", "deletionPolicy": "DeleteWorld", **CLUSTER}, "spec.deletionPolicy"),
+    ("policy-and-shutdown", {"entrypoint": "x", "deletionPolicy": "DeleteSelf", "shutdownAfterJobFinishes": True,
+                             **CLUSTER}, "deletionPolicy and spec.shutdownAfterJobFinishes"),
+    ("delete-selected-cluster", {"entrypoint": "x", "deletionPolicy": "DeleteCluster", **SELECTOR},
+     "DeleteCluster needs rayClusterSpec"),
+    ("suspend-not-bool", {"entrypoint": "x", "suspend": "yes", **SELECTOR}, "spec.suspend"),
     ("bad-cluster-spec", {"entrypoint": "x", "rayClusterSpec": {"minWorkers": 3, "maxWorkers": 1}},
      "spec.rayClusterSpec.minWorkers"),
 ]
@@ -108,6 +114,10 @@ def test_good_objects_are_accepted_defaulted_and_pruned(kube: KubeClient, namesp
     assert created["spec"]["submissionMode"] == "HTTP"
     assert created["spec"]["runtimeEnv"] == {"pip": ["requests"], "env_vars": {"A": "1"}}
     j.RayJob.from_dict(created)
+    policy = create(kube, namespace, new_job("policy", {"entrypoint": "x", "deletionPolicy": "DeleteSelf",
+                                                        "suspend": True, "shutdownAfterJobFinishes": False,
+                                                        **SELECTOR}))
+    assert (policy["spec"]["deletionPolicy"], policy["spec"]["suspend"]) == ("DeleteSelf", True)
 
 
 def test_samples_apply_and_kubectl_shows_the_columns(cluster: LocalCluster, namespace: str) -> None:
@@ -116,5 +126,5 @@ def test_samples_apply_and_kubectl_shows_the_columns(cluster: LocalCluster, name
     out = cluster.kubectl("get", "rj", "-n", namespace).stdout
     assert out.splitlines()[0].split() == ["NAME", "JOB", "STATUS", "DEPLOYMENT", "STATUS", "CLUSTER", "START",
                                            "END", "AGE"]
-    assert {line.split()[0] for line in out.splitlines()[1:]} == {"every-node", "on-existing-cluster"}
+    assert {line.split()[0] for line in out.splitlines()[1:]} == {"every-node", "logs-in-kubectl", "on-existing-cluster"}
     assert crd.build_rayjob_crd()["metadata"]["name"] == j.CRD_NAME

@@ -49,7 +49,12 @@ def test_schema_rules() -> None:
     assert spec["properties"]["entrypoint"]["minLength"] == 1
     assert spec["properties"]["entrypoint"]["x-kubernetes-validations"]
     assert spec["properties"]["runtimeEnv"]["x-kubernetes-preserve-unknown-fields"] is True
-    assert spec["properties"]["submissionMode"]["enum"] == ["HTTP"]
+    assert spec["properties"]["submissionMode"]["enum"] == ["HTTP", "K8sJob"]
+    assert spec["properties"]["submissionMode"]["default"] == "HTTP"
+    for rule, message in j.SPEC_RULES:
+        assert {"rule": rule, "message": message} in spec["x-kubernetes-validations"]
+    assert spec["properties"]["deletionPolicy"]["enum"] == ["DeleteNone", "DeleteCluster", "DeleteSelf"]
+    assert spec["properties"]["suspend"]["type"] == "boolean"
     # The cluster spec is the Ray kind's own spec schema, rules included.
     ray_spec = crd.openapi_schema()["properties"]["spec"]
     cluster = spec["properties"]["rayClusterSpec"]

@@ -4,6 +4,7 @@ second submission, reasons that say why, TTL deletion of the own cluster only, n
 from __future__ import annotations
 
 import copy
+import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -335,3 +336,177 @@ def test_deletion_stops_the_job_and_always_removes_the_finalizer() -> None:
     assert deleting(done, Observed(cluster=ray()), NOW).remove_finalizer
     del job["metadata"]["finalizers"]
     assert deleting(job, Observed(cluster=ray()), NOW) == type(d)()
+
+
+# -- K8sJob mode ------------------------------------------------------------------------------------------------
+
+
+def k8s_job(**extra: Any) -> dict[str, Any]:
+    spec = {"entrypoint": "python x.py --n 2", "rayClusterSpec": {"maxWorkers": 1}, "submissionMode": "K8sJob",
+            "runtimeEnv": {"env_vars": {"A": "1"}}, "entrypointNumCpus": 0.5, **extra}
+    return rayjob(spec)
+
+
+def test_k8s_job_mode_creates_a_submitter_job_instead_of_submitting() -> None:
+    from rayop.jobplan import CreateSubmitter, needs_finalizer
+    job, _ = step(k8s_job(), Observed())
+    after, d = step(job, Observed(cluster=ray(), job_missing=True, head_image="rayproject/ray:2.60.0"))
+    (create,) = d.actions
+    assert isinstance(create, CreateSubmitter) and needs_finalizer(job, d)
+    m = create.manifest
+    assert (m["apiVersion"], m["kind"], m["metadata"]["name"]) == ("batch/v1", "Job", "job-submit-1")
+    (owner,) = m["metadata"]["ownerReferences"]
+    assert owner["kind"] == "RayJob" and owner["uid"] == UID and owner["controller"] is True
+    (c,) = m["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "rayproject/ray:2.60.0"
+    argv = c["command"]
+    assert argv[:2] == ["bash", "-c"]
+    assert argv[4:6] == ["http://job-1-head.ns.svc.cluster.local:8265", f"rayjob-{UID}-1"]
+    assert argv[argv.index("--"):] == ["--", "python", "x.py", "--n", "2"]
+    assert json.loads(argv[argv.index("--runtime-env-json") + 1]) == {"env_vars": {"A": "1"}}
+    assert argv[argv.index("--entrypoint-num-cpus") + 1] == "0.5"
+    assert json.loads(argv[argv.index("--metadata-json") + 1])["rayjob.k8s.io/name"] == "job"
+    s = after["status"]
+    assert (s["jobDeploymentStatus"], s["reason"], s["jobStatus"], s["submitterName"]) == (
+        "Running", "SubmitterCreated", "PENDING", "job-submit-1")
+    assert d.requeue_after == Timing().poll_interval
+
+
+def test_k8s_job_mode_waits_for_the_head_image() -> None:
+    job, _ = step(k8s_job(), Observed())
+    after, d = step(job, Observed(cluster=ray(), job_missing=True))
+    assert not d.actions and after["status"]["reason"] == "HeadPodUnknown"
+
+
+def test_k8s_job_mode_adopts_a_known_submission_without_a_submitter() -> None:
+    job, _ = step(k8s_job(), Observed())
+    after, d = step(job, Observed(cluster=ray(), job=JobInfo(j.JOB_RUNNING, "02000000"), head_image="img"))
+    assert not d.actions and after["status"]["jobStatus"] == "RUNNING"
+
+
+def submitter(condition: str | None) -> dict[str, Any]:
+    conditions = [{"type": condition, "status": "True", "reason": "BackoffLimitExceeded",
+                   "message": "Job has reached the specified backoff limit"}] if condition else []
+    return {"metadata": {"name": "job-submit-1"}, "status": {"conditions": conditions}}
+
+
+def test_k8s_job_mode_waits_for_the_submitter_then_fails_with_it() -> None:
+    from rayop.jobplan import CreateSubmitter
+    job, _ = step(k8s_job(), Observed())
+    job, _ = step(job, Observed(cluster=ray(), job_missing=True, head_image="img"))
+    # Ray does not know the submission yet: the submitter is starting (never JobLost).
+    waiting, d = step(job, Observed(cluster=ray(), job_missing=True, submitter=submitter(None)))
+    assert (waiting["status"]["jobDeploymentStatus"], waiting["status"]["reason"]) == ("Running",
+                                                                                       "WaitingForSubmitter")
+    assert not d.actions and d.requeue_after == Timing().poll_interval
+    # The cache has not seen the submitter: it is created again (AlreadyExists is fine).
+    _, d = step(job, Observed(cluster=ray(), job_missing=True, head_image="img"))
+    assert [type(a) for a in d.actions] == [CreateSubmitter]
+    # The submitter failed and Ray never got the submission: the RayJob fails and says where to look.
+    failed, d = step(job, Observed(cluster=ray(), job_missing=True, submitter=submitter("Failed")))
+    s = failed["status"]
+    assert (s["jobDeploymentStatus"], s["reason"]) == ("Failed", "SubmitterFailed")
+    assert "kubectl logs job/job-submit-1" in s["message"] and "BackoffLimitExceeded" in s["message"]
+    # The submitter completed but Ray forgot the job: lost, as in HTTP mode.
+    lost, _ = step(job, Observed(cluster=ray(), job_missing=True, submitter=submitter("Complete")))
+    assert lost["status"]["reason"] == "JobLost"
+    # Ray got it: followed through the REST API as in HTTP mode.
+    done, _ = step(job, Observed(cluster=ray(), job=JobInfo(j.JOB_SUCCEEDED, "02000000"),
+                                 submitter=submitter(None)))
+    assert (done["status"]["jobDeploymentStatus"], done["status"]["submitterName"]) == ("Complete", "job-submit-1")
+
+
+def test_entrypoint_argv_keeps_what_ray_runs() -> None:
+    import shlex
+    from rayop.jobplan import entrypoint_argv
+    for plain in ("python x.py", "python -c 'import ray; print(1)'", "echo"):
+        assert shlex.join(entrypoint_argv(plain)) == plain
+    for shell in ("python a.py && echo done", "echo $HOME", 'python -c "print(1)"', "a | b", "'unclosed"):
+        assert entrypoint_argv(shell) == ["sh", "-c", shell]
+
+
+# -- suspend --------------------------------------------------------------------------------------------------
+
+
+def test_suspended_at_creation_creates_nothing_and_resumes_as_usual() -> None:
+    spec = dict(rayjob()["spec"], suspend=True)
+    job, d = step(rayjob(spec), Observed())
+    s = job["status"]
+    assert not d.actions and (s["jobDeploymentStatus"], s["reason"], s["attempt"]) == ("Suspended", "Suspended", 1)
+    assert "startTime" not in s and "rayClusterName" not in s
+    again, d2 = step(job, Observed(), NOW + timedelta(seconds=30))
+    assert not d2.actions and again["status"] == s  # unchanged: nothing written
+    job["spec"]["suspend"] = False
+    resumed, d3 = step(job, Observed(), NOW + timedelta(seconds=60))
+    (create,) = d3.actions
+    assert isinstance(create, CreateCluster) and create.manifest["metadata"]["name"] == "job-1"
+    assert resumed["status"]["jobDeploymentStatus"] == "Initializing"
+    assert resumed["status"]["startTime"] == "2026-01-01T12:01:00Z"
+
+
+def test_suspending_a_running_job_stops_it_and_deletes_its_cluster() -> None:
+    job, _ = step(rayjob(), Observed())
+    job, _ = step(job, Observed(cluster=ray(), job_missing=True))
+    job, _ = step(job, Observed(cluster=ray(), job=JobInfo(j.JOB_RUNNING, "02000000")))
+    job["spec"]["suspend"] = True
+    after, d = step(job, Observed(cluster=ray(), job=JobInfo(j.JOB_RUNNING, "02000000")))
+    assert [type(a) for a in d.actions] == [Stop, DeleteCluster]
+    assert d.actions[0].submission_id == f"rayjob-{UID}-1"  # type: ignore[union-attr]
+    assert d.actions[1].name == "job-1"  # type: ignore[union-attr]
+    s = after["status"]
+    assert (s["jobDeploymentStatus"], s["reason"], s["attempt"], s["submissionId"]) == (
+        "Suspended", "Suspended", 2, f"rayjob-{UID}-2")
+    assert "jobStatus" not in s and "rayClusterName" not in s and not s.get("failed")
+    assert "attempt 1 was stopped" in s["message"] and "job-1 deleted" in s["message"]
+    # Woken by its cluster going: nothing more to do.
+    again, d2 = step(after, Observed())
+    assert not d2.actions and again["status"] == s
+    # Resumed: a fresh cluster for attempt 2; the suspension did not use up a retry.
+    after["spec"]["suspend"] = False
+    after["spec"]["backoffLimit"] = 1
+    resumed, d3 = step(after, Observed())
+    assert [a.manifest["metadata"]["name"] for a in d3.actions] == ["job-2"]  # type: ignore[union-attr]
+    job2, _ = step(resumed, Observed(cluster=ray("job-2"), job_missing=True))
+    failed, d4 = step(job2, Observed(cluster=ray("job-2"), job=JobInfo(j.JOB_FAILED, "03", "boom", 1)))
+    assert failed["status"]["jobDeploymentStatus"] == "Retrying", failed["status"]
+
+
+def test_suspend_is_ignored_once_finished() -> None:
+    job, _ = step(rayjob(), Observed())
+    job, _ = step(job, Observed(cluster=ray(), job_missing=True))
+    done, _ = step(job, Observed(cluster=ray(), job=JobInfo(j.JOB_SUCCEEDED, "02")))
+    done["spec"]["suspend"] = True
+    after, d = step(done, Observed(cluster=ray()))
+    assert not d.actions and after["status"]["jobDeploymentStatus"] == "Complete"
+
+
+# -- deletionPolicy -------------------------------------------------------------------------------------------
+
+
+def finished_with(**spec_extra: Any) -> dict[str, Any]:
+    spec = {"entrypoint": "x", "rayClusterSpec": {}, "ttlSecondsAfterFinished": 5, **spec_extra}
+    job, _ = step(rayjob(spec), Observed())
+    job, _ = step(job, Observed(cluster=ray(), job_missing=True))
+    done, d = step(job, Observed(cluster=ray(), job=JobInfo(j.JOB_SUCCEEDED, "02")))
+    return done
+
+
+def test_deletion_policy_delete_self_deletes_the_rayjob_after_the_ttl() -> None:
+    from rayop.jobplan import DeleteSelf
+    done = finished_with(deletionPolicy="DeleteSelf")
+    _, d = step(done, Observed(cluster=ray()), NOW + timedelta(seconds=2))
+    assert not d.actions and d.requeue_after == 3.0
+    _, d = step(done, Observed(cluster=ray()), NOW + timedelta(seconds=5))
+    assert d.actions == (DeleteSelf(UID),)
+
+
+def test_deletion_policy_delete_cluster_and_delete_none() -> None:
+    done = finished_with(deletionPolicy="DeleteCluster")
+    _, d = step(done, Observed(cluster=ray()), NOW + timedelta(seconds=5))
+    assert [type(a) for a in d.actions] == [DeleteCluster]
+    kept = finished_with(deletionPolicy="DeleteNone")
+    _, d = step(kept, Observed(cluster=ray()), NOW + timedelta(seconds=500))
+    assert not d.actions and d.requeue_after is None
+    legacy = finished_with(shutdownAfterJobFinishes=True)
+    _, d = step(legacy, Observed(cluster=ray()), NOW + timedelta(seconds=5))
+    assert [type(a) for a in d.actions] == [DeleteCluster]
