@@ -46,7 +46,7 @@ from rayop.api import rayjob as j
 from rayop.api.schema import DecodeError
 from rayop.api.types import API_VERSION, CONDITION_READY
 from rayop.api.types import KIND as RAY_KIND
-from rayop.objects import DASHBOARD_PORT, LABEL_MANAGED_BY, head_service_name
+from rayop.objects import DASHBOARD_PORT, LABEL_MANAGED_BY, MANAGED_BY, head_service_name
 
 NORMAL = "Normal"
 WARNING = "Warning"
@@ -210,7 +210,7 @@ def child_manifest(rayjob: Mapping[str, Any], attempt: int) -> dict[str, Any]:
         "metadata": {
             "name": j.cluster_name(str(meta["name"]), attempt),
             "namespace": meta["namespace"],
-            "labels": {j.LABEL_RAYJOB: str(meta["name"]), LABEL_MANAGED_BY: "rayop"},
+            "labels": {j.LABEL_RAYJOB: str(meta["name"]), LABEL_MANAGED_BY: MANAGED_BY},
             "ownerReferences": [{
                 "apiVersion": API_VERSION, "kind": j.KIND, "name": meta["name"], "uid": meta["uid"],
                 "controller": True, "blockOwnerDeletion": True,
@@ -296,7 +296,7 @@ def submitter_manifest(rayjob: Mapping[str, Any], job: j.RayJob, attempt: int, a
         options += ["--entrypoint-num-gpus", f"{body['entrypoint_num_gpus']:g}"]
     if "entrypoint_resources" in body:
         options += ["--entrypoint-resources", json.dumps(body["entrypoint_resources"], sort_keys=True)]
-    labels = {j.LABEL_RAYJOB: str(meta["name"]), LABEL_MANAGED_BY: "rayop"}
+    labels = {j.LABEL_RAYJOB: str(meta["name"]), LABEL_MANAGED_BY: MANAGED_BY}
     container = {
         "name": SUBMITTER_CONTAINER,
         "image": image,

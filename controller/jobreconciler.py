@@ -37,7 +37,7 @@ import structlog
 
 from rayop.api import rayjob as j
 from rayop.api.types import GROUP, VERSION
-from rayop.build import AUTOSCALER_CONTAINER
+from rayop.objects import AUTOSCALER_CONTAINER
 from rayop.jobplan import (
     CreateCluster,
     CreateSubmitter,
