@@ -553,15 +553,34 @@ def _deadline(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed,
 
 def _active(rayjob: Mapping[str, Any], job: j.RayJob, spec: j.RayJobSpec, observed: Observed, st: _Status,
             now: datetime, timing: Timing) -> Decision:
-    old = st.old
-    attempt = st.body["attempt"]
-    name = str(rayjob["metadata"]["name"])
-    namespace = str(rayjob["metadata"]["namespace"])
+    """An attempt under way: its cluster, then its submission, then Ray's view of the job, in that order."""
     submitted = _submitted(rayjob)
+    cluster = _attempt_cluster(rayjob, spec, observed, st, submitted)
+    if isinstance(cluster, Decision):
+        return cluster
+    address = dashboard_address(cluster)
+    st.body["dashboardURL"] = address
+    if not submitted and observed.job is None:
+        return _submission(rayjob, job, spec, observed, st, cluster, address, timing)
+    ready = is_ready(cluster)
+    if observed.dashboard_error is not None:
+        return _done(rayjob, st.set(j.DEPLOY_RUNNING, "DashboardUnreachable",
+                                    f"the Ray dashboard at {address} does not answer: {observed.dashboard_error}",
+                                    cluster_ready=ready, submitted=True),
+                     requeue_after=backoff(observed.dashboard_failures, timing))
+    if observed.job is None:
+        return _no_job_info(rayjob, job, spec, observed, st, cluster, address, timing)
+    return _followed(rayjob, spec, observed, observed.job, st, ready, now, timing)
 
-    # The cluster.
+
+def _attempt_cluster(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed, st: _Status,
+                     submitted: bool) -> Mapping[str, Any] | Decision:
+    """The `Ray` this attempt runs on, or the decision while there is none to run on: the child to create (or its
+    name taken), the selector matching none or several, a cluster lost under a submitted job."""
+    name, namespace = str(rayjob["metadata"]["name"]), str(rayjob["metadata"]["namespace"])
     cluster = observed.cluster
     if spec.ray_cluster_spec is not None:
+        attempt = st.body["attempt"]
         child = j.cluster_name(name, attempt)
         st.body["rayClusterName"] = child
         if observed.foreign:
@@ -576,68 +595,73 @@ def _active(rayjob: Mapping[str, Any], job: j.RayJob, spec: j.RayJobSpec, observ
             return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "CreatingCluster", f"creating the Ray {child}",
                                         cluster_ready=False, submitted=False),
                          (CreateCluster(child_manifest(rayjob, attempt)),))
-    else:
-        selector = ",".join(f"{k}={v}" for k, v in sorted((spec.cluster_selector or {}).items()))
-        if not observed.selected:
-            st.body.pop("rayClusterName", None)
-            return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "ClusterSelectorNoMatch",
-                                        f"no Ray in {namespace} matches the clusterSelector {selector}; waiting "
-                                        "for one", cluster_ready=False, submitted=False))
-        if len(observed.selected) > 1 and not submitted:
-            return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "ClusterSelectorAmbiguous",
-                                        f"{len(observed.selected)} Rays match the clusterSelector {selector} "
-                                        f"({', '.join(sorted(observed.selected)[:5])}); it must match exactly one",
-                                        cluster_ready=False, submitted=False))
-        if cluster is None:
-            return _done(rayjob, st.set(j.DEPLOY_FAILED, "ClusterLost",
-                                        f"the Ray {old.get('rayClusterName')} the job ran on is gone"))
-        st.body["rayClusterName"] = str(cluster["metadata"]["name"])
-    address = dashboard_address(cluster)
-    st.body["dashboardURL"] = address
-    cluster_name = str(cluster["metadata"]["name"])
+        return cluster
+    selector = ",".join(f"{k}={v}" for k, v in sorted((spec.cluster_selector or {}).items()))
+    if not observed.selected:
+        st.body.pop("rayClusterName", None)
+        return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "ClusterSelectorNoMatch",
+                                    f"no Ray in {namespace} matches the clusterSelector {selector}; waiting "
+                                    "for one", cluster_ready=False, submitted=False))
+    if len(observed.selected) > 1 and not submitted:
+        return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "ClusterSelectorAmbiguous",
+                                    f"{len(observed.selected)} Rays match the clusterSelector {selector} "
+                                    f"({', '.join(sorted(observed.selected)[:5])}); it must match exactly one",
+                                    cluster_ready=False, submitted=False))
+    if cluster is None:
+        return _done(rayjob, st.set(j.DEPLOY_FAILED, "ClusterLost",
+                                    f"the Ray {st.old.get('rayClusterName')} the job ran on is gone"))
+    st.body["rayClusterName"] = str(cluster["metadata"]["name"])
+    return cluster
 
-    if not submitted and observed.job is None:
-        if not is_ready(cluster):
-            return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "ClusterNotReady",
-                                        f"waiting for the Ray {cluster_name} to be Ready ({not_ready_why(cluster)})",
-                                        cluster_ready=False, submitted=False))
-        if observed.dashboard_error is not None:
-            return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "DashboardUnreachable",
-                                        f"the Ray dashboard at {address} does not answer: {observed.dashboard_error}",
-                                        cluster_ready=True, submitted=False),
-                         requeue_after=backoff(observed.dashboard_failures, timing))
-        # Ray does not know this attempt's submission id: submit it.
-        if spec.submission_mode == j.SUBMISSION_K8S_JOB:
-            return _create_submitter(rayjob, job, observed, st, attempt, address, timing)
-        st.body["jobStatus"] = j.JOB_PENDING
-        st.body.pop("jobId", None)
-        return _done(rayjob, st.set(j.DEPLOY_RUNNING, "Submitted",
-                                    f"submitted {st.body['submissionId']} to {address}", cluster_ready=True,
-                                    submitted=True),
-                     (Submit(address, submit_body(rayjob, job, attempt)),), requeue_after=timing.poll_interval)
 
-    # Submitted (or adopted): follow Ray's view of the job.
-    ready = is_ready(cluster)
+def _submission(rayjob: Mapping[str, Any], job: j.RayJob, spec: j.RayJobSpec, observed: Observed, st: _Status,
+                cluster: Mapping[str, Any], address: str, timing: Timing) -> Decision:
+    """Ray does not know this attempt's submission id: wait for a Ready cluster and an answering dashboard, then
+    submit (HTTP) or create the submitter Job (K8sJob)."""
+    if not is_ready(cluster):
+        return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "ClusterNotReady",
+                                    f"waiting for the Ray {cluster['metadata']['name']} to be Ready "
+                                    f"({not_ready_why(cluster)})", cluster_ready=False, submitted=False))
     if observed.dashboard_error is not None:
-        return _done(rayjob, st.set(j.DEPLOY_RUNNING, "DashboardUnreachable",
+        return _done(rayjob, st.set(j.DEPLOY_INITIALIZING, "DashboardUnreachable",
                                     f"the Ray dashboard at {address} does not answer: {observed.dashboard_error}",
-                                    cluster_ready=ready, submitted=True),
+                                    cluster_ready=True, submitted=False),
                      requeue_after=backoff(observed.dashboard_failures, timing))
-    if observed.job is None:
-        if observed.job_missing and spec.submission_mode == j.SUBMISSION_K8S_JOB:
-            waiting = _submitter_pending(rayjob, job, observed, st, attempt, address, ready, timing)
-            if waiting is not None:
-                return waiting
-        if observed.job_missing:
-            return _done(rayjob, st.set(j.DEPLOY_FAILED, "JobLost",
-                                        f"Ray no longer knows the submission {st.body['submissionId']} (the "
-                                        f"cluster {cluster_name} was restarted?)", cluster_ready=ready,
-                                        submitted=True))
-        # Not asked (the caller only asks when `wants_job_info`): ask next time.
-        return _done(rayjob, st.set(j.DEPLOY_RUNNING, str(old.get("reason") or "Submitted"),
-                                    str(old.get("message") or ""), cluster_ready=ready, submitted=True),
-                     requeue_after=timing.poll_interval)
-    info = observed.job
+    attempt = st.body["attempt"]
+    if spec.submission_mode == j.SUBMISSION_K8S_JOB:
+        return _create_submitter(rayjob, job, observed, st, attempt, address, timing)
+    st.body["jobStatus"] = j.JOB_PENDING
+    st.body.pop("jobId", None)
+    return _done(rayjob, st.set(j.DEPLOY_RUNNING, "Submitted",
+                                f"submitted {st.body['submissionId']} to {address}", cluster_ready=True,
+                                submitted=True),
+                 (Submit(address, submit_body(rayjob, job, attempt)),), requeue_after=timing.poll_interval)
+
+
+def _no_job_info(rayjob: Mapping[str, Any], job: j.RayJob, spec: j.RayJobSpec, observed: Observed, st: _Status,
+                 cluster: Mapping[str, Any], address: str, timing: Timing) -> Decision:
+    """Submitted (or adopted), but no job info this time: Ray does not know the submission (a submitter still to
+    submit it, or the job lost), or nobody asked."""
+    ready = is_ready(cluster)
+    if observed.job_missing and spec.submission_mode == j.SUBMISSION_K8S_JOB:
+        waiting = _submitter_pending(rayjob, job, observed, st, st.body["attempt"], address, ready, timing)
+        if waiting is not None:
+            return waiting
+    if observed.job_missing:
+        return _done(rayjob, st.set(j.DEPLOY_FAILED, "JobLost",
+                                    f"Ray no longer knows the submission {st.body['submissionId']} (the "
+                                    f"cluster {cluster['metadata']['name']} was restarted?)", cluster_ready=ready,
+                                    submitted=True))
+    # Not asked (the caller only asks when `wants_job_info`): ask next time.
+    return _done(rayjob, st.set(j.DEPLOY_RUNNING, str(st.old.get("reason") or "Submitted"),
+                                str(st.old.get("message") or ""), cluster_ready=ready, submitted=True),
+                 requeue_after=timing.poll_interval)
+
+
+def _followed(rayjob: Mapping[str, Any], spec: j.RayJobSpec, observed: Observed, info: JobInfo, st: _Status,
+              ready: bool, now: datetime, timing: Timing) -> Decision:
+    """Ray's view of the submitted job: still running, succeeded, or failed/stopped (then retried while the
+    backoff limit allows)."""
     st.body["jobStatus"] = info.status
     if info.job_id:
         st.body["jobId"] = info.job_id
@@ -646,6 +670,7 @@ def _active(rayjob: Mapping[str, Any], job: j.RayJob, spec: j.RayJobSpec, observ
                         cluster_ready=ready, submitted=True)
         return _done(rayjob, status, requeue_after=_ttl_wait(spec, status, now))
     if info.status in (j.JOB_FAILED, j.JOB_STOPPED):
+        attempt = st.body["attempt"]
         code = f" (exit code {info.exit_code})" if info.exit_code is not None else ""
         reason = "JobFailed" if info.status == j.JOB_FAILED else "JobStopped"
         why = f"{info.message or 'the entrypoint failed'}{code}"

@@ -562,8 +562,10 @@ def test_k8s_job_mode_output_is_in_kubectl_logs(pm: PrivateCluster, kube: KubeCl
     gone_after = time.time() - parse_ts(status["endTime"])
     record("K8sJob: job end -> child Ray deleted (ttl 5 s)", gone_after)
     assert gone_after < 5 + 1 + 3, gone_after  # endTime has 1 s resolution; one reconcile and the watch
-    # Exactly one Ray job ran: the submitter Job succeeded with one pod.
-    job = kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{submitter}")
+    # Exactly one Ray job ran: the submitter Job succeeded with one pod (its `ray job logs --follow` ends after the
+    # Ray job; the Job controller counts the pod a moment later, which may come after the cluster is gone).
+    job = wait_until(lambda: (j_ := kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{submitter}"))
+                     and not j_["status"].get("active") and j_, 60, 0.5, message="the submitter Job finished")
     assert job["status"].get("succeeded") == 1 and not job["status"].get("failed"), job["status"]
     reasons = events_of(kube, namespace, name)
     for reason in ("CreatedCluster", "CreatedSubmitter", "SubmitterCreated", "JobSucceeded", "DeletedCluster"):
