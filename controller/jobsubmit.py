@@ -66,14 +66,21 @@ class JobSubmissionClient:
         except ValueError:
             raise DashboardError(f"{what}: the answer is not JSON: {text[:200]!r}") from None
 
-    def get_job(self, address: str, submission_id: str) -> dict[str, Any] | None:
-        """Ray's JobDetails of a submission, or None when Ray has no such job."""
-        url = f"{address}/api/jobs/{submission_id}"
-        status, text = self._call("GET", url)
+    def _found(self, method: str, url: str) -> str | None:
+        """The body of a 200 answer; None for a 404 (Ray has no such job); any other status raises."""
+        status, text = self._call(method, url)
         if status == 404:
             return None
         if status != 200:
-            raise DashboardError(f"HTTP {status} from GET {url}: {_last_line(text)}")
+            raise DashboardError(f"HTTP {status} from {method} {url}: {_last_line(text)}")
+        return text
+
+    def get_job(self, address: str, submission_id: str) -> dict[str, Any] | None:
+        """Ray's JobDetails of a submission, or None when Ray has no such job."""
+        url = f"{address}/api/jobs/{submission_id}"
+        text = self._found("GET", url)
+        if text is None:
+            return None
         data = self._json(text, f"GET {url}")
         if not isinstance(data, dict):
             raise DashboardError(f"GET {url}: expected an object, got {text[:200]!r}")
@@ -95,9 +102,5 @@ class JobSubmissionClient:
     def stop(self, address: str, submission_id: str) -> bool:
         """Ask Ray to stop a job; False when Ray has no such job or it had ended already."""
         url = f"{address}/api/jobs/{submission_id}/stop"
-        status, text = self._call("POST", url)
-        if status == 404:
-            return False
-        if status != 200:
-            raise DashboardError(f"HTTP {status} from POST {url}: {_last_line(text)}")
-        return bool(self._json(text, f"POST {url}").get("stopped"))
+        text = self._found("POST", url)
+        return text is not None and bool(self._json(text, f"POST {url}").get("stopped"))
