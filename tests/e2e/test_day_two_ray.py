@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from rayop.runtime.kube import KubeClient
-from tests.support.cluster import SCRIPT, PrivateCluster, process_mode_unavailable, wait_until
+from tests.support.cluster import SCRIPT, PrivateCluster, delete_namespace, process_mode_unavailable, wait_until
 from tests.support.operator import OperatorProcess, install_crd, rays_path
 
 SMALL = {"num-cpus": "1", "object-store-memory": "100000000"}
@@ -69,7 +69,7 @@ def namespace(kube: KubeClient) -> Iterator[str]:
     wait_until(lambda: kube.get(f"/api/v1/namespaces/{name}/serviceaccounts")["items"], 30,
                message="default ServiceAccount")
     yield name
-    kube.delete(f"/api/v1/namespaces/{name}")
+    delete_namespace(kube, name)
 
 
 def condition(ray: dict[str, Any], kind: str) -> dict[str, Any]:

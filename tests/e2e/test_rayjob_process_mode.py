@@ -49,7 +49,7 @@ from tests.e2e.test_ray_process_mode import (  # noqa: F401 (pm, kube: the share
     ray_container,
     wait_ready,
 )
-from tests.support.cluster import REPO, PrivateCluster, process_mode_unavailable, wait_until
+from tests.support.cluster import REPO, PrivateCluster, delete_namespace, process_mode_unavailable, wait_until
 from tests.support.operator import rays_path
 
 MANIFESTS = REPO / "manifests"
@@ -114,24 +114,7 @@ def namespace(request: pytest.FixtureRequest, kube: KubeClient, operator_pod: st
     wait_until(lambda: _get(kube, f"/api/v1/namespaces/{name}/configmaps/kube-root-ca.crt"), 60,
                message="kube-root-ca.crt")
     yield name
-    # The RayJobs and Rays go first, and their pods with them; only then the namespace. Deleting the namespace
-    # right away is slow for a reason outside the operator: the namespace controller deletes pods first and, while
-    # any pod is not terminal, looks again only after half the longest terminationGracePeriodSeconds (the
-    # workers': drain timeout 300 s + 30 s, so 166 s), however fast the pods actually go.
-    for path in (jobs_path(name), rays_path(name)):
-        for item in kube.get(path)["items"]:
-            try:
-                kube.delete(f"{path}/{item['metadata']['name']}")
-            except ApiError as e:
-                if not e.not_found:
-                    raise
-    # Workers drain in their preStop hook (they end at once when the head goes); the bound is their grace period.
-    wait_until(lambda: not [p for p in kube.get(f"/api/v1/namespaces/{name}/pods")["items"]
-                            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")], 330, 0.5,
-               message=f"the pods of namespace {name} gone")
-    kube.delete(f"/api/v1/namespaces/{name}")
-    wait_until(lambda: _get(kube, f"/api/v1/namespaces/{name}") is None, 60, 0.5,
-               message=f"namespace {name} deleted")
+    delete_namespace(kube, name)
 
 
 def wait_job(kube: KubeClient, ns: str, name: str, deployment: str | tuple[str, ...],

@@ -166,8 +166,9 @@ def delete_namespace(kube: KubeClient, name: str, timeout: float = 420) -> None:
     Deleting the namespace alone is slow for a reason outside rayop: when the namespace controller finds pods still
     there, it looks again only after half of their longest grace period (`Estimate/2 + 1` seconds, 166 s for a Ray
     worker's 330 s, whose drain timeout is 300 s), however soon they end. The Ray pods of an idle cluster end within
-    seconds of their owner's deletion, so once they are gone the namespace goes at once. `timeout` bounds each wait;
-    a busy worker's drain may use its whole grace period."""
+    seconds of their owner's deletion (workers drain in their preStop hook and end at once when the head goes), so
+    once they are gone the namespace goes at once. `timeout` bounds each wait; a busy worker's drain may use its
+    whole grace period."""
     from rayop.runtime.kube import ApiError
 
     for collection in OWNER_COLLECTIONS:
@@ -176,8 +177,10 @@ def delete_namespace(kube: KubeClient, name: str, timeout: float = 420) -> None:
         except ApiError as err:
             if err.status != 404:  # the kind is not installed in this control plane
                 raise
-    wait_until(lambda: not kube.get(f"/api/v1/namespaces/{name}/pods")["items"], timeout, 0.5,
-               message=f"the pods of namespace {name} gone")
+    # Terminal pods (a finished launcher's) do not count: the namespace controller does not wait for them.
+    wait_until(lambda: not [p for p in kube.get(f"/api/v1/namespaces/{name}/pods")["items"]
+                            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")], timeout, 0.5,
+               message=f"the running pods of namespace {name} gone")
     kube.delete(f"/api/v1/namespaces/{name}")
     wait_until(lambda: not kube.get("/api/v1/namespaces", fieldSelector=f"metadata.name={name}")["items"], timeout,
                0.5, message=f"namespace {name} deleted")
