@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayop.runtime.kube import KubeClient
+from rayop.runtime.kube import ApiError, KubeClient
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "hack" / "local-cluster.sh"
@@ -152,7 +152,6 @@ def process_mode_unavailable() -> str | None:
     return None
 
 
-
 # Kinds a test namespace may hold whose deletion makes pods go; deleted before the namespace itself.
 OWNER_COLLECTIONS = (
     "/apis/ray.k8s.io/v1alpha1/namespaces/{ns}/rayjobs",
@@ -169,8 +168,6 @@ def delete_namespace(kube: KubeClient, name: str, timeout: float = 420) -> None:
     seconds of their owner's deletion (workers drain in their preStop hook and end at once when the head goes), so
     once they are gone the namespace goes at once. `timeout` bounds each wait; a busy worker's drain may use its
     whole grace period."""
-    from rayop.runtime.kube import ApiError
-
     for collection in OWNER_COLLECTIONS:
         try:
             kube.delete(collection.format(ns=name))
