@@ -74,6 +74,8 @@ log = structlog.get_logger("rayop.reconciler")
 
 RAY = Resource(GROUP, VERSION, PLURAL, KIND)
 MANAGED_BY_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+# The reason of a create refused because the namespace is being deleted (the API server's Status cause type).
+NAMESPACE_TERMINATING = "NamespaceTerminating"
 CHILDREN: dict[str, Resource] = {
     "Pod": Resource("", "v1", "pods", "Pod"),
     "ConfigMap": Resource("", "v1", "configmaps", "ConfigMap"),
@@ -245,6 +247,10 @@ class RayReconciler:
             if busy:
                 plan = plan_cluster(desired, observed, now, paused=paused, busy=busy, suspended=suspended)
         failures = self.apply(ray, key, plan)
+        if failures and all(f.reason == NAMESPACE_TERMINATING for f in failures):
+            # The Ray goes with its namespace; its deletion is the next event. No status write, Event or retry: the
+            # Events would be refused too, and a retry could only be refused again.
+            return None
         if any(a.reason == REASON_ROLLING_UPDATE for a in plan.actions):
             for progress in plan.progress:
                 self.recorder.record(ray, NORMAL, "RollingUpdate", progress.describe())
@@ -318,15 +324,18 @@ class RayReconciler:
         failures: list[WriteFailure] = []
         refused_groups: set[str] = set()
         namespace = key.namespace
+        terminating = False
         for action in plan.actions:
             if isinstance(action, Create):
-                if action.group is not None and action.group in refused_groups:
+                if terminating or (action.group is not None and action.group in refused_groups):
                     continue
                 failure = self.create(ray, key, namespace, action)
                 if failure:
                     failures.append(failure)
                     if action.group is not None:
                         refused_groups.add(action.group)
+                    # Nothing can be created in a namespace being deleted: the other creates are not tried.
+                    terminating = failure.reason == NAMESPACE_TERMINATING
             elif isinstance(action, Delete):
                 failure = self.delete(ray, key, namespace, action)
                 if failure:
@@ -345,6 +354,11 @@ class RayReconciler:
         except ApiError as e:
             if e.already_exists:
                 return self._foreign(ray, action, namespace, name)
+            if e.namespace_terminating:
+                # The namespace controller is deleting this Ray with everything else in its namespace: not a
+                # failure worth a Warning Event or a retry, only the reason nothing is created any more.
+                log.info("namespace being deleted: nothing created", key=str(key), kind=action.kind, name=name)
+                return WriteFailure("create", action.kind, name, e.message, NAMESPACE_TERMINATING)
             # The server names the pod it would have created; leave that random name out so repeats aggregate.
             generated = str((e.body.get("details") or {}).get("name") or "")
             message = e.message.replace(f'"{generated}"', f'"{name}*"') if generated else e.message

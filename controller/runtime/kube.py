@@ -66,6 +66,14 @@ class ApiError(Exception):
         return self.status == 410
 
     @property
+    def namespace_terminating(self) -> bool:
+        """A create refused because its namespace is being deleted: the NamespaceLifecycle admission's cause (a
+        StatusCause, whose type is serialized as `reason`)."""
+        causes = (self.body.get("details") or {}).get("causes") or []
+        return self.status == 403 and any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating"
+                                          for c in causes)
+
+    @property
     def too_many_requests(self) -> bool:
         return self.status == 429
 

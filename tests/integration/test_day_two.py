@@ -337,3 +337,36 @@ def test_rolling_updates_of_workers_head_and_knobs(cluster: LocalCluster, kube: 
     assert len(history.added_of("head")) == 1, history.added_of("head")
     assert history.peak["head"] == 1
     assert {p["metadata"]["uid"] for p in live(pods(kube, namespace, "static", "worker"))} == worker_uids
+
+
+# -- deleting a namespace -------------------------------------------------------------------------------------------
+
+
+def test_deleting_a_namespace_costs_no_refused_creates_retries_or_warnings(cluster: LocalCluster, kube: KubeClient,
+                                                                          crd: None, tmp_path: Path) -> None:
+    """The namespace controller deletes a namespace's pods first and the `Ray`s only once no pod is left (ordered
+    namespace deletion), so the operator sees its pods go while their `Ray` stays. Its first create is refused
+    (NamespaceTerminating); it then tries nothing more for that reconcile, records no Warning (Events are refused
+    too), writes no status and does not retry; each later pod deletion costs at most one refused create."""
+    ns = f"t-nsdel-{int(time.time() * 1000) % 10**8}"
+    kube.create("/api/v1/namespaces", {"metadata": {"name": ns, "labels": {"rayop.dev/test": "true"}}})
+    # A short drain timeout: the namespace controller looks again after half the pods' grace period (40 s here).
+    op = start_operator(cluster, [ns], tmp_path / "operator.log", "--drain-timeout", "10")
+    try:
+        port = metrics_port(op)
+        kube.create(rays_path(ns), load_sample("static.yaml", ns))
+        wait_until(lambda: is_true(kube.get(rays_path(ns, "static")), "Ready"), 120, message="static Ready")
+        pods = len(kube.get(f"/api/v1/namespaces/{ns}/pods")["items"])
+        _, writes0 = counters(port)
+        kube.delete(f"/api/v1/namespaces/{ns}")
+        wait_until(lambda: not kube.get("/api/v1/namespaces", fieldSelector=f"metadata.name={ns}")["items"], 180,
+                   0.5, message=f"namespace {ns} deleted")
+        _, writes1 = counters(port)
+        log = op.log()
+    finally:
+        stop_operator(op)
+    refused = log.count("namespace being deleted: nothing created")
+    print(f"{pods} pods; namespace deleted; {refused} refused creates, {writes1 - writes0} operator writes")
+    assert "create refused" not in log and not re.search(r'"outcome": "(error|panic)"', log), log[-3000:]
+    assert 1 <= refused <= pods + 2, refused  # one per pod deletion event at most (plus the Ray's own events)
+    assert writes1 - writes0 <= 2 * pods + 4, writes1 - writes0

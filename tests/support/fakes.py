@@ -21,6 +21,19 @@ def forbidden(message: str = "forbidden by policy") -> ApiError:
     return ApiError(403, "Forbidden", message)
 
 
+def namespace_terminating(namespace: str = "ns", kind: str = "pods", name: str = "r-small-") -> ApiError:
+    """What the API server's NamespaceLifecycle admission answers to a create in a namespace being deleted (the
+    body as kube-apiserver 1.36 sends it)."""
+    message = (f'{kind} "{name}" is forbidden: unable to create new content in namespace {namespace} because it is '
+               "being terminated")
+    return ApiError(403, "Forbidden", message, {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+        "reason": "Forbidden", "code": 403,
+        "details": {"name": name, "kind": kind, "causes": [{
+            "reason": "NamespaceTerminating", "message": f"namespace {namespace} is being terminated",
+            "field": "metadata.namespace"}]}})
+
+
 def invalid(message: str = "spec: Invalid value") -> ApiError:
     return ApiError(422, "Invalid", message)
 

@@ -17,7 +17,7 @@ from rayop.reconciler import CHILDREN, RayReconciler
 from rayop.runtime.kube import ApiError
 from rayop.runtime.manager import ReconcileError
 from rayop.runtime.store import ObjectKey, Store
-from tests.support.fakes import FakeRecorder, FakeWriter, forbidden, invalid
+from tests.support.fakes import FakeRecorder, FakeWriter, forbidden, invalid, namespace_terminating
 from tests.support.operator import load_sample
 
 NS = "ns"
@@ -129,6 +129,19 @@ def test_creates_of_a_group_stop_at_its_first_refusal_and_nothing_else_does() ->
     assert reconciler.expectations.pending((KEY, "small")) == (0, 0)
     assert reconciler.expectations.pending((KEY, "big")) == (1, 0)
     assert [e.type for e in recorder.events].count("Warning") == 3
+
+
+def test_in_a_namespace_being_deleted_creates_stop_without_warnings() -> None:
+    reconciler, writer, recorder = make()
+    writer.refuse("create", "Pod", namespace_terminating(NS))
+    writer.refuse("create", "ConfigMap", namespace_terminating(NS))
+    failures = apply(reconciler, named("ConfigMap", "r-config"), pod("small"), pod("big"), named("Service", "r-head"))
+    # The first refusal says the namespace is going: nothing else is tried, and no Warning Event is recorded.
+    assert writer.calls == [("create", "ConfigMap", "r-config")]
+    assert [(f.kind, f.reason) for f in failures] == [("ConfigMap", "NamespaceTerminating")]
+    assert recorder.events == []
+    # A plain 403 is still a failure with its Warning.
+    assert not forbidden().namespace_terminating and namespace_terminating().namespace_terminating
 
 
 def test_already_exists_counts_as_created() -> None:
@@ -327,6 +340,16 @@ def test_refused_writes_are_retried_with_the_status_saying_why() -> None:
     assert failure["status"] == "True" and "exceeded quota" in failure["message"]
     assert "FailedCreatePod" in rig.recorder.reasons()
     assert head_pods(rig.writer) == []
+
+
+def test_a_ray_in_a_namespace_being_deleted_is_not_retried() -> None:
+    rig, key = reconciling()
+    for kind in ("Pod", "ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding", "Job"):
+        rig.writer.refuse("create", kind, namespace_terminating(NS))
+    assert rig.reconciler(key) is None  # no ReconcileError: a retry could only be refused again
+    # One create tried, then nothing: no status write, no Event (both would be useless; Events are refused too).
+    assert [c[0] for c in rig.writer.calls] == ["create"]
+    assert not rig.recorder.events
 
 
 def test_a_deleted_ray_forgets_its_expectations() -> None:
