@@ -141,8 +141,9 @@ class ControlPlane:
             subprocess.run([str(SCRIPT), "down"], env=self._env(), check=False, stdout=sys.stderr)
 
 
-def install_crd(kube: KubeClient) -> None:
-    crd = yaml.safe_load(CRD_PATH.read_text())
+def install_crd(kube: KubeClient, crd_path: Path = CRD_PATH, served: str = RAYS) -> None:
+    """Create or update a CRD from manifests/ (default the `Ray` one) and wait until `served` lists."""
+    crd = yaml.safe_load(crd_path.read_text())
     path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
     try:
         crd["metadata"]["resourceVersion"] = kube.get(path)["metadata"]["resourceVersion"]
@@ -156,24 +157,27 @@ def install_crd(kube: KubeClient) -> None:
         conditions = kube.get(path).get("status", {}).get("conditions") or []
         if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
             try:
-                kube.get(RAYS, limit=1)
+                kube.get(served, limit=1)
                 return
             except ApiError:
                 pass
         time.sleep(0.2)
-    raise RuntimeError("the Ray CRD was not established within 60 s")
+    raise RuntimeError(f"the CRD {crd['metadata']['name']} was not established within 60 s")
 
 
 class Operator:
     """`rayop run` as a subprocess; JSON logs to a file; metrics port read from the log."""
 
     def __init__(self, kubeconfig: str, namespaces: list[str], log_path: Path, qps: float, burst: int,
-                 workers: int):
-        args = [sys.executable, "-m", "rayop.cli", "run", "--kubeconfig", kubeconfig, "--no-leader-elect",
+                 workers: int, entry: list[str] | None = None, extra_args: list[str] | None = None):
+        # `entry` runs another entry point over the same `run` parser (bench/rayjob_operator.py).
+        args = [*(entry or [sys.executable, "-m", "rayop.cli"]), "run", "--kubeconfig", kubeconfig,
+                "--no-leader-elect",
                 "--metrics-bind-address", "127.0.0.1:0", "--log-format", "json", "--kube-api-qps", str(qps),
                 "--kube-api-burst", str(burst), "--workers", str(workers)]
         for ns in namespaces:
             args += ["--namespace", ns]
+        args += extra_args or []
         env = dict(os.environ)
         env.pop("KUBERNETES_SERVICE_HOST", None)
         self.command = args
