@@ -1,12 +1,12 @@
-"""The real operator, with its Job Submission calls sent to a stub and its API requests counted by resource, for
-the RayJob benchmark on a sim-mode control plane (bench/rayjobs_many.py).
+"""The real operator with its API requests counted by resource, and for the RayJob benchmark its Job Submission
+calls sent to a stub, on a sim-mode control plane (bench/reconcile_many.py, bench/rayjobs_many.py).
 
-    .venv/bin/python bench/rayjob_operator.py --job-api http://127.0.0.1:PORT run ARGS...
+    .venv/bin/python bench/rayjob_operator.py [--job-api http://127.0.0.1:PORT] run ARGS...
 
-runs `rayop run ARGS...` (the same parser, manager and reconcilers, see rayop.cli.build_manager) with two changes,
+runs `rayop run ARGS...` (the same parser, manager and reconcilers, see rayop.cli.build_manager) with these changes,
 both outside the operator's code:
 
-- The RayJob reconciler's Job Submission client (rayop.jobsubmit.JobSubmissionClient, unchanged) is given, for a
+- With `--job-api`, the RayJob reconciler's Job Submission client (rayop.jobsubmit.JobSubmissionClient, unchanged) is given, for a
   dashboard address `http://<host>:<port>` the operator computed (rayop.jobplan.dashboard_address), the address
   `<job-api>/dash/<host>:<port>` instead: in sim mode no Ray runs and the head Service's DNS name does not resolve
   on the host, so every call goes to the stub (bench/jobstub.py), which records the dashboard that was meant.
@@ -111,14 +111,15 @@ class StubRoutedClient(JobSubmissionClient):
 def main(argv: list[str] | None = None) -> int:
     hooks = argparse.ArgumentParser(prog="bench/rayjob_operator.py",
                                     description="rayop run with Job Submission sent to a stub (benchmarks only)")
-    hooks.add_argument("--job-api", required=True, help="the stub's URL (bench/jobstub.py)")
+    hooks.add_argument("--job-api", default=None,
+                       help="the stub's URL (bench/jobstub.py); without it, Job Submission is the operator's own")
     hooks.add_argument("command", nargs=argparse.REMAINDER, help="run ARGS...")
     chosen = hooks.parse_args(argv)
     args = make_parser().parse_args(chosen.command)
     if args.command != "run":
         hooks.error("only `run` can be given the hooks")
     configure_logging(args.log_format, args.log_level)
-    manager = build_manager(args, submitter=StubRoutedClient(chosen.job_api))
+    manager = build_manager(args, submitter=StubRoutedClient(chosen.job_api) if chosen.job_api else None)
     counter = RequestsByResource()
     counter.wrap(manager.client)
     manager.metrics.registry.register(counter)

@@ -50,8 +50,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import urllib3
-from prometheus_client.parser import text_string_to_metric_families
 
 import reconcile_many as rm  # bench/ is on sys.path when this file runs as a script
 from jobstub import JobStub, StubJobs
@@ -66,7 +64,7 @@ SHARED_LABEL = "rayop.dev/bench-shared"
 WRAPPER = REPO / "bench" / "rayjob_operator.py"
 FINISHED = ("Complete", "Failed", "ValidationFailed")
 
-Metrics = dict[str, list[tuple[dict[str, str], float]]]
+Metrics = rm.Metrics
 
 
 def install_crds(kube: KubeClient) -> None:
@@ -91,37 +89,6 @@ def rayjob_object(name: str, namespace: str, run: str, args: argparse.Namespace)
 
 
 # -- metrics ---------------------------------------------------------------------------------------------------------
-
-
-def parse_metrics(text: str) -> Metrics:
-    out: Metrics = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
-    return out
-
-
-def apiserver_metrics(kube: KubeClient) -> Metrics:
-    """kube-apiserver's /metrics (the admin kubeconfig may read it); only `apiserver_request_total` is kept."""
-    headers = dict(kube._headers(None), Accept="text/plain")
-    response = kube._pool.request("GET", kube.url("/metrics"), headers=headers,
-                                  timeout=urllib3.Timeout(connect=10.0, read=60.0), retries=False)
-    if response.status != 200:
-        raise RuntimeError(f"GET /metrics of the API server: HTTP {response.status}")
-    lines = [ln for ln in response.data.decode().splitlines()
-             if ln.startswith("apiserver_request_total") or ln.startswith("# TYPE apiserver_request_total")]
-    return parse_metrics("\n".join(lines) + "\n")
-
-
-def by_resource(metrics: Metrics, name: str) -> Counter[str]:
-    """`<VERB> <resource>[/<subresource>]` -> count, over every other label."""
-    out: Counter[str] = Counter()
-    for labels, value in metrics.get(name, []):
-        resource = labels.get("resource", "")
-        if labels.get("subresource"):
-            resource += "/" + labels["subresource"]
-        out[f"{labels.get('verb', '?')} {resource}"] += int(value)
-    return out
 
 
 def reconciles(metrics: Metrics) -> Counter[str]:
@@ -225,7 +192,7 @@ def operator_phase(args: argparse.Namespace, plane: rm.ControlPlane, kube: KubeC
         if args.shared_ray:
             result["shared_rays"] = shared_rays(kube, namespaces, run, args)
             rm.log(f"shared Rays Ready after {result['shared_rays']['ready_seconds']:.1f} s")
-        m0, a0 = operator.metrics(), apiserver_metrics(kube)
+        m0, a0 = operator.metrics(), rm.apiserver_metrics(kube)
         cpu0, plane0, load0 = operator.cpu(), plane.cpu(), rm.loadavg()
         stub0 = stub.jobs.stats()
         creator = kube.clone(qps=0, pool_maxsize=max(32, args.create_threads))
@@ -248,7 +215,7 @@ def operator_phase(args: argparse.Namespace, plane: rm.ControlPlane, kube: KubeC
                                        f" (load {rm.loadavg()})",
                                count=lambda: len(finished), stall=args.stall_seconds)
         t_done = time.monotonic()
-        m1, a1 = operator.metrics(), apiserver_metrics(kube)
+        m1, a1 = operator.metrics(), rm.apiserver_metrics(kube)
         cpu1, plane1, load1 = operator.cpu(), plane.cpu(), rm.loadavg()
         hwm = rm.status_kib(operator.pid, "VmHWM")
         stub1 = stub.jobs.stats()
@@ -265,10 +232,10 @@ def operator_phase(args: argparse.Namespace, plane: rm.ControlPlane, kube: KubeC
             "operator_peak_rss_mib": (hwm or 0) / 1024,
             "operator_requests_by_verb": rm.diff(rm.requests_by_verb(m1), rm.requests_by_verb(m0)),
             "operator_non_2xx": rm.diff(rm.error_codes(m1), rm.error_codes(m0)),
-            "operator_requests": rm.diff(by_resource(m1, "rayop_bench_api_requests_total"),
-                                         by_resource(m0, "rayop_bench_api_requests_total")),
-            "apiserver_requests": rm.diff(by_resource(a1, "apiserver_request_total"),
-                                          by_resource(a0, "apiserver_request_total")),
+            "operator_requests": rm.diff(rm.by_resource(m1, "rayop_bench_api_requests_total"),
+                                         rm.by_resource(m0, "rayop_bench_api_requests_total")),
+            "apiserver_requests": rm.diff(rm.by_resource(a1, "apiserver_request_total"),
+                                          rm.by_resource(a0, "apiserver_request_total")),
             "reconciles": rm.diff(reconciles(m1), reconciles(m0)),
             "stub_requests": rm.diff(Counter(stub1["requests"]), Counter(stub0["requests"])),
             "control_plane_cpu_seconds": {k: round(v - plane0.get(k, 0.0), 2) for k, v in plane1.items()},

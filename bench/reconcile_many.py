@@ -57,11 +57,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import urllib3  # noqa: E402
 import yaml  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from rayop.api.types import GROUP, PLURAL, VERSION  # noqa: E402
 from rayop.defaults import Options  # noqa: E402
+from rayop.objects import (LABEL_CLUSTER, LABEL_MANAGED_BY, LABEL_ROLE, MANAGED_BY, ROLE_HEAD,  # noqa: E402
+                           ROLE_WORKER)
 from rayop.render import render_ray  # noqa: E402
 from rayop.runtime.kube import ApiError, KubeClient  # noqa: E402
 
@@ -72,6 +75,9 @@ BENCH_POD_LABEL = "rayop.dev/bench-pod"
 RAYS = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+WRAPPER = REPO / "bench" / "rayjob_operator.py"
+PODS_PER_RAY = 4  # the benchmark's Rays: 1 head + 3 workers, static
+Metrics = dict[str, list[tuple[dict[str, str], float]]]
 
 
 def log(msg: str) -> None:
@@ -168,13 +174,16 @@ def install_crd(kube: KubeClient, crd_path: Path = CRD_PATH, served: str = RAYS)
 class Operator:
     """`rayop run` as a subprocess; JSON logs to a file; metrics port read from the log."""
 
-    def __init__(self, kubeconfig: str, namespaces: list[str], log_path: Path, qps: float, burst: int,
-                 workers: int, entry: list[str] | None = None, extra_args: list[str] | None = None):
-        # `entry` runs another entry point over the same `run` parser (bench/rayjob_operator.py).
+    def __init__(self, kubeconfig: str, namespaces: list[str], log_path: Path, qps: float | None,
+                 burst: int | None, workers: int | None, entry: list[str] | None = None,
+                 extra_args: list[str] | None = None):
+        # `entry` runs another entry point over the same `run` parser (bench/rayjob_operator.py). A None of qps,
+        # burst or workers leaves that flag out: the operator's default.
         args = [*(entry or [sys.executable, "-m", "rayop.cli"]), "run", "--kubeconfig", kubeconfig,
-                "--no-leader-elect",
-                "--metrics-bind-address", "127.0.0.1:0", "--log-format", "json", "--kube-api-qps", str(qps),
-                "--kube-api-burst", str(burst), "--workers", str(workers)]
+                "--no-leader-elect", "--metrics-bind-address", "127.0.0.1:0", "--log-format", "json"]
+        for flag, value in (("--kube-api-qps", qps), ("--kube-api-burst", burst), ("--workers", workers)):
+            if value is not None:
+                args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
         for ns in namespaces:
             args += ["--namespace", ns]
         args += extra_args or []
@@ -213,14 +222,9 @@ class Operator:
             time.sleep(0.2)
         raise RuntimeError("the operator's informers did not sync")
 
-    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+    def metrics(self) -> Metrics:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        out: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
-        return out
+            return parse_metrics(r.read().decode())
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid) or 0.0
@@ -255,6 +259,49 @@ def metric_sum(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str
     return sum(v for labels, v in metrics.get(name, []) if all(labels.get(k) == m for k, m in match.items()))
 
 
+def parse_metrics(text: str) -> Metrics:
+    out: Metrics = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
+
+
+def apiserver_metrics(kube: KubeClient) -> Metrics:
+    """kube-apiserver's /metrics (the admin kubeconfig may read it); only `apiserver_request_total` is kept."""
+    headers = dict(kube._headers(None), Accept="text/plain")
+    response = kube._pool.request("GET", kube.url("/metrics"), headers=headers,
+                                  timeout=urllib3.Timeout(connect=10.0, read=60.0), retries=False)
+    if response.status != 200:
+        raise RuntimeError(f"GET /metrics of the API server: HTTP {response.status}")
+    lines = [ln for ln in response.data.decode().splitlines()
+             if ln.startswith("apiserver_request_total") or ln.startswith("# TYPE apiserver_request_total")]
+    return parse_metrics("\n".join(lines) + "\n")
+
+
+def by_resource(metrics: Metrics, name: str) -> Counter[str]:
+    """`<VERB> <resource>[/<subresource>]` -> count, over every other label."""
+    out: Counter[str] = Counter()
+    for labels, value in metrics.get(name, []):
+        resource = labels.get("resource", "")
+        if resource == "events" and labels.get("group"):
+            resource = f"events.{labels['group']}"  # events.k8s.io's Events (the scheduler's), not core/v1's
+        if labels.get("subresource"):
+            resource += "/" + labels["subresource"]
+        out[f"{labels.get('verb', '?')} {resource}"] += int(value)
+    return out
+
+
+def writes_of(requests: dict[str, int]) -> dict[str, int]:
+    return {k: n for k, n in requests.items() if k.split(" ", 1)[0] in WRITE_VERBS}
+
+
+def caused_writes(writes: dict[str, int]) -> int:
+    """The writes the `Ray`s (or the baseline's pods) caused: all but the controllers' and Nodes' Lease renewals,
+    which go on whatever happens, and the benchmark's own creates of the `Ray`s."""
+    return sum(n for k, n in writes.items() if k.split(" ", 1)[1] != "leases" and k != f"POST {PLURAL}")
+
+
 def diff(after: Counter[str], before: Counter[str]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] - before.get(k, 0)}
 
@@ -267,8 +314,10 @@ class CollectionWatch:
     re-lists when the watch ends or fails."""
 
     def __init__(self, kube: KubeClient, path: str, selector: str, on_object: Callable[[dict[str, Any], float],
-                                                                                          None]):
+                                                                                          None],
+                 on_deleted: Callable[[dict[str, Any]], None] | None = None):
         self.kube = kube
+        self.on_deleted = on_deleted
         self.path = path
         self.selector = selector
         self.on_object = on_object
@@ -293,6 +342,8 @@ class CollectionWatch:
                         return
                     if event.get("type") in ("ADDED", "MODIFIED"):
                         self.on_object(event["object"], time.monotonic())
+                    elif event.get("type") == "DELETED" and self.on_deleted is not None:
+                        self.on_deleted(event["object"])
                     elif event.get("type") == "ERROR":
                         break
             except Exception as e:  # noqa: BLE001 - a benchmark's watch re-lists on anything
@@ -444,8 +495,10 @@ def operator_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
                    out_dir: Path) -> dict[str, Any]:
     namespaces = [f"bench-{run}-r{i}" for i in range(args.namespaces)]
     create_namespaces(kube, namespaces, run)
-    operator = Operator(plane.kubeconfig, namespaces, out_dir / "operator.log", args.kube_api_qps,
-                        args.kube_api_burst, args.workers)
+    defaults = args.operator_defaults
+    operator = Operator(plane.kubeconfig, namespaces, out_dir / "operator.log",
+                        None if defaults else args.kube_api_qps, None if defaults else args.kube_api_burst,
+                        None if defaults else args.workers, entry=[sys.executable, str(WRAPPER)])
     log(f"operator pid {operator.pid}, metrics on 127.0.0.1:{operator.port}, log {operator.log_path}")
     result: dict[str, Any] = {"operator_command": " ".join(operator.command[1:4]) + " ...",
                               "namespaces": namespaces}
@@ -464,8 +517,35 @@ def operator_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
             if current and key not in launched and condition_true(obj, "SuccessfulLaunch"):
                 launched[key] = now
 
+    # Watch-recorded pod history: the live (not terminating, not finished) Ray pods of each Ray at every moment.
+    live: dict[str, set[str]] = {}
+    most: dict[str, int] = {}
+
+    def on_pod(pod: dict[str, Any], now: float) -> None:
+        meta = pod["metadata"]
+        labels = meta.get("labels") or {}
+        if labels.get(LABEL_ROLE) not in (ROLE_HEAD, ROLE_WORKER):
+            return
+        owner = f"{meta['namespace']}/{labels.get(LABEL_CLUSTER, '?')}"
+        finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        with lock:
+            pods = live.setdefault(owner, set())
+            if meta.get("deletionTimestamp") or finished:
+                pods.discard(meta["name"])
+            else:
+                pods.add(meta["name"])
+                most[owner] = max(most.get(owner, 0), len(pods))
+
+    def on_pod_deleted(pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        owner = f"{meta['namespace']}/{(meta.get('labels') or {}).get(LABEL_CLUSTER, '?')}"
+        with lock:
+            live.get(owner, set()).discard(meta["name"])
+
     watch = CollectionWatch(kube, RAYS, f"{BENCH_LABEL}={run}", on_ray)
+    pod_watch = CollectionWatch(kube, "/api/v1/pods", f"{LABEL_MANAGED_BY}={MANAGED_BY}", on_pod, on_pod_deleted)
     watch.synced.wait(30)
+    pod_watch.synced.wait(30)
     spy = None
     try:
         if args.py_spy:
@@ -474,7 +554,7 @@ def operator_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
                                     str(out_dir / "operator.pyspy.txt")],
                                    stdout=open(out_dir / "py-spy.log", "wb"), stderr=subprocess.STDOUT)
             time.sleep(1)
-        m0 = operator.metrics()
+        m0, a0 = operator.metrics(), apiserver_metrics(kube)
         cpu0, plane0, load0 = operator.cpu(), plane.cpu(), loadavg()
         creator = kube.clone(qps=0, pool_maxsize=max(32, args.create_threads))
         names = [(f"ray-{i:04d}", namespaces[i % len(namespaces)]) for i in range(args.rays)]
@@ -502,7 +582,7 @@ def operator_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
                 spy.wait(60)
             except subprocess.TimeoutExpired:
                 spy.kill()
-        m1 = operator.metrics()
+        m1, a1 = operator.metrics(), apiserver_metrics(kube)
         cpu1, plane1, load1 = operator.cpu(), plane.cpu(), loadavg()
         hwm_ready = status_kib(operator.pid, "VmHWM")
         result["pods_per_node"] = pods_per_node(kube, "app.kubernetes.io/managed-by=rayop", f"bench-{run}-r")
@@ -526,7 +606,13 @@ def operator_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
             "control_plane_cpu_seconds": {k: round(v - plane0.get(k, 0.0), 2) for k, v in plane1.items()},
             "load_before": load0,
             "load_after": load1,
+            "operator_requests_by_resource": diff(by_resource(m1, "rayop_bench_api_requests_total"),
+                                                  by_resource(m0, "rayop_bench_api_requests_total")),
+            "apiserver_writes_by_resource": writes_of(diff(by_resource(a1, "apiserver_request_total"),
+                                                           by_resource(a0, "apiserver_request_total"))),
         }
+        result["create_to_ready"]["writes_per_ray"] = caused_writes(
+            result["create_to_ready"]["apiserver_writes_by_resource"]) / max(args.rays, 1)
         # Settle: the launcher Jobs complete (SuccessfulLaunch) after Ready; then the idle window.
         settled = wait_for(lambda: len(launched) >= args.rays, args.settle_timeout,
                            lambda: f"{len(launched)}/{args.rays} SuccessfulLaunch",
@@ -557,6 +643,9 @@ def operator_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
             "operator_cpu_seconds": cpu3 - cpu2,
             "load_after": load3,
         }
+        with lock:
+            result["pods_history"] = {"rays_seen": len(most), "max_live_pods_of_one_ray": max(most.values(), default=0),
+                                      "rays_above_desired": sorted(k for k, n in most.items() if n > PODS_PER_RAY)}
         result["operator"] = {
             "peak_rss_mib": (status_kib(operator.pid, "VmHWM") or 0) / 1024,
             "rss_mib_at_end": (status_kib(operator.pid, "VmRSS") or 0) / 1024,
@@ -568,6 +657,7 @@ def operator_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
         if spy is not None and spy.poll() is None:
             spy.kill()
         watch.stop.set()
+        pod_watch.stop.set()
         code = operator.stop()
         log(f"operator stopped (exit {code})")
         creator_gone = delete_namespaces(kube, namespaces, args.cleanup_timeout)
@@ -582,8 +672,9 @@ def _mean_delta(m0: dict[str, Any], m1: dict[str, Any], name: str) -> float | No
     return total / count if count else None
 
 
-def baseline_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClient, run: str) -> dict[str, Any]:
-    namespaces = [f"bench-{run}-p{i}" for i in range(args.namespaces)]
+def baseline_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClient, run: str,
+                   threads: int) -> dict[str, Any]:
+    namespaces = [f"bench-{run}-p{threads}-{i}" for i in range(args.namespaces)]
     create_namespaces(kube, namespaces, run)
     groups = {f"{namespaces[i % len(namespaces)]}/ray-{i:04d}":
               baseline_pods(f"ray-{i:04d}", namespaces[i % len(namespaces)], run, args.baseline_pods_per_ray)
@@ -601,9 +692,8 @@ def baseline_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
 
     watch = CollectionWatch(kube, "/api/v1/pods", f"{BENCH_LABEL}={run}", on_pod)
     watch.synced.wait(30)
-    client = kube.clone(qps=0, pool_maxsize=max(32, args.baseline_threads))
-    result: dict[str, Any] = {"pods": total, "pods_per_ray": args.baseline_pods_per_ray,
-                              "threads": args.baseline_threads}
+    client = kube.clone(qps=0, pool_maxsize=max(32, threads))
+    result: dict[str, Any] = {"pods": total, "pods_per_ray": args.baseline_pods_per_ray, "threads": threads}
     try:
         def create(group: str, pod: dict[str, Any]) -> Callable[[], None]:
             ns = pod["metadata"]["namespace"]
@@ -616,19 +706,19 @@ def baseline_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
                     created[key_of(made)] = (group, time.monotonic())
             return job
 
-        plane0, load0 = plane.cpu(), loadavg()
-        log(f"baseline: creating {total} pods with {args.baseline_threads} threads (load {load0})")
+        plane0, load0, a0 = plane.cpu(), loadavg(), apiserver_metrics(kube)
+        log(f"baseline: creating {total} pods with {threads} thread(s) (load {load0})")
         t0 = time.monotonic()
         # Cluster by cluster, as the operator's workers would take them.
-        run_parallel(args.baseline_threads, [create(g, p) for g, pods in groups.items() for p in pods])
+        run_parallel(threads, [create(g, p) for g, pods in groups.items() for p in pods])
         t_created = time.monotonic()
         log(f"baseline: created {total} pods in {t_created - t0:.1f} s")
         all_ready = wait_for(lambda: len(ready) >= total, args.timeout,
                              lambda: f"baseline: {len(ready)}/{total} pods Ready (load {loadavg()})",
                              count=lambda: len(ready), stall=args.stall_seconds)
         t_ready = time.monotonic()
-        plane1, load1 = plane.cpu(), loadavg()
-        result["pods_per_node"] = pods_per_node(kube, f"{BENCH_LABEL}={run}", f"bench-{run}-p")
+        plane1, load1, a1 = plane.cpu(), loadavg(), apiserver_metrics(kube)
+        result["pods_per_node"] = pods_per_node(kube, f"{BENCH_LABEL}={run}", f"bench-{run}-p{threads}-")
         log(f"baseline: {len(ready)}/{total} pods Ready after {t_ready - t0:.1f} s (load {load1})")
         group_ready: dict[str, float] = {}
         for key, (group, _) in created.items():
@@ -646,10 +736,13 @@ def baseline_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
             "per_cluster_seconds": percentiles(per_group),
             "per_pod_seconds": percentiles(per_pod),
             "client_requests": {f"{v} {c}": n for (v, c), n in sorted(client.request_counts().items())},
+            "apiserver_writes_by_resource": writes_of(diff(by_resource(a1, "apiserver_request_total"),
+                                                           by_resource(a0, "apiserver_request_total"))),
             "control_plane_cpu_seconds": {k: round(v - plane0.get(k, 0.0), 2) for k, v in plane1.items()},
             "load_before": load0,
             "load_after": load1,
         })
+        result["writes_per_ray"] = caused_writes(result["apiserver_writes_by_resource"]) / max(args.rays, 1)
     finally:
         watch.stop.set()
         client.close()
@@ -670,21 +763,30 @@ def fmt_p(p: dict[str, float]) -> str:
     return f"p50 {p['p50']:.1f} s, p90 {p['p90']:.1f} s, max {p['max']:.1f} s" if p else "n/a"
 
 
+def fmt_writes(writes: dict[str, int], per: int) -> list[str]:
+    return [f"    {n:6d}  {n / max(per, 1):5.2f}/Ray  {k}" for k, n in sorted(writes.items(), key=lambda kv: -kv[1])]
+
+
 def report(results: dict[str, Any]) -> str:
     op = results["operator_phase"]
     ready = op["create_to_ready"]
+    n = results["rays"]
+    settings = ("its defaults" if results.get("operator_defaults") else
+                f"--workers {results['workers']} --kube-api-qps {results['kube_api_qps']:g} "
+                f"--kube-api-burst {results['kube_api_burst']}")
+    history = op.get("pods_history") or {}
     lines = [
-        f"rays: {results['rays']} (1 head + 3 workers each) in {results['namespaces']} namespaces; "
-        f"operator --workers {results['workers']} --kube-api-qps {results['kube_api_qps']:g} "
-        f"--kube-api-burst {results['kube_api_burst']}",
-        f"machine: {results['cpus']} CPUs, Kubernetes {results['kubernetes']}, Python {results['python']}",
+        f"rays: {n} (1 head + 3 workers each) in {results['namespaces']} namespaces; operator at {settings}",
+        f"machine: {results['cpus']} CPUs, Kubernetes {results['kubernetes']}, Python {results['python']}, "
+        f"{results['nodes']} Nodes",
         "",
         "operator phase (first create -> every Ray Ready=True):",
         f"  creates took           {ready['creates_seconds']:.1f} s",
-        f"  wall time to all Ready {ready['wall_seconds']:.1f} s ({ready['rays_ready']}/{results['rays']} Ready)",
+        f"  wall time to all Ready {ready['wall_seconds']:.1f} s ({ready['rays_ready']}/{n} Ready)",
         f"  per cluster            {fmt_p(ready['per_cluster_seconds'])}",
         f"  operator CPU           {ready['operator_cpu_seconds']:.1f} s "
-        f"({100 * ready['operator_cpu_seconds'] / max(ready['wall_seconds'], 1e-9):.0f}% of one core)",
+        f"({1000 * ready['operator_cpu_seconds'] / max(n, 1):.1f} ms per Ray; "
+        f"{100 * ready['operator_cpu_seconds'] / max(ready['wall_seconds'], 1e-9):.0f}% of one core)",
         f"  operator peak RSS      {op['operator']['peak_rss_mib']:.0f} MiB (VmHWM; "
         f"{op['operator']['rss_mib_at_end']:.0f} MiB at the end)",
         f"  API requests           {fmt_verbs(ready['requests_by_verb'])} "
@@ -693,26 +795,34 @@ def report(results: dict[str, Any]) -> str:
         f"mean queue wait {(ready['queue_wait_seconds_mean'] or 0):.2f} s)",
         f"  control plane CPU      {fmt_cpu(ready['control_plane_cpu_seconds'])}",
         f"  load                   {ready['load_before']} -> {ready['load_after']}",
+        f"  pod history (watch)    at most {history.get('max_live_pods_of_one_ray', '?')} live pods of one Ray "
+        f"(desired {PODS_PER_RAY}); Rays ever above desired: {len(history.get('rays_above_desired', []))}",
+        "  operator's requests by verb and resource:",
+        *fmt_writes(ready.get("operator_requests_by_resource") or {}, n),
+        f"  API writes caused, all clients (leases and the benchmark's POST {PLURAL} left out): "
+        f"{ready.get('writes_per_ray', float('nan')):.1f} per Ray",
+        *fmt_writes(ready.get("apiserver_writes_by_resource") or {}, n),
         f"settle (all SuccessfulLaunch) {op['settle']['seconds_after_ready']:.1f} s later: "
         f"{fmt_verbs(op['settle']['requests_by_verb'])}, {op['settle']['reconciles']} reconciles",
         f"idle {op['idle']['seconds']:.0f} s: writes {op['idle']['writes']} ({fmt_verbs(op['idle']['requests_by_verb'])}), "
-        f"{op['idle']['reconciles']} reconciles, operator CPU {op['idle']['operator_cpu_seconds']:.2f} s",
+        f"{op['idle']['reconciles']} reconciles, operator CPU {op['idle']['operator_cpu_seconds']:.2f} s "
+        f"({100 * op['idle']['operator_cpu_seconds'] / max(op['idle']['seconds'], 1e-9):.2f}% of one core)",
         f"cleanup: namespaces gone after {op['cleanup_seconds'] or float('nan'):.0f} s",
     ]
-    base = results.get("baseline")
-    if base:
+    for base in results.get("baselines") or []:
         ratio = ready["wall_seconds"] / base["wall_seconds"]
         lines += [
             "",
-            f"baseline (bare client, {base['threads']} threads, {base['pods']} pods = {base['pods_per_ray']} per Ray):",
+            f"baseline (bare client, {base['threads']} thread(s), {base['pods']} pods = {base['pods_per_ray']} per Ray):",
             f"  creates took           {base['creates_seconds']:.1f} s ({base['create_rate_per_second']:.0f} pods/s)",
             f"  wall time to all Ready {base['wall_seconds']:.1f} s ({base['pods_ready']}/{base['pods']} Ready)",
             f"  per cluster's pods     {fmt_p(base['per_cluster_seconds'])}",
             f"  per pod                {fmt_p(base['per_pod_seconds'])}",
             f"  control plane CPU      {fmt_cpu(base['control_plane_cpu_seconds'])}",
             f"  load                   {base['load_before']} -> {base['load_after']}",
-            "",
-            f"operator / baseline wall time: {ratio:.2f}x",
+            f"  API writes caused      {base.get('writes_per_ray', float('nan')):.1f} per Ray",
+            *fmt_writes(base.get("apiserver_writes_by_resource") or {}, n),
+            f"operator / baseline ({base['threads']} thread(s)) wall time: {ratio:.2f}x",
         ]
     return "\n".join(lines)
 
@@ -741,7 +851,11 @@ def main() -> None:
     parser.add_argument("--kube-api-burst", type=int, default=400, help="the operator's (default 400)")
     parser.add_argument("--workers", type=int, default=4, help="the operator's concurrent reconciles (default 4)")
     parser.add_argument("--create-threads", type=int, default=8, help="threads creating the Rays (default 8)")
-    parser.add_argument("--baseline-threads", type=int, default=4)
+    parser.add_argument("--baseline-threads", default="1,4",
+                        help="a baseline run per comma-separated thread count (default 1,4: single-threaded, then "
+                             "as many threads as the operator's default workers)")
+    parser.add_argument("--operator-defaults", action="store_true",
+                        help="run the operator with its own defaults (no --kube-api-qps/--kube-api-burst/--workers)")
     parser.add_argument("--baseline-pods-per-ray", type=int, default=4, choices=(4, 5))
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--idle-seconds", type=float, default=60.0)
@@ -773,15 +887,19 @@ def main() -> None:
         install_crd(kube)
         version = kube.get("/version")
         results: dict[str, Any] = {
-            "run": run, "rays": args.rays, "namespaces": args.namespaces, "workers": args.workers,
-            "kube_api_qps": args.kube_api_qps, "kube_api_burst": args.kube_api_burst,
+            "run": run, "rays": args.rays, "namespaces": args.namespaces,
+            "workers": None if args.operator_defaults else args.workers,
+            "kube_api_qps": None if args.operator_defaults else args.kube_api_qps,
+            "kube_api_burst": None if args.operator_defaults else args.kube_api_burst,
+            "operator_defaults": args.operator_defaults,
             "kubernetes": version.get("gitVersion"), "python": sys.version.split()[0], "cpus": os.cpu_count(),
             "nodes": len(kube.get("/api/v1/nodes")["items"]), "command": " ".join(sys.argv),
             "out_dir": str(out_dir),
         }
         results["operator_phase"] = operator_phase(args, plane, kube, run, out_dir)
         if not args.no_baseline:
-            results["baseline"] = baseline_phase(args, plane, kube, run)
+            results["baselines"] = [baseline_phase(args, plane, kube, run, int(n))
+                                    for n in str(args.baseline_threads).split(",") if n.strip()]
     finally:
         kube.close()
         plane.down()
