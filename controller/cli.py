@@ -154,8 +154,11 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--log-format", choices=FORMATS, default="auto",
                    help="json in a cluster, console on a terminal (default auto)")
     p.add_argument("--log-level", choices=LEVELS, default="info")
-    p.add_argument("--kube-api-qps", type=float, default=50.0, help="client requests per second (default 50)")
-    p.add_argument("--kube-api-burst", type=int, default=100, help="client burst (default 100)")
+    # Well above what a reconcile needs, so the client is never what holds the clusters back; the API server's
+    # priority and fairness answers 429 when it must, and the client then waits as it says (docs/runtime.md).
+    p.add_argument("--kube-api-qps", type=float, default=200.0,
+                   help="client requests per second, a guard against runaway loops (default 200)")
+    p.add_argument("--kube-api-burst", type=int, default=400, help="client burst (default 400)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds to let reconciles in flight finish on SIGTERM (default 30)")
     p.add_argument("--rayjobs", choices=("auto", "on", "off"), default="auto",

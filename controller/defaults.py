@@ -92,6 +92,11 @@ class Options:
     # lastReconcileTime is refreshed when something else in the status changed, or, when this is above 0, once it is
     # older than this. 0 (the default): an idle cluster costs no status write at all, however long it stays idle.
     status_refresh_seconds: float = 0.0
+    # A status change that is only progress (replica counts, addresses, a progress reason or message: every
+    # condition keeps its status, nothing newly wrong, the same observedGeneration) is written at most this long
+    # after the first such change was held back; the next change of a condition's status, a problem or a new
+    # generation is written at once and carries it. 0 writes every change at once.
+    status_batch_seconds: float = 2.0
 
 
 def add_option_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +122,9 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float, default=d.drain_timeout_seconds, metavar="SECONDS",
                         help="how long a deleted worker waits for its busy Ray node to drain "
                              f"(default {d.drain_timeout_seconds:g})")
+    parser.add_argument("--status-batch", type=float, default=d.status_batch_seconds, metavar="SECONDS",
+                        help="a progress-only status change is written at most this long after the first one held "
+                             f"back (0: at once; default {d.status_batch_seconds:g})")
     parser.add_argument("--launcher-deadline", type=int, default=d.launcher_deadline_seconds, metavar="SECONDS",
                         help="activeDeadlineSeconds of the launcher Job; the launcher gives up a minute earlier "
                              f"(default {d.launcher_deadline_seconds})")
@@ -151,6 +159,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         join_timeout_seconds=float(getattr(args, "join_timeout", None) or d.join_timeout_seconds),
         drain_timeout_seconds=float(getattr(args, "drain_timeout", None) or d.drain_timeout_seconds),
         launcher_deadline_seconds=int(getattr(args, "launcher_deadline", None) or d.launcher_deadline_seconds),
+        status_batch_seconds=float(getattr(args, "status_batch", d.status_batch_seconds)),
     )
 
 

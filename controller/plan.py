@@ -619,7 +619,9 @@ def _plan_launcher(b: _Draft, head: Body | None, jobs: Sequence[Body]) -> None:
     if head is None or not uid_of(head):
         return  # no launch without a head; the last launch stays visible meanwhile
     name = b.desired.launcher_name(uid_of(head))
-    if not any(name_of(j) == name for j in jobs):
+    # Created once the head is Ready: before, the launcher could only wait for the GCS (and its pod would compete
+    # with the cluster's own pods for the scheduler and the API server).
+    if is_ready(head) and not any(name_of(j) == name for j in jobs):
         b.create(b.desired.launcher_job(uid_of(head)), REASON_LAUNCH, f"launch for head pod {name_of(head)}")
     for j in jobs:
         if name_of(j) != name and not is_terminating(j):

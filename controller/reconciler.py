@@ -15,13 +15,15 @@ Guarantees:
   at the group's first refusal (the rest would fail alike). Refusals are reported in the status
   (`ReplicaFailure`, with the server's message) and as Warning Events; the key is retried with back-off.
 - Status goes through the `/status` subresource as a JSON merge patch, and only when it differs from the stored one.
-- Events: Normal for every create and delete, Warning for every refused write.
+- Events: one Normal Event per verb and reconcile (`Created`, `Deleted`, `Updated`) naming every child that
+  verb touched, and why; a Warning for every refused write.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol, TypedDict
 
@@ -116,6 +118,43 @@ class DeleteOptions(TypedDict, total=False):
 # A Kubernetes object as decoded JSON; read through `_field` and `_meta`.
 Obj = Mapping[str, object]
 
+# The longest Event message the recorder sends (it cuts longer ones); a report of many children is shortened to fit.
+EVENT_MESSAGE_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class Done:
+    """A write the API server accepted, for the reconcile's report."""
+
+    verb: str  # "Created", "Deleted" or "Updated": the Event's reason
+    kind: str
+    name: str
+    message: str = ""
+
+
+def report_messages(done: Sequence[Done], limit: int = EVENT_MESSAGE_LIMIT) -> list[tuple[str, str]]:
+    """(reason, message) of the one Normal Event per verb a reconcile records: children of the same kind and cause
+    share one entry, e.g. `Pod r-small-a, r-small-b: worker group small: 2 desired; Service r-head: ...`. When
+    the message would pass `limit`, each entry keeps its first names and says how many more there were."""
+    out: list[tuple[str, str]] = []
+    for verb in dict.fromkeys(d.verb for d in done):
+        entries: dict[tuple[str, str], list[str]] = {}
+        for d in done:
+            if d.verb == verb:
+                entries.setdefault((d.kind, d.message), []).append(d.name)
+        for shown in (None, 5, 2, 1):
+            parts = []
+            for (kind, why), names in entries.items():
+                listed = ", ".join(names if shown is None else names[:shown])
+                if shown is not None and len(names) > shown:
+                    listed += f" and {len(names) - shown} more"
+                parts.append(f"{kind} {listed}" + (f": {why}" if why else ""))
+            message = "; ".join(parts)
+            if len(message) <= limit:
+                break
+        out.append((verb, message))
+    return out
+
 
 class Writer(Protocol):
     """The API server calls the reconciler makes, by child kind (a key of `CHILDREN`). Each raises `ApiError`
@@ -204,6 +243,8 @@ class RayReconciler:
         self._monotonic = monotonic
         # Head pod IP -> when its dashboard last failed to answer (bounded by the heads the operator talked to).
         self._silent_dashboards: dict[str, float] = {}
+        # Ray key -> when its first progress-only status change was held back (see write_status).
+        self._held: dict[ObjectKey, float] = {}
 
     # -- reconcile ------------------------------------------------------------------------------------------------
 
@@ -216,6 +257,7 @@ class RayReconciler:
             self._reported.pop((key, "ignored"), None)
             self._reported.pop((key, "translated"), None)
             self._clamped.pop(key, None)
+            self._held.pop(key, None)
             return None
         if _meta(ray).get("deletionTimestamp"):
             return None
@@ -227,8 +269,8 @@ class RayReconciler:
             if self._first_report(key, "invalid", ray):
                 log.warning("invalid configuration", key=str(key), error=error.describe())
                 self.recorder.record(ray, WARNING, "InvalidConfiguration", error.describe())
-            self.write_status(ray, compute_status(ray, error, observed, now, options=self.options))
-            return None
+            held = self.write_status(ray, compute_status(ray, error, observed, now, options=self.options))
+            return None if held is None else Result(requeue_after=max(held, MIN_REQUEUE_SECONDS))
         self._reported.pop((key, "invalid"), None)
         if conversion.warnings and self._first_report(key, "ignored", ray):
             self.recorder.record(ray, WARNING, "IgnoredConfiguration",
@@ -256,13 +298,13 @@ class RayReconciler:
                 self.recorder.record(ray, NORMAL, "RollingUpdate", progress.describe())
         status = compute_status(ray, conversion, observed, now, desired=desired, failures=failures,
                                 options=self.options)
-        self.write_status(ray, status)
+        held = self.write_status(ray, status)
         if failures:
             # Retried with back-off; the status already tells what the server refused.
             raise ReconcileError("; ".join(f"{f.verb} {f.kind} {f.name}: {f.message}" for f in failures[:3]))
         # The earliest deadline this reconcile depends on: the plan's (back-offs, join deadlines) and the expiry of
         # the expectations of the groups left out now (a lost watch event must not stall them for good).
-        waits = [w for w in (plan.requeue_after, *(self.expectations.expires_in((key, g)) for g in paused))
+        waits = [w for w in (plan.requeue_after, held, *(self.expectations.expires_in((key, g)) for g in paused))
                  if w is not None]
         requeue = min(waits) if waits else None
         if requeue is None:
@@ -321,7 +363,10 @@ class RayReconciler:
     # -- apply ----------------------------------------------------------------------------------------------------
 
     def apply(self, ray: Obj, key: ObjectKey, plan: Plan) -> list[WriteFailure]:
+        """Sends the plan's writes; returns the refused ones. What was done is reported in one Normal Event per
+        verb at the end (refusals have a Warning each, at once)."""
         failures: list[WriteFailure] = []
+        done: list[Done] = []
         refused_groups: set[str] = set()
         namespace = key.namespace
         terminating = False
@@ -329,24 +374,28 @@ class RayReconciler:
             if isinstance(action, Create):
                 if terminating or (action.group is not None and action.group in refused_groups):
                     continue
-                failure = self.create(ray, key, namespace, action)
-                if failure:
-                    failures.append(failure)
+                outcome = self.create(ray, key, namespace, action)
+                if isinstance(outcome, WriteFailure):
+                    failures.append(outcome)
                     if action.group is not None:
                         refused_groups.add(action.group)
                     # Nothing can be created in a namespace being deleted: the other creates are not tried.
-                    terminating = failure.reason == NAMESPACE_TERMINATING
-            elif isinstance(action, Delete):
-                failure = self.delete(ray, key, namespace, action)
-                if failure:
-                    failures.append(failure)
-            elif isinstance(action, Patch):
-                failure = self.patch(ray, namespace, action)
-                if failure:
-                    failures.append(failure)
+                    terminating = outcome.reason == NAMESPACE_TERMINATING
+                elif outcome is not None:
+                    done.append(outcome)
+            else:
+                outcome = (self.delete(ray, key, namespace, action) if isinstance(action, Delete)
+                           else self.patch(ray, namespace, action))
+                if isinstance(outcome, WriteFailure):
+                    failures.append(outcome)
+                elif outcome is not None:
+                    done.append(outcome)
+        for reason, message in report_messages(done):
+            self.recorder.record(ray, NORMAL, reason, message)
         return failures
 
-    def create(self, ray: Obj, key: ObjectKey, namespace: str, action: Create) -> WriteFailure | None:
+    def create(self, ray: Obj, key: ObjectKey, namespace: str, action: Create) -> WriteFailure | Done | None:
+        """The create; what was created, a refusal, or None (it exists already and is this Ray's)."""
         meta = action.manifest.get("metadata") or {}
         name = str(meta.get("name") or meta.get("generateName") or "")
         try:
@@ -369,9 +418,7 @@ class RayReconciler:
         created_name = str(_meta(created)["name"])
         if action.group is not None:
             self.expectations.expect_created((key, action.group), created_name)
-        self.recorder.record(ray, NORMAL, f"Created{action.kind}",
-                             f"{created_name}" + (f": {action.message}" if action.message else ""))
-        return None
+        return Done("Created", action.kind, created_name, action.message)
 
     def _foreign(self, ray: Obj, action: Create, namespace: str, name: str) -> WriteFailure | None:
         """A named child that already exists is fine when it is this Ray's (a cache that lags behind); a Service of
@@ -391,7 +438,7 @@ class RayReconciler:
         self.recorder.record(ray, WARNING, "FailedCreateService", message)
         return WriteFailure("create", action.kind, name, message, "AlreadyExists")
 
-    def delete(self, ray: Obj, key: ObjectKey, namespace: str, action: Delete) -> WriteFailure | None:
+    def delete(self, ray: Obj, key: ObjectKey, namespace: str, action: Delete) -> WriteFailure | Done | None:
         scope = (key, action.group) if action.group is not None else None
         if scope:
             self.expectations.expect_deleted(scope, action.uid)
@@ -407,11 +454,9 @@ class RayReconciler:
                 self.expectations.deletion_failed(scope, action.uid)
             self.recorder.record(ray, WARNING, f"FailedDelete{action.kind}", f"{action.name}: {e.message}")
             return WriteFailure("delete", action.kind, action.name, e.message, e.reason)
-        self.recorder.record(ray, NORMAL, f"Deleted{action.kind}",
-                             f"{action.name}" + (f": {action.message}" if action.message else ""))
-        return None
+        return Done("Deleted", action.kind, action.name, action.message)
 
-    def patch(self, ray: Obj, namespace: str, action: Patch) -> WriteFailure | None:
+    def patch(self, ray: Obj, namespace: str, action: Patch) -> WriteFailure | Done | None:
         try:
             self.writer.patch(action.kind, namespace, action.name, action.patch)
         except ApiError as e:
@@ -419,17 +464,27 @@ class RayReconciler:
                 return None  # the next reconcile creates it
             self.recorder.record(ray, WARNING, f"FailedUpdate{action.kind}", f"{action.name}: {e.message}")
             return WriteFailure("patch", action.kind, action.name, e.message, e.reason)
-        self.recorder.record(ray, NORMAL, f"Updated{action.kind}",
-                             f"{action.name}" + (f": {action.message}" if action.message else ""))
-        return None
+        return Done("Updated", action.kind, action.name, action.message)
 
     # -- status and events ----------------------------------------------------------------------------------------
 
-    def write_status(self, ray: Obj, status: Obj) -> None:
+    def write_status(self, ray: Obj, status: Obj) -> float | None:
+        """Writes the status when it differs from the stored one. A change that is only progress is held back up to
+        `Options.status_batch_seconds` from the first one held (the reconcile's events usually bring the next
+        change first, and one write carries both); returns the seconds until a held change is due, else None."""
         old = _field(ray, "status")
         patch = merge_patch(old, status)
+        key = ObjectKey.of(ray)
         if not patch:
-            return
+            self._held.pop(key, None)
+            return None
+        window = self.options.status_batch_seconds
+        if window > 0 and only_progress(old, status):
+            first = self._held.setdefault(key, self._monotonic())
+            due = first + window - self._monotonic()
+            if due > 0:
+                return due
+        self._held.pop(key, None)
         for condition in problems_raised(old, status):
             self.recorder.record(ray, WARNING, str(condition["reason"]), str(condition.get("message", "")))
         meta = _meta(ray)
@@ -437,8 +492,9 @@ class RayReconciler:
             self.writer.patch_status(str(meta["namespace"]), str(meta["name"]), patch)
         except ApiError as e:
             if e.not_found:
-                return
+                return None
             raise
+        return None
 
     def _report_clamps(self, key: ObjectKey, ray: Obj, model: ClusterModel) -> None:
         """A Normal Event when the bounds change the worker count the user or the autoscaler asked for (once per
@@ -488,6 +544,16 @@ def problems_raised(old: Obj, new: Obj) -> list[Obj]:
         if bad and (prev.get("status") != c.get("status") or prev.get("reason") != c.get("reason")):
             raised.append(c)
     return raised
+
+
+def only_progress(old: Obj, new: Obj) -> bool:
+    """True when `new` differs from the stored status `old` only in what a watcher would not act on: the same
+    observedGeneration, every condition type with the same status as before, and no problem newly raised."""
+    if not old or old.get("observedGeneration") != new.get("observedGeneration"):
+        return False
+    before = {c.get("type"): c.get("status") for c in _items(old.get("conditions"))}
+    after = {c.get("type"): c.get("status") for c in _items(new.get("conditions"))}
+    return before == after and not problems_raised(old, new)
 
 
 def merge_patch(old: Obj, new: Obj) -> dict[str, object]:

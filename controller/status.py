@@ -274,7 +274,7 @@ def _is_true(c: Condition | None) -> bool:
 def _launch(job: Body | None, pods: Sequence[Body] = ()) -> tuple[Condition, dict[str, int]]:
     if job is None:
         return (_condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "WaitingForHead",
-                           "the launcher starts once the head pod exists"),
+                           "the launcher starts once the head pod is Ready"),
                 {"replicas": 0, "updatedReplicas": 0, "readyReplicas": 0, "availableReplicas": 0,
                  "unavailableReplicas": 0})
     status = status_of(job)

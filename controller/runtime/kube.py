@@ -6,7 +6,9 @@ Guarantees:
   built, so a 2,000-pod list costs what its JSON costs.
 - Every non-2xx answer raises `ApiError` carrying the HTTP status, the Status reason and the server's message.
 - Requests are paced by a token bucket (`qps`, `burst`) shared by all threads using the client, like client-go's
-  default rate limiter; `qps <= 0` turns pacing off.
+  default rate limiter; `qps <= 0` turns pacing off. A 429 (the server's priority and fairness, or its in-flight
+  limit, did not take the request) is sent again after the server's Retry-After, up to `THROTTLE_RETRIES` times,
+  before it is raised: the server sets the pace when it is the bottleneck.
 - In-cluster tokens are re-read through the official configuration's refresh hook, so bound service-account
   tokens that rotate keep working.
 - `watch()` yields decoded watch events line by line; it ends when the server closes the stream. `on_open`
@@ -119,6 +121,19 @@ class TokenBucket:
             self._sleep(wait)
 
 
+# A request answered 429 (Too Many Requests) is sent again this many times, after the server's Retry-After (at most
+# this long each; 1 s when it names none), before the 429 is raised like any other refusal.
+THROTTLE_RETRIES = 5
+THROTTLE_WAIT_MAX_SECONDS = 10.0
+
+
+def _retry_after_seconds(value: str | None) -> float:
+    try:
+        return max(0.0, float(value)) if value else 1.0
+    except ValueError:
+        return 1.0  # an HTTP date: not sent by the API server
+
+
 def _message_of(status: int, raw: bytes) -> tuple[str, str, JSON]:
     try:
         body = json.loads(raw)
@@ -148,6 +163,8 @@ class KubeClient:
         self.requests: Counter[tuple[str, int]] = Counter()
         self._requests_lock = threading.Lock()
         self.write_gate: Callable[[], bool] | None = None
+        self.throttle_retries = THROTTLE_RETRIES
+        self._sleep: Callable[[float], None] = time.sleep
         self._init_kwargs = {"qps": qps, "burst": burst, "user_agent": user_agent, "pool_maxsize": pool_maxsize}
         # Every watch holds a connection while it runs (one per informer and watched namespace), so the pool keeps
         # up to `pool_maxsize` of them alive; it is a cap, nothing is opened in advance.
@@ -228,25 +245,32 @@ class KubeClient:
         """Send one request and return the decoded JSON answer (None for an empty body)."""
         if method != "GET" and self.write_gate is not None and not self.write_gate():
             raise WritesForbidden(f"{method} {path}: writes are not allowed (not the leader)")
-        self.bucket.take()
         data = None
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
             content_type = content_type or CONTENT_JSON
-        try:
-            response = self._pool.request(
-                method,
-                self.url(path, params),
-                body=data,
-                headers=self._headers(content_type),
-                timeout=urllib3.Timeout(connect=10.0, read=timeout),
-                retries=False,
-                preload_content=True,
-            )
-        except urllib3.exceptions.HTTPError:
-            self._count(method, 0)
-            raise
-        self._count(method, response.status)
+        for attempt in range(self.throttle_retries + 1):
+            self.bucket.take()
+            try:
+                response = self._pool.request(
+                    method,
+                    self.url(path, params),
+                    body=data,
+                    headers=self._headers(content_type),
+                    timeout=urllib3.Timeout(connect=10.0, read=timeout),
+                    retries=False,
+                    preload_content=True,
+                )
+            except urllib3.exceptions.HTTPError:
+                self._count(method, 0)
+                raise
+            self._count(method, response.status)
+            if response.status != 429 or attempt == self.throttle_retries:
+                break
+            # 429: the API server (priority and fairness, or max-inflight) did not take the request; it says when
+            # to try again. Waiting here is the adaptive part of the client's rate: every request of this client
+            # shares the bucket, and the server's answer, not a fixed limit, sets the pace.
+            self._sleep(min(_retry_after_seconds(response.headers.get("Retry-After")), THROTTLE_WAIT_MAX_SECONDS))
         if response.status >= 300:
             reason, message, decoded = _message_of(response.status, response.data)
             raise ApiError(response.status, reason or response.reason or "", message, decoded)

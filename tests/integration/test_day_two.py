@@ -146,7 +146,8 @@ def test_a_worker_that_never_becomes_ready_is_replaced_at_its_deadline_without_e
         replacement = wait_until(lambda: live(pods(kube, namespace, "stuck", "worker")), 30,
                                  message="a replacement worker")
         assert replacement[0]["metadata"]["annotations"].get("ray.k8s.io/replacements") == "1"
-        deleted = [e for e in events(kube, namespace, "stuck") if e["reason"] == "DeletedPod" and name in e["message"]]
+        deleted = [e for e in events(kube, namespace, "stuck")
+                   if e["reason"] == "Deleted" and f"Pod {name}" in e["message"]]
         assert deleted and "NeverReady" in deleted[0]["message"], deleted
         assert '"requeue_after"' in op.log()
     finally:

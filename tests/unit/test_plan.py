@@ -76,19 +76,22 @@ def test_a_new_cluster_gets_named_children_then_the_head() -> None:
     assert plan.requeue_after is None
 
 
-@pytest.mark.parametrize("head_phase, workers", [("Pending", 0), ("Running", 2)], ids=["pending", "running"])
-def test_workers_are_created_once_the_head_runs_and_the_launch_starts(head_phase: str, workers: int) -> None:
+@pytest.mark.parametrize("head_phase, ready, workers, launches", [
+    ("Pending", False, 0, 0), ("Running", False, 2, 0), ("Running", True, 2, 1)],
+    ids=["pending", "running", "ready"])
+def test_workers_are_created_once_the_head_runs_and_the_launch_once_it_is_ready(head_phase: str, ready: bool,
+                                                                                 workers: int, launches: int) -> None:
     d = desired_for(ray(autoscaling(initial=2)))
     full = healthy(d, workers=0)
     head = pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash, phase=head_phase,
-               ready=False, node="n1")
+               ready=ready, node="n1")
     plan = plan_cluster(d, Observed(pods=[head], services=full.services, config_maps=full.config_maps,
                                     service_accounts=full.service_accounts, roles=full.roles,
                                     role_bindings=full.role_bindings), NOW)
     assert created(plan, "worker") == workers
-    launches = [a for a in plan.creates if a.kind == "Job"]
-    assert [a.reason for a in launches] == [REASON_LAUNCH]
-    assert launches[0].manifest["metadata"]["name"] == d.launcher_name("uid-demo-head-abcde")
+    jobs = [a for a in plan.creates if a.kind == "Job"]
+    assert [a.reason for a in jobs] == [REASON_LAUNCH] * launches
+    assert [a.manifest["metadata"]["name"] for a in jobs] == [d.launcher_name("uid-demo-head-abcde")] * launches
 
 
 def test_an_unchanged_cluster_needs_nothing() -> None:

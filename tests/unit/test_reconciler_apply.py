@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from rayop.api.types import HEAD_GROUP
+from rayop.defaults import Options
 from rayop.objects import LABEL_ROLE
 from rayop.plan import Create, Delete, Patch, Plan
-from rayop.reconciler import CHILDREN, RayReconciler
+from rayop.reconciler import CHILDREN, Done, RayReconciler, report_messages
 from rayop.runtime.kube import ApiError
 from rayop.runtime.manager import ReconcileError
 from rayop.runtime.store import ObjectKey, Store
@@ -48,10 +49,13 @@ class Rig:
     recorder: FakeRecorder = field(default_factory=FakeRecorder)
     rays: Store = field(default_factory=Store)
     children: dict[str, Store] = field(default_factory=lambda: {kind: Store() for kind in CHILDREN})
+    options: Options = field(default_factory=Options)
+    clock: list[float] = field(default_factory=lambda: [1000.0])  # the reconciler's monotonic clock, set by tests
 
     def __post_init__(self) -> None:
         self.reconciler = RayReconciler(writer=self.writer, recorder=self.recorder, rays=self.rays,
-                                        children=self.children, busy_nodes=lambda host, port: None)
+                                        children=self.children, options=self.options,
+                                        busy_nodes=lambda host, port: None, monotonic=lambda: self.clock[0])
 
     def catch_up(self) -> None:
         """The caches show what the writer holds."""
@@ -80,8 +84,37 @@ def test_a_create_records_an_expectation_and_a_normal_event() -> None:
     assert not reconciler.expectations.satisfied((KEY, "small"), [])
     assert reconciler.expectations.satisfied((KEY, "small"), [(name, "any", False)])
     [event] = recorder.events
-    assert (event.type, event.reason, event.message, event.name) == ("Normal", "CreatedPod",
-                                                                     f"{name}: for the test", "r")
+    assert (event.type, event.reason, event.message, event.name) == ("Normal", "Created",
+                                                                     f"Pod {name}: for the test", "r")
+
+
+def test_one_normal_event_per_verb_names_every_child_of_the_reconcile() -> None:
+    reconciler, writer, recorder = make()
+    old = writer.put("Pod", NS, {"metadata": {"name": "r-small-old"}})["metadata"]["uid"]
+    assert apply(reconciler, named("ConfigMap", "r-config"), named("Service", "r-head"), pod("small"), pod("small"),
+                 Delete("Pod", "r-small-old", old, "ScaleDown", "one too many", group="small")) == []
+    small = sorted(n for n in writer.names("Pod") if n != "r-small-old")
+    assert [(e.type, e.reason) for e in recorder.events] == [("Normal", "Created"), ("Normal", "Deleted")]
+    created, deleted = (e.message for e in recorder.events)
+    assert created.startswith("ConfigMap r-config; Service r-head; Pod ")
+    assert created.endswith(": for the test") and all(n in created for n in small)
+    assert deleted == "Pod r-small-old: one too many"
+
+
+def test_a_reconcile_that_wrote_nothing_records_no_normal_event() -> None:
+    reconciler, writer, recorder = make()
+    assert apply(reconciler) == []
+    assert recorder.events == []
+
+
+def test_a_report_of_many_children_is_shortened_to_the_limit_and_says_how_many() -> None:
+    done = [Done("Created", "Pod", f"r-small-{i:05d}", "worker group small: 200 desired") for i in range(200)]
+    [(reason, message)] = report_messages(done + [Done("Created", "Service", "r-head")], limit=200)
+    assert reason == "Created" and len(message) <= 200
+    assert message.startswith("Pod r-small-00000, ") and " and 195 more: " in message and message.endswith("; Service r-head")
+    # Short enough: every name.
+    [(_, whole)] = report_messages(done[:3])
+    assert whole == "Pod r-small-00000, r-small-00001, r-small-00002: worker group small: 200 desired"
 
 
 def test_a_child_outside_the_pod_groups_has_no_expectation() -> None:
@@ -89,7 +122,7 @@ def test_a_child_outside_the_pod_groups_has_no_expectation() -> None:
     assert apply(reconciler, named("ConfigMap", "r-config")) == []
     assert writer.names("ConfigMap") == ["r-config"]
     assert reconciler.expectations.pending((KEY, None)) == (0, 0)
-    assert [(e.reason, e.message) for e in recorder.events] == [("CreatedConfigMap", "r-config")]
+    assert [(e.reason, e.message) for e in recorder.events] == [("Created", "ConfigMap r-config")]
 
 
 @pytest.mark.parametrize("error", [forbidden("pods is forbidden: exceeded quota"), invalid("spec.containers: Required")])
@@ -205,7 +238,7 @@ def test_a_delete_carries_the_uid_precondition_and_records_an_expectation() -> N
     assert not reconciler.expectations.satisfied((KEY, "small"), [("r-small-1", uid, False)])
     assert reconciler.expectations.satisfied((KEY, "small"), [])
     assert [(e.type, e.reason, e.message) for e in recorder.events] == [
-        ("Normal", "DeletedPod", "r-small-1: one too many")]
+        ("Normal", "Deleted", "Pod r-small-1: one too many")]
 
 
 def test_a_delete_with_propagation_says_so() -> None:
@@ -245,7 +278,7 @@ def test_a_refused_delete_is_a_failure_and_forgets_its_expectation_and_the_rest_
     assert writer.names("Pod") == ["r-small-1"]
     assert reconciler.expectations.pending((KEY, "small")) == (0, 1)
     assert reconciler.expectations.satisfied((KEY, "small"), [("r-small-1", a, False)])
-    assert [(e.type, e.reason) for e in recorder.events] == [("Warning", "FailedDeletePod"), ("Normal", "DeletedPod")]
+    assert [(e.type, e.reason) for e in recorder.events] == [("Warning", "FailedDeletePod"), ("Normal", "Deleted")]
 
 
 # -- patches ----------------------------------------------------------------------------------------------------
@@ -258,7 +291,7 @@ def test_a_patch_is_a_merge_patch_with_a_normal_event() -> None:
                                    "new config")) == []
     assert writer.objects[("ConfigMap", NS, "r-config")]["data"] == {"a": "3"}
     assert [(e.type, e.reason, e.message) for e in recorder.events] == [
-        ("Normal", "UpdatedConfigMap", "r-config: new config")]
+        ("Normal", "Updated", "ConfigMap r-config: new config")]
 
 
 def test_a_patch_of_a_missing_object_waits_for_the_next_reconcile() -> None:
@@ -276,19 +309,66 @@ def test_a_refused_patch_is_a_failure() -> None:
     assert (failure.verb, failure.kind, failure.name, failure.reason) == ("patch", "Service", "r-head", "Invalid")
     assert writer.names("ConfigMap") == ["r-config"]
     assert [(e.type, e.reason) for e in recorder.events] == [("Warning", "FailedUpdateService"),
-                                                             ("Normal", "CreatedConfigMap")]
+                                                             ("Normal", "Created")]
 
 
 # -- status -----------------------------------------------------------------------------------------------------
 
 
 def test_the_status_is_written_only_when_it_changes() -> None:
-    reconciler, writer, _ = make()
+    rig = Rig(options=Options(status_batch_seconds=0))
     ray = {**RAY, "status": {"phase": "Running", "workers": 2}}
-    reconciler.write_status(ray, {"phase": "Running", "workers": 2})
-    assert writer.statuses == {}
-    reconciler.write_status(ray, {"phase": "Running"})
-    assert writer.statuses == {(NS, "r"): [{"workers": None}]}
+    assert rig.reconciler.write_status(ray, {"phase": "Running", "workers": 2}) is None
+    assert rig.writer.statuses == {}
+    assert rig.reconciler.write_status(ray, {"phase": "Running"}) is None
+    assert rig.writer.statuses == {(NS, "r"): [{"workers": None}]}
+
+
+def cond(type_: str, status: str, reason: str = "R", message: str = "") -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason, "message": message}
+
+
+PENDING = {"observedGeneration": 1, "head": {"replicas": 1},
+           "conditions": [cond("HeadReady", "False", "HeadPodPending"), cond("Ready", "False", "HeadPodPending")]}
+
+
+def test_a_progress_only_change_is_held_back_until_the_window_passes() -> None:
+    rig = Rig()  # the default window, 2 s
+    ray = {**RAY, "status": PENDING}
+    progress = {**PENDING, "head": {"replicas": 1, "readyReplicas": 0},
+                "conditions": [cond("HeadReady", "False", "HeadPodNotReady"), cond("Ready", "False", "HeadPodNotReady")]}
+    assert rig.reconciler.write_status(ray, progress) == 2.0
+    rig.clock[0] += 1.5
+    assert rig.reconciler.write_status(ray, progress) == pytest.approx(0.5)  # counted from the first one held
+    assert rig.writer.statuses == {}
+    rig.clock[0] += 0.5
+    assert rig.reconciler.write_status(ray, progress) is None
+    [patch] = rig.writer.statuses[(NS, "r")]
+    assert patch["head"] == {"readyReplicas": 0}
+
+
+@pytest.mark.parametrize("change", [
+    {"conditions": [cond("HeadReady", "True", "HeadPodReady"), cond("Ready", "False", "WorkersNotReady")]},
+    {"observedGeneration": 2},
+    {"conditions": [cond("HeadReady", "False", "HeadPodUnschedulable", "0/2 nodes"), cond("Ready", "False", "X")]},
+    {"conditions": [*PENDING["conditions"], cond("ReplicaFailure", "True", "Forbidden")]},
+], ids=["a-condition-flips", "a-new-generation", "a-problem-raised", "a-new-condition"])
+def test_a_change_a_watcher_acts_on_is_written_at_once_and_carries_what_was_held(change: dict[str, Any]) -> None:
+    rig = Rig()
+    ray = {**RAY, "status": PENDING}
+    held = {**PENDING, "head": {"replicas": 1, "readyReplicas": 0}}
+    assert rig.reconciler.write_status(ray, held) is not None
+    assert rig.reconciler.write_status(ray, {**held, **change}) is None
+    [patch] = rig.writer.statuses[(NS, "r")]
+    assert patch["head"] == {"readyReplicas": 0}
+    # Nothing is held any more: the next progress change starts a new window.
+    assert rig.reconciler.write_status({**RAY, "status": {**held, **change}}, {**held, **change, "x": 1}) == 2.0
+
+
+def test_the_first_status_of_a_ray_is_written_at_once() -> None:
+    rig = Rig()
+    assert rig.reconciler.write_status(RAY, PENDING) is None
+    assert rig.writer.statuses[(NS, "r")] == [PENDING]
 
 
 def test_a_status_write_for_a_ray_that_is_gone_is_dropped_other_refusals_raise() -> None:
