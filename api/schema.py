@@ -75,8 +75,16 @@ def info(f: dataclasses.Field[Any]) -> FieldInfo:
     return value
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """The resolved annotations of an API dataclass, resolved once per class (`get_type_hints` evaluates every
+    string annotation again on each call: it was most of a conversion's time when called per object). Read only."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
 def strip_optional(tp: object) -> object:

@@ -36,6 +36,7 @@ from rayop.jobreconciler import rayjob_crd_served, wire_rayjobs
 from rayop.jobsubmit import JobSubmissionClient
 from rayop.reconciler import CHILDREN as CHILD_RESOURCES
 from rayop.reconciler import (
+    CONFIG_MAP_TRIM,
     MANAGED_BY_SELECTOR,
     POD_TRIM,
     RAY,
@@ -72,6 +73,8 @@ def child_informers(manager: Manager) -> dict[str, Informer]:
     for kind, resource in CHILD_RESOURCES.items():
         if kind == "Pod":
             out[kind] = manager.informer(resource, label_selector=MANAGED_BY_SELECTOR, transform=POD_TRIM)
+        elif kind == "ConfigMap":
+            out[kind] = manager.informer(resource, label_selector=MANAGED_BY_SELECTOR, transform=CONFIG_MAP_TRIM)
         else:
             out[kind] = manager.informer(resource, label_selector=MANAGED_BY_SELECTOR)
     return out

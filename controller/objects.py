@@ -14,6 +14,8 @@ Guarantees:
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -407,3 +409,29 @@ def never_ready_deadline(pod: Body, options: Options) -> datetime | None:
     if not times:
         return None
     return max(times) + timedelta(seconds=options.join_timeout_seconds)
+
+
+# -- ConfigMap data in the cache ----------------------------------------------------------------------------------
+
+DIGEST_PREFIX = "rayop-digest:sha256:"
+
+
+def data_digest(value: str) -> str:
+    """What the operator's ConfigMap cache keeps of a data value (the value itself is tens of KiB per cluster: the
+    autoscaler config and the in-pod programs)."""
+    return DIGEST_PREFIX + hashlib.sha256(value.encode()).hexdigest()
+
+
+def digest_config_map_data(obj: dict[str, Any]) -> dict[str, Any]:
+    """The ConfigMap cache's transform: each `data` value replaced by its `data_digest` (in place)."""
+    data = obj.get("data")
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(value, str) and not value.startswith(DIGEST_PREFIX):
+                data[key] = data_digest(value)
+    return obj
+
+
+def same_data(want: str, have: object) -> bool:
+    """A desired data value against a cached one, which is a digest (or, from an uncached read, the value)."""
+    return have == want or have == data_digest(want)

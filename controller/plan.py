@@ -69,6 +69,7 @@ from rayop.objects import (
     pod_failure,
     pod_ip,
     rank_heads,
+    same_data,
     spec_of,
     start_time,
     template_hash,
@@ -322,7 +323,7 @@ def _drift(want: Body, have: Body) -> tuple[JSON, bool]:
     if kind == "ConfigMap":
         data_want = want.get("data") or {}
         data_have = have.get("data") or {}
-        changes: JSON = {k: v for k, v in data_want.items() if data_have.get(k) != v}
+        changes: JSON = {k: v for k, v in data_want.items() if not same_data(v, data_have.get(k))}
         changes.update({k: None for k in data_have if k not in data_want})
         if changes:
             patch["data"] = changes

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rayop.objects import ANNOTATION_REPLACEMENTS
+from rayop.objects import ANNOTATION_REPLACEMENTS, Observed, data_digest, digest_config_map_data
 from rayop.defaults import Options
 from rayop.plan import (
     REASON_DUPLICATE_HEAD,
@@ -102,6 +102,23 @@ def test_an_unchanged_cluster_needs_nothing() -> None:
         plan = plan_cluster(d, observed, NOW)
         assert plan.actions == () and plan.requeue_after is None
         assert observed == before
+
+
+def test_a_config_map_cached_as_digests_is_compared_by_its_digests() -> None:
+    d = desired_for(ray(autoscaling()))
+    observed = healthy(d)
+    cached = [digest_config_map_data(copy.deepcopy(dict(cm))) for cm in observed.config_maps]
+    [cm] = cached
+    assert cm["data"] and all(v.startswith("rayop-digest:sha256:") for v in cm["data"].values())
+    same = Observed(**{**observed.__dict__, "config_maps": cached})
+    assert plan_cluster(d, same, NOW).actions == ()
+    # One value changed since: the patch carries the whole desired value of that key only.
+    key = sorted(cm["data"])[0]
+    stale = copy.deepcopy(cm)
+    stale["data"][key] = data_digest("something else")
+    plan = plan_cluster(d, Observed(**{**observed.__dict__, "config_maps": [stale]}), NOW)
+    [patch] = [a for a in plan.actions if getattr(a, "kind", "") == "ConfigMap"]
+    assert patch.patch["data"] == {key: d.config_map["data"][key]}
 
 
 @pytest.mark.parametrize("spec, want", [(static(2, desiredWorkers={"worker": 5}), 5), (static(4), 4)],
