@@ -550,7 +550,7 @@ def operator_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
     try:
         if args.py_spy:
             spy = subprocess.Popen([args.py_spy, "record", "--pid", str(operator.pid), "--rate", "100",
-                                    "--format", "raw", "--threads", "--nonblocking", "-o",
+                                    "--format", "raw", "--threads", "--gil", "--nonblocking", "-o",
                                     str(out_dir / "operator.pyspy.txt")],
                                    stdout=open(out_dir / "py-spy.log", "wb"), stderr=subprocess.STDOUT)
             time.sleep(1)

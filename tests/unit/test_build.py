@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from rayop.api.convert import effective_cluster
-from rayop.autoscaler import autoscaler_role_rules
+from rayop.autoscaler import autoscaler_role_rules, drain_bootstrap, drain_program
 from rayop.build import (
     Owner,
     build_children,
@@ -363,6 +363,29 @@ def test_stable_hash_ignores_key_order() -> None:
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
 
 
+def unpacked(bootstrap: str) -> str:
+    import base64
+    import zlib
+
+    packed = bootstrap.split("b64decode('", 1)[1].split("')", 1)[0]
+    return zlib.decompress(base64.b64decode(packed)).decode()
+
+
+def test_a_worker_carries_the_drain_program_compressed_and_it_runs() -> None:
+    import subprocess
+    import sys
+
+    d = desired_for(ray(static(1)))
+    pod = d.workers[0].manifest
+    [c] = [c for c in pod["spec"]["containers"] if c["name"] == "ray-worker"]
+    hook = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook[:3] == ["python", "-c", drain_bootstrap()]
+    assert unpacked(hook[2]) == drain_program()  # exactly the program, nothing lost in the packing
+    assert len(json.dumps(pod)) < 16_000  # the program twice, packed (it was 28 KB as text)
+    ran = subprocess.run([sys.executable, "-c", hook[2], "--help"], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0 and "Drain this pod's Ray node" in ran.stdout, ran.stderr
+
+
 def test_a_worker_restarting_in_its_pod_asks_the_restart_guard_and_a_drained_one_stays_idle(tmp_path: Path) -> None:
     import os
     import signal
@@ -379,7 +402,7 @@ def test_a_worker_restarting_in_its_pod_asks_the_restart_guard_and_a_drained_one
     argv = shlex.split(guard)
     assert argv[0] == "-c" and argv[-1] == "--on-restart"
     assert argv[argv.index("--address") + 1] == "demo-head.ray.svc.cluster.local:6379"
-    assert "def on_restart(" in argv[1]
+    assert argv[1] == drain_bootstrap() and "def on_restart(" in unpacked(argv[1])
     # The script itself, with the pod's /dev/shm in a temporary folder, `ray start` replaced by an echo and a
     # stand-in `python` (next to a `ray`) that says it was asked and writes the marker when told to (as the guard
     # does for a drain).
