@@ -167,7 +167,7 @@ class Writer(Protocol):
     when the server refuses; `get` is the one live read (an AlreadyExists Service is looked at)."""
 
     def create(self, kind: str, namespace: str, manifest: Obj) -> Obj:
-        """Create the child; the object as created (its generated name)."""
+        """Create the child; the created object's metadata at least (its generated name)."""
         ...
 
     def get(self, kind: str, namespace: str, name: str) -> Obj: ...
@@ -207,7 +207,7 @@ class KubeWriter:
         self.client = client
 
     def create(self, kind: str, namespace: str, manifest: Obj) -> Obj:
-        created: Obj = self.client.create(CHILDREN[kind].collection(namespace), dict(manifest))
+        created: Obj = self.client.create(CHILDREN[kind].collection(namespace), dict(manifest), metadata_only=True)
         return created
 
     def get(self, kind: str, namespace: str, name: str) -> Obj:
@@ -218,10 +218,11 @@ class KubeWriter:
         self.client.delete(CHILDREN[kind].object(namespace, name), dict(options))
 
     def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> None:
-        self.client.patch(CHILDREN[kind].object(namespace, name), dict(patch), CONTENT_MERGE_PATCH)
+        self.client.patch(CHILDREN[kind].object(namespace, name), dict(patch), CONTENT_MERGE_PATCH, metadata_only=True)
 
     def patch_status(self, namespace: str, name: str, status: Obj) -> None:
-        self.client.patch(RAY.object(namespace, name) + "/status", {"status": dict(status)}, CONTENT_MERGE_PATCH)
+        self.client.patch(RAY.object(namespace, name) + "/status", {"status": dict(status)}, CONTENT_MERGE_PATCH,
+                          metadata_only=True)
 
 
 class RayReconciler:

@@ -117,7 +117,8 @@ class EventRecorder:
                 name, ns, count = seen
                 try:
                     self.client.patch(
-                        f"/api/v1/namespaces/{ns}/events/{name}", {"count": count + 1, "lastTimestamp": now}
+                        f"/api/v1/namespaces/{ns}/events/{name}", {"count": count + 1, "lastTimestamp": now},
+                        metadata_only=True,
                     )
                     self._remember(cache_key, (name, ns, count + 1))
                     return
@@ -145,7 +146,7 @@ class EventRecorder:
                 "lastTimestamp": now,
                 "count": 1,
             }
-            self.client.create(f"/api/v1/namespaces/{namespace}/events", body)
+            self.client.create(f"/api/v1/namespaces/{namespace}/events", body, metadata_only=True)
             self._remember(cache_key, (name, namespace, 1))
         except WritesForbidden:
             pass

@@ -35,6 +35,10 @@ import urllib3
 JSON = dict[str, Any]
 
 CONTENT_JSON = "application/json"
+# Asks the API server to answer a write with the object's metadata only (the server's own PartialObjectMetadata
+# transform): a caller that only needs the name or resourceVersion of what it wrote does not download, decode and
+# have the server encode a whole pod or ConfigMap. JSON stays acceptable, so a server without it answers in full.
+ACCEPT_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 CONTENT_MERGE_PATCH = "application/merge-patch+json"
 CONTENT_STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 CONTENT_JSON_PATCH = "application/json-patch+json"
@@ -210,8 +214,8 @@ class KubeClient:
 
     # -- low level ----------------------------------------------------------------------------------------------
 
-    def _headers(self, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": CONTENT_JSON, "User-Agent": self.user_agent}
+    def _headers(self, content_type: str | None, accept: str = CONTENT_JSON) -> dict[str, str]:
+        headers = {"Accept": accept, "User-Agent": self.user_agent}
         if content_type:
             headers["Content-Type"] = content_type
         auth = self.configuration.auth_settings().get("BearerToken")
@@ -241,6 +245,7 @@ class KubeClient:
         body: Any = None,
         content_type: str | None = None,
         timeout: float | None = 60.0,
+        accept: str = CONTENT_JSON,
     ) -> Any:
         """Send one request and return the decoded JSON answer (None for an empty body)."""
         if method != "GET" and self.write_gate is not None and not self.write_gate():
@@ -256,7 +261,7 @@ class KubeClient:
                     method,
                     self.url(path, params),
                     body=data,
-                    headers=self._headers(content_type),
+                    headers=self._headers(content_type, accept),
                     timeout=urllib3.Timeout(connect=10.0, read=timeout),
                     retries=False,
                     preload_content=True,
@@ -281,14 +286,19 @@ class KubeClient:
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)
 
-    def create(self, path: str, body: JSON, **params: Any) -> Any:
-        return self.request("POST", path, params=params, body=body)
+    def create(self, path: str, body: JSON, *, metadata_only: bool = False, **params: Any) -> Any:
+        """POST; with `metadata_only` the answer is the created object's kind, apiVersion and metadata."""
+        return self.request("POST", path, params=params, body=body,
+                            accept=ACCEPT_METADATA if metadata_only else CONTENT_JSON)
 
     def replace(self, path: str, body: JSON, **params: Any) -> Any:
         return self.request("PUT", path, params=params, body=body)
 
-    def patch(self, path: str, body: Any, content_type: str = CONTENT_MERGE_PATCH, **params: Any) -> Any:
-        return self.request("PATCH", path, params=params, body=body, content_type=content_type)
+    def patch(self, path: str, body: Any, content_type: str = CONTENT_MERGE_PATCH, *, metadata_only: bool = False,
+              **params: Any) -> Any:
+        """PATCH; with `metadata_only` the answer is the patched object's kind, apiVersion and metadata."""
+        return self.request("PATCH", path, params=params, body=body, content_type=content_type,
+                            accept=ACCEPT_METADATA if metadata_only else CONTENT_JSON)
 
     def delete(self, path: str, body: JSON | None = None, **params: Any) -> Any:
         return self.request("DELETE", path, params=params, body=body)

@@ -152,6 +152,30 @@ def test_crd_status_subresource_and_cel_rule(kube: KubeClient, namespace: str, w
     assert updated["metadata"]["generation"] == 1  # status writes do not bump the generation
 
 
+def test_writes_answered_with_metadata_only(kube: KubeClient, namespace: str, widget_crd: str) -> None:
+    """The operator's creates and patches ask for the written object's metadata only (PartialObjectMetadata): the
+    API server honours it for core kinds and for a custom resource's status subresource, and the write itself is
+    whole."""
+    data = {"big": "x" * 20000}
+    made = kube.create(f"/api/v1/namespaces/{namespace}/configmaps",
+                       {"metadata": {"generateName": "meta-"}, "data": data}, metadata_only=True)
+    assert made["kind"] == "PartialObjectMetadata" and "data" not in made
+    name = made["metadata"]["name"]
+    assert name.startswith("meta-") and made["metadata"]["uid"]
+    patched = kube.patch(f"/api/v1/namespaces/{namespace}/configmaps/{name}", {"data": {"more": "y"}},
+                         metadata_only=True)
+    assert patched["kind"] == "PartialObjectMetadata" and "data" not in patched
+    assert kube.get(f"/api/v1/namespaces/{namespace}/configmaps/{name}")["data"] == {**data, "more": "y"}
+    base = f"/apis/{widget_crd}/v1/namespaces/{namespace}/widgets"
+    kube.create(base, {"apiVersion": f"{widget_crd}/v1", "kind": "Widget", "metadata": {"name": "meta"},
+                       "spec": {"min": 1, "max": 2}}, metadata_only=True)
+    status = kube.patch(f"{base}/meta/status", {"status": {"seen": 4}}, metadata_only=True)
+    assert status["kind"] == "PartialObjectMetadata" and "status" not in status
+    assert kube.get(f"{base}/meta")["status"] == {"seen": 4}
+    # Without the option: the whole object, as before.
+    assert kube.patch(f"{base}/meta/status", {"status": {"seen": 5}})["status"] == {"seen": 5}
+
+
 def test_lease_created_and_renewed(kube: KubeClient, namespace: str) -> None:
     leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -19,12 +19,12 @@ class Recording:
         self.gate = threading.Event()
         self.gate.set()
 
-    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def create(self, path: str, body: dict[str, Any], metadata_only: bool = False) -> dict[str, Any]:
         self.gate.wait(10)
         self.created.append(body)
         return body
 
-    def patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def patch(self, path: str, body: dict[str, Any], metadata_only: bool = False) -> dict[str, Any]:
         return body
 
 
