@@ -218,7 +218,7 @@ def head_pods_by_cluster(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[str, s
     return out
 
 
-RAY_HEADER = ("NAME", "DESIRED", "READY", "HEAD POD", "HEAD STATE", "CONDITION READY", "RAY NODES", "AGE")
+RAY_HEADER = ("NAME", "DESIRED WORKERS", "READY WORKERS", "HEAD POD", "HEAD STATE", "READY", "RAY NODES", "AGE")
 
 
 def ray_rows(rays: Iterable[Mapping[str, Any]], heads: Mapping[tuple[str, str], Mapping[str, Any]],
@@ -587,6 +587,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", type=int, default=-1, help="lines of each pod's log to show (default all)")
     p.add_argument("-c", "--container", default=None,
                    help="container (default: the pods' Ray container, the first of each pod)")
+    p.epilog = "Flags after -- go to kubectl logs as they are, e.g. kubectl ray logs demo -- --since=10m --timestamps"
 
     job = sub.add_parser("job", help="submit and follow RayJobs", description="submit and follow RayJobs")
     job_sub = job.add_subparsers(dest="what", metavar="COMMAND", parser_class=_Parser)
@@ -721,6 +722,15 @@ def list_items(s: Session, path: str, what: str, **params: Any) -> list[JSON]:
 
 class DashboardUnavailable(Exception):
     pass
+
+
+def dashboard_problem(e: Exception) -> str:
+    """Why a dashboard request through the API server failed, with what to do when it is RBAC."""
+    if isinstance(e, ApiError) and e.body.get("kind") == "Status" and e.status == 403:
+        return f"the API server refused the proxy request: {e.message}; you need get on pods/proxy"
+    if isinstance(e, ApiError):
+        return f"the dashboard answered {e.status} {e.reason}: {e.message.strip()[:300]}"
+    return f"the dashboard did not answer: {e}"
 
 
 class Dashboard:
@@ -885,7 +895,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         flags += ["-c", firsts.pop()] if len(firsts) == 1 else ["--all-containers"]
     if args.follow:
         flags.append("--follow")
-    return run_kubectl(flags)
+    return run_kubectl(flags + list(args.kubectl_args))
 
 
 def runtime_env_of(args: argparse.Namespace) -> JSON:
@@ -940,8 +950,9 @@ def upload_working_dir(s: Session, ray: Mapping[str, Any], directory: Path, dry_
         dash.request("PUT", path, body=data, content_type="application/octet-stream")
     except (ApiError, DashboardUnavailable) as e:
         raise UserError(f"cannot upload --working-dir {directory} to Ray {name}'s dashboard through the API server "
-                        f"({e}); the Ray must be Ready with its dashboard answering (kubectl ray get {name}) and you "
-                        "need get on pods/proxy; or pass a URI Ray can fetch (s3://, gs://, https://...zip)") from None
+                        f"({dashboard_problem(e)}); the Ray must be Ready with its dashboard answering (kubectl ray "
+                        f"get {name} shows RAY NODES), or pass a URI Ray can fetch (s3://, gs://, "
+                        "https://...zip)") from None
     print(f"uploaded {directory} ({len(data)} bytes zipped) to Ray {name} as {uri}", file=sys.stderr)
     return uri
 
@@ -1058,7 +1069,7 @@ def print_job_output(s: Session, job: Mapping[str, Any]) -> None:
         dash, submission = job_dashboard(s, job)
         logs = fetch_job_logs(dash, submission)
     except (UserError, ApiError, DashboardUnavailable) as e:
-        message = e.message if isinstance(e, UserError) else str(e)
+        message = e.message if isinstance(e, UserError) else dashboard_problem(e)
         print(f"(the job's output could not be read: {message})", file=sys.stderr)
         return
     sys.stdout.write(logs or "")
@@ -1082,7 +1093,7 @@ def cmd_job_logs(args: argparse.Namespace) -> int:
         logs = fetch_job_logs(dash, submission)
     except (ApiError, DashboardUnavailable) as e:
         raise UserError(f"cannot read RayJob {args.name}'s logs from its Ray's dashboard through the API server "
-                        f"({e}); you need get on pods/proxy") from None
+                        f"({dashboard_problem(e)})") from None
     if logs is None:
         raise UserError(f"Ray does not know RayJob {args.name}'s job {submission} (yet)")
     sys.stdout.write(logs)
@@ -1104,7 +1115,7 @@ def follow_job_logs(s: Session, name: str, interval: float = 1.0) -> int:
                 raise
         except (ApiError, DashboardUnavailable) as e:
             if finished:
-                raise UserError(f"cannot read RayJob {name}'s logs ({e})") from None
+                raise UserError(f"cannot read RayJob {name}'s logs ({dashboard_problem(e)})") from None
         if logs is not None:
             if logs.startswith(printed):
                 sys.stdout.write(logs[len(printed):])
@@ -1157,8 +1168,15 @@ def cmd_job_get(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     func = getattr(args, "func", None)
+    # `logs NAME -- FLAGS`: the flags after -- are kubectl logs' own (argparse leaves them unparsed).
+    args.kubectl_args = []
+    if unknown:
+        if func is cmd_logs and unknown[0] == "--":
+            args.kubectl_args = unknown[1:]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if func is None:
         parser.print_help(sys.stderr)
         return 2

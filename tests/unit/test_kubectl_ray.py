@@ -275,7 +275,7 @@ def test_ray_table_rows() -> None:
                     ["b", "-", "0", "-", "-", "Unknown", "-", "30s"]]
     table = k.format_table(k.RAY_HEADER, rows)
     lines = table.splitlines()
-    assert lines[0].split("   ")[0] == "NAME" and "RAY NODES" in lines[0]
+    assert lines[0].split("   ")[0] == "NAME" and "DESIRED WORKERS" in lines[0] and "RAY NODES" in lines[0]
     assert lines[1].index("a-head-abcde") == lines[0].index("HEAD POD")
     with_ns = k.ray_rows(rays[:1], heads, {}, NOW, all_namespaces=True)
     assert with_ns[0][0] == "ns" and with_ns[0][7] == "-"
@@ -316,3 +316,13 @@ def test_rayjob_table_rows() -> None:
                                                (10 * 86400, "10d"), (800 * 86400, "2y")])
 def test_human_age(seconds: float, text: str) -> None:
     assert k.human_age(seconds) == text
+
+
+def test_only_logs_passes_flags_after_the_double_dash_to_kubectl(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Any] = []
+    monkeypatch.setattr(k, "cmd_logs", lambda args: seen.append(args.kubectl_args) or 0)
+    assert k.main(["logs", "demo", "-n", "x", "--", "--since=10m", "-v=6"]) == 0
+    assert seen == [["--since=10m", "-v=6"]]
+    with pytest.raises(SystemExit) as e:
+        k.main(["scale", "demo", "--workers", "1", "--", "--since=10m"])
+    assert e.value.code == 2
