@@ -79,6 +79,8 @@ CLUSTER_LABEL = LABEL_CLUSTER
 NODES_TIMEOUT = 2.0
 # Timeout of the dashboard requests of `job submit` and `job logs`.
 DASHBOARD_TIMEOUT = 15.0
+# How long `job submit --wait` waits for a K8sJob-mode submitter to finish printing before it shows its log.
+SUBMITTER_WAIT = 60.0
 # The largest working-dir archive `job submit` uploads (Ray's own limit is 512 MiB; past 100 MiB a remote URI is
 # the better way).
 MAX_PACKAGE_BYTES = 100 * 1024 * 1024
@@ -1063,6 +1065,8 @@ def print_job_output(s: Session, job: Mapping[str, Any]) -> None:
     """The output of a finished job: the submitter Job's log (K8sJob) or the Ray job's logs (HTTP)."""
     spec, status = _mapping(job.get("spec")), _mapping(job.get("status"))
     if spec.get("submissionMode") == rj.SUBMISSION_K8S_JOB and status.get("submitterName"):
+        # Ray may report the job finished before the submitter's `ray job logs --follow` printed its last lines.
+        wait_submitter(s, str(status["submitterName"]))
         run_kubectl([*s.kubectl_flags(), "logs", f"job/{status['submitterName']}"])
         return
     try:
@@ -1074,6 +1078,24 @@ def print_job_output(s: Session, job: Mapping[str, Any]) -> None:
         return
     sys.stdout.write(logs or "")
     sys.stdout.flush()
+
+
+def submitter_finished(job: Mapping[str, Any]) -> bool:
+    """A Kubernetes Job's Complete or Failed condition is True."""
+    return any(_mapping(c).get("type") in ("Complete", "Failed") and _mapping(c).get("status") == "True"
+               for c in _mapping(job.get("status")).get("conditions") or ())
+
+
+def wait_submitter(s: Session, name: str, timeout: float = SUBMITTER_WAIT) -> None:
+    """Wait (at most `timeout` seconds) until the submitter Job finished, so its log holds the job's last lines."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if submitter_finished(s.kube.get(f"/apis/batch/v1/namespaces/{s.namespace}/jobs/{name}")):
+                return
+        except ApiError:
+            return  # gone or not readable: print what kubectl logs can get
+        time.sleep(0.5)
 
 
 def cmd_job_logs(args: argparse.Namespace) -> int:

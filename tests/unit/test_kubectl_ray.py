@@ -326,3 +326,10 @@ def test_only_logs_passes_flags_after_the_double_dash_to_kubectl(monkeypatch: py
     with pytest.raises(SystemExit) as e:
         k.main(["scale", "demo", "--workers", "1", "--", "--since=10m"])
     assert e.value.code == 2
+
+
+def test_a_submitter_job_is_finished_by_its_complete_or_failed_condition() -> None:
+    assert k.submitter_finished({"status": {"conditions": [{"type": "Complete", "status": "True"}]}})
+    assert k.submitter_finished({"status": {"conditions": [{"type": "Failed", "status": "True"}]}})
+    assert not k.submitter_finished({"status": {"conditions": [{"type": "SuccessCriteriaMet", "status": "True"}]}})
+    assert not k.submitter_finished({"status": {"active": 1}})
