@@ -253,6 +253,15 @@ def test_job_submit_runs_on_the_named_ray(kray: Plugin, kube: KubeClient, namesp
                         and s.get("rayClusterName") and s, 60, message="the RayJob on its Ray")
     assert status["rayClusterName"] == "demo", status
 
+    # --wait with a timeout: sim mode's dashboards never answer, so the job never finishes; it is left running.
+    waited = kray("job", "submit", "--cluster", "demo", "--name", "waits", "--wait", "--timeout", "3", "-n",
+                  namespace, "--", "ls", ok=False)
+    assert "RayJob waits did not finish within 3 s; it keeps running" in waited.stderr, waited.stderr
+    assert "RayJob waits: Initializing" in waited.stderr or "RayJob waits: Running" in waited.stderr
+    kube.delete(rayjobs_path(namespace, "waits"))
+    wait_until(lambda: not [j for j in kube.get(rayjobs_path(namespace))["items"] if j["metadata"]["name"] == "waits"],
+               30, message="the RayJob waits deleted")
+
     rows = table(kray("job", "get", "-n", namespace).stdout)
     assert [(r["NAME"], r["CLUSTER"], r["MODE"]) for r in rows] == [("hello", "demo", "HTTP")]
     logs = kray("job", "logs", "hello", "-n", namespace, ok=False)
