@@ -47,6 +47,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("rayop.render", PURE + ("rayop.render",)),
     ("rayop.cli", PURE + RUNTIME + ("rayop.reconciler", "rayop.jobreconciler", "rayop.jobsubmit", "rayop.render",
                    "rayop.cli")),
+    # The kubectl plugin: a client of the API server (runtime's KubeClient) building manifests from the API.
+    ("rayop.kubectl_ray", PURE + RUNTIME),
     ("rayop", PURE),  # every other module is pure: no client, no runtime
 ]
 # The modules that build manifests and configs: none of them may reach the plan, the status, the reconcilers,
