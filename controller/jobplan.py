@@ -248,7 +248,10 @@ def submit_body(rayjob: Mapping[str, Any], job: j.RayJob, attempt: int) -> dict[
 # The submitter's shell: ask Ray about the submission id first; only an unknown id is submitted (`--no-wait`),
 # then the job's logs are followed to its end. A submit that fails because the id exists meanwhile still follows.
 # Positional arguments: the dashboard address, the submission id, then `ray job submit`'s options and entrypoint.
+# The `ray` CLI is Python, whose stdout to a pipe (a container's log) is block-buffered: `ray job logs` prints the
+# job's lines without flushing, so without PYTHONUNBUFFERED they would reach `kubectl logs` only at its exit.
 SUBMITTER_SCRIPT = """set -u
+export PYTHONUNBUFFERED=1
 address="$1"; sid="$2"; shift 2
 if ray job status --address "$address" "$sid" >/dev/null 2>&1; then
   echo "rayop: Ray already has the submission $sid; following its logs"
@@ -259,7 +262,9 @@ else
   fi
 fi
 # Stopped by SIGTERM (the pod deleted), the submitter exits 143 whatever `ray job logs` returns, so the Job
-# counts a failure and starts another pod, which follows on.
+# counts a failure and starts another pod, which follows on. The follower runs in the background: a kubelet signals
+# only the container's main process (this shell), and `wait` returns at once on a trapped signal, where a
+# foreground child would hold the trap until it exits.
 ray job logs --address "$address" --follow "$sid" &
 follower=$!
 trap 'kill -TERM "$follower" 2>/dev/null; exit 143' TERM INT

@@ -12,8 +12,9 @@ Proves:
   exactly one job with the RayJob's submission id, and it SUCCEEDED;
 - a runtimeEnv Ray cannot use ends the job with a reason naming it (no crash, no retry loop).
 - K8sJob mode (the sample logs-in-kubectl.yaml): a submitter Job owned by the RayJob runs `ray job submit`, its
-  `kubectl logs` show the program's output, the job completes and its cluster goes after the TTL; a submitter pod
-  killed after the submission is replaced by one that follows the logs instead of submitting again;
+  `kubectl logs` show the program's output (while it runs), the job completes and its cluster goes after the TTL;
+  a submitter pod started again after the submission follows the logs instead of submitting again, and deleting
+  the running submitter pod makes the Job controller start another one, which follows the same submission;
 - suspend (created suspended: nothing; suspended while running: stopped, cluster deleted; resumed: runs) and
   deletionPolicy DeleteSelf.
 
@@ -597,6 +598,67 @@ def test_k8s_job_mode_retried_submitter_follows_instead_of_resubmitting(pm: Priv
     assert f"Ray already has the submission {sid}; following its logs" in logs, logs[-2000:]
     assert "submitting" not in logs, logs[-2000:]
     mine = [x for x in ray_jobs(pm, kube, namespace, "subhost") if x["submission_id"].startswith("rayjob-")]
+    assert [(x["submission_id"], x["status"]) for x in mine] == [(sid, "SUCCEEDED")], mine
+
+
+def test_k8s_job_mode_deleted_submitter_pod_is_replaced_and_follows(pm: PrivateCluster, kube: KubeClient,
+                                                                     namespace: str) -> None:
+    """The running submitter pod is deleted after Ray accepted the submission: its process stops on SIGTERM and
+    exits 143, so the Job counts a failure and its controller starts another pod, which finds the submission id
+    known to Ray and follows its logs; Ray runs the program once, and the RayJob ends Complete / SUCCEEDED."""
+    kube.create(rays_path(namespace), {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Ray",
+                                       "metadata": {"name": "delhost", "labels": {"use": "deleted-submitter"}},
+                                       "spec": HEAD_ONLY})
+    wait_ready(kube, namespace, "delhost")
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": j.KIND, "metadata": {"name": "redo"},
+            "spec": {"submissionMode": "K8sJob", "clusterSelector": {"use": "deleted-submitter"},
+                     "entrypoint": "echo started; sleep 45; echo finished"}}
+    created = kube.create(jobs_path(namespace), body)
+    sid = j.submission_id(created["metadata"]["uid"], 1)
+    submitter = j.submitter_name("redo", 1)
+    job_path = f"/apis/batch/v1/namespaces/{namespace}/jobs/{submitter}"
+    wait_until(lambda: ((_get(kube, jobs_path(namespace, "redo")) or {}).get("status") or {}).get(
+        "jobStatus") == "RUNNING", 120, 0.5, message="the Ray job RUNNING")
+    first = wait_until(lambda: (lambda ps: ps[0] if ps and "started" in pm.kubectl(
+        "logs", "-n", namespace, ps[0]["metadata"]["name"], check=False).stdout else None)(
+        submitter_pods(kube, namespace, submitter)), 90, 0.5, message="the first submitter pod following")
+    # The program's first line is in `kubectl logs` while it runs (it sleeps 45 s after it), as Ray itself says:
+    # the submitter's `ray job logs` output is live, not held in Python's buffer until the job ends.
+    print(pm.kubectl("logs", "--timestamps", "-n", namespace, first["metadata"]["name"], check=False).stdout[-1500:])
+    seen_by_ray = {x["submission_id"]: x["status"] for x in ray_jobs(pm, kube, namespace, "delhost")}
+    assert seen_by_ray.get(sid) == "RUNNING", seen_by_ray
+    kube.delete(f"/api/v1/namespaces/{namespace}/pods/{first['metadata']['name']}", {"gracePeriodSeconds": 5})
+    try:
+        # The deleted pod's process stopped on SIGTERM, the Job counted a failure, and its controller starts
+        # another pod (after its back-off, 10 s) while the Ray job still runs.
+        failed = wait_until(lambda: (lambda st: st if st.get("failed") else None)(
+            (_get(kube, job_path) or {}).get("status") or {}), 60, 0.5, message="the Job counting the failure")
+        assert not failed.get("succeeded"), failed
+        second = wait_until(lambda: next((p for p in submitter_pods(kube, namespace, submitter)
+                                          if p["metadata"]["name"] != first["metadata"]["name"]), None), 90, 0.5,
+                            message="a second submitter pod")
+    except AssertionError:
+        print(json.dumps((_get(kube, job_path) or {}).get("status"), indent=1))
+        print(json.dumps([(p["metadata"]["name"], p["status"]) for p in submitter_pods(kube, namespace, submitter)],
+                         indent=1)[:4000])
+        agent_log = pm.state_dir / "logs" / "node-agent.log"
+        if agent_log.exists():
+            print("\n".join(x for x in agent_log.read_text(errors="replace").splitlines()
+                            if first["metadata"]["name"] in x)[-4000:])
+        raise
+    done = wait_job(kube, namespace, "redo", "Complete", timeout=180)
+    assert done["status"]["submissionId"] == sid and done["status"]["jobStatus"] == "SUCCEEDED"
+    assert parse_ts(second["metadata"]["creationTimestamp"]) < parse_ts(done["status"]["endTime"]), done["status"]
+    logs = wait_until(lambda: (lambda out: out if "finished" in out else None)(
+        pm.kubectl("logs", "-n", namespace, second["metadata"]["name"], check=False).stdout), 60, 1,
+        message="the second pod's logs")
+    print(logs[-1000:])
+    assert f"Ray already has the submission {sid}; following its logs" in logs, logs[-2000:]
+    assert "submitting" not in logs, logs[-2000:]
+    status = wait_until(lambda: (lambda st: st if st.get("succeeded") else None)(
+        (_get(kube, job_path) or {}).get("status") or {}), 60, 0.5, message="the Job's success")
+    assert status["succeeded"] == 1 and status["failed"] == 1, status
+    mine = [x for x in ray_jobs(pm, kube, namespace, "delhost") if x["submission_id"].startswith("rayjob-")]
     assert [(x["submission_id"], x["status"]) for x in mine] == [(sid, "SUCCEEDED")], mine
 
 
