@@ -204,9 +204,11 @@ def test_job_on_its_own_cluster_completes_and_the_cluster_goes(pm: PrivateCluste
     final = wait_until(lambda: (_get(kube, jobs_path(namespace, name)) or {}).get("status", {}).get(
         "clusterDeleted") and _get(kube, jobs_path(namespace, name)), 30, 0.5)
     assert final["status"]["jobDeploymentStatus"] == "Complete"
-    reasons = events_of(kube, namespace, name)
-    for reason in ("CreatingCluster", "CreatedCluster", "Submitted", "JobSucceeded", "DeletingCluster",
-                   "DeletedCluster"):
+    # Events are sent by the operator's background queue: the last one may land a moment after the status.
+    wanted = ("CreatingCluster", "CreatedCluster", "Submitted", "JobSucceeded", "DeletingCluster", "DeletedCluster")
+    reasons = wait_until(lambda: (lambda r: r if all(x in r for x in wanted) else None)(
+        events_of(kube, namespace, name)), 30, 0.5, message=f"the Events {wanted}")
+    for reason in wanted:
         assert reason in reasons, reasons
     out = pm.kubectl("get", "rj", "-n", namespace).stdout
     assert "SUCCEEDED" in out and "Complete" in out and child in out, out
@@ -551,8 +553,10 @@ def test_k8s_job_mode_output_is_in_kubectl_logs(pm: PrivateCluster, kube: KubeCl
     job = wait_until(lambda: (j_ := kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{submitter}"))
                      and not j_["status"].get("active") and j_, 60, 0.5, message="the submitter Job finished")
     assert job["status"].get("succeeded") == 1 and not job["status"].get("failed"), job["status"]
-    reasons = events_of(kube, namespace, name)
-    for reason in ("CreatedCluster", "CreatedSubmitter", "SubmitterCreated", "JobSucceeded", "DeletedCluster"):
+    wanted = ("CreatedCluster", "CreatedSubmitter", "SubmitterCreated", "JobSucceeded", "DeletedCluster")
+    reasons = wait_until(lambda: (lambda r: r if all(x in r for x in wanted) else None)(
+        events_of(kube, namespace, name)), 30, 0.5, message=f"the Events {wanted}")
+    for reason in wanted:
         assert reason in reasons, reasons
     # The submitter goes with the RayJob.
     kube.delete(jobs_path(namespace, name))
