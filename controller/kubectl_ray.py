@@ -64,7 +64,8 @@ from rayop.api.types import (
     VERSION,
 )
 from rayop.defaults import DEFAULT_RAY_IMAGE, Options
-from rayop.objects import HEAD_CONTAINER, LABEL_CLUSTER, LABEL_ROLE, ROLE_HEAD, ROLE_WORKER, WORKER_CONTAINER
+from rayop.objects import (HEAD_CONTAINER, LABEL_CLUSTER, LABEL_ROLE, ROLE_HEAD, ROLE_WORKER, WORKER_CONTAINER,
+                           condition, condition_true, parse_time)
 from rayop.runtime.kube import CONTENT_JSON_PATCH, ApiError, KubeClient
 
 PROG = "kubectl ray"
@@ -143,15 +144,6 @@ def human_age(seconds: float) -> str:
     return f"{days // 365}y"
 
 
-def parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def age_of(value: object, now: datetime) -> str:
     when = parse_time(value)
     return human_age((now - when).total_seconds()) if when else "-"
@@ -170,10 +162,8 @@ def _mapping(value: object) -> Mapping[str, Any]:
 
 
 def condition_status(obj: Mapping[str, Any], kind: str) -> str:
-    for c in _mapping(obj.get("status")).get("conditions") or ():
-        if isinstance(c, Mapping) and c.get("type") == kind:
-            return str(c.get("status") or "Unknown")
-    return "Unknown"
+    c = condition(obj, kind)
+    return str((c or {}).get("status") or "Unknown")
 
 
 def pod_state(pod: Mapping[str, Any] | None) -> str:
@@ -189,14 +179,9 @@ def pod_state(pod: Mapping[str, Any] | None) -> str:
         if waiting.get("reason") in ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull",
                                      "CreateContainerConfigError"):
             return str(waiting["reason"])
-    if phase == "Running" and not pod_ready(pod):
+    if phase == "Running" and not condition_true(pod, "Ready"):
         return "Running/NotReady"
     return phase
-
-
-def pod_ready(pod: Mapping[str, Any]) -> bool:
-    return any(_mapping(c).get("type") == "Ready" and _mapping(c).get("status") == "True"
-               for c in _mapping(pod.get("status")).get("conditions") or ())
 
 
 def key_of(obj: Mapping[str, Any]) -> tuple[str, str]:
