@@ -405,11 +405,7 @@ def main() -> None:
         stub.close()
         kube.close()
         plane.down()
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    print(report(results))
-    print(f"(results: {out_dir / 'results.json'}; operator log: {out_dir / 'operator.log'})")
+    rm.write_results(results, out_dir, args.json, report)
     if not results["operator_phase"]["check"]["ok"]:
         sys.exit(1)
 

@@ -831,6 +831,17 @@ def fmt_cpu(cpu: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items()) or "n/a"
 
 
+def write_results(results: dict[str, Any], out_dir: Path, also: Path | None,
+                  render: Callable[[dict[str, Any]], str]) -> None:
+    """results.json in the run's folder (and in `also`), then the report."""
+    text = json.dumps(results, indent=2)
+    (out_dir / "results.json").write_text(text)
+    if also:
+        also.write_text(text)
+    print(render(results))
+    print(f"(results: {out_dir / 'results.json'}; operator log: {out_dir / 'operator.log'})")
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -903,11 +914,7 @@ def main() -> None:
     finally:
         kube.close()
         plane.down()
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    print(report(results))
-    print(f"(results: {out_dir / 'results.json'}; operator log: {out_dir / 'operator.log'})")
+    write_results(results, out_dir, args.json, report)
 
 
 if __name__ == "__main__":
