@@ -29,6 +29,7 @@ worker counts, the groups).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -42,11 +43,20 @@ from rayop.api.model import (
     ConfigurationError,
     ConfigWarning,
     Conversion,
+    GcsFaultTolerance,
     WorkerGroup,
 )
 from rayop.api.modelcheck import MAX_TEMPLATE_VALUES, Budget, check_name
 from rayop.api.schema import DecodeError, decode
-from rayop.api.types import SHAPE_FIELDS, RaySpec
+from rayop.api.types import (
+    DNS_SUBDOMAIN,
+    REDIS_ADDRESS,
+    SECRET_KEY,
+    SHAPE_FIELDS,
+    STORAGE_NAMESPACE,
+    GcsFaultToleranceSpec,
+    RaySpec,
+)
 
 __all__ = ["effective_cluster", "convert_spec", "parse_configuration"]
 
@@ -111,8 +121,39 @@ def convert_spec(spec: object, *, name: str, namespace: str = "") -> Conversion:
         workers_to_delete=tuple(typed.workers_to_delete or ()),
         image=typed.image,
         services=described.services,
+        gcs_fault_tolerance=gcs_fault_tolerance(typed.gcs_fault_tolerance),
     )
     return Conversion(cluster=cluster, warnings=_unique(warnings), form=described.form, notes=_unique(notes))
+
+
+def gcs_fault_tolerance(spec: GcsFaultToleranceSpec | None) -> GcsFaultTolerance | None:
+    """spec.gcsFaultTolerance, checked again (admission checks the same patterns): the Redis address as host and
+    port, the password's Secret reference, the storage namespace."""
+    if spec is None:
+        return None
+    where = "spec.gcsFaultTolerance"
+    address = spec.redis_address
+    if not isinstance(address, str) or not re.match(REDIS_ADDRESS, address):
+        raise ConfigurationError(f"must be host:port (a DNS name, an IPv4 address or a bracketed IPv6 address, "
+                                 f"then a port), not {address!r}", field=f"{where}.redisAddress")
+    host, _, port_text = address.rpartition(":")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ConfigurationError(f"the port must be 1-65535, not {port}", field=f"{where}.redisAddress")
+    secret: tuple[str, str] | None = None
+    if spec.redis_password is not None:
+        ref = spec.redis_password.secret_key_ref
+        field = f"{where}.redisPassword.secretKeyRef"
+        if not isinstance(ref.name, str) or len(ref.name) > 253 or not re.match(DNS_SUBDOMAIN, ref.name):
+            raise ConfigurationError(f"must name a Secret (a DNS subdomain), not {ref.name!r}", field=f"{field}.name")
+        if not isinstance(ref.key, str) or len(ref.key) > 253 or not re.match(SECRET_KEY, ref.key):
+            raise ConfigurationError(f"must be a Secret key ([-._a-zA-Z0-9]+), not {ref.key!r}", field=f"{field}.key")
+        secret = (ref.name, ref.key)
+    namespace = spec.external_storage_namespace
+    if namespace is not None and (len(namespace) > 128 or not re.match(STORAGE_NAMESPACE, namespace)):
+        raise ConfigurationError(f"must be 1-128 characters of [-_.:a-zA-Z0-9], not {namespace!r}",
+                                 field=f"{where}.externalStorageNamespace")
+    return GcsFaultTolerance(redis_host=host, redis_port=port, password_secret=secret, storage_namespace=namespace)
 
 
 def _check_not_combined(spec: object) -> None:

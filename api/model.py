@@ -37,6 +37,7 @@ __all__ = [
     "ClusterModel",
     "Conversion",
     "DeclaredService",
+    "GcsFaultTolerance",
 ]
 
 AGGRESSIVE_UPSCALING_SPEED = 99999.0
@@ -171,6 +172,24 @@ class DeclaredService:
 
 
 @dataclass(frozen=True)
+class GcsFaultTolerance:
+    """The head's GCS keeps its state in an external Redis (spec.gcsFaultTolerance), validated.
+
+    `password_secret` is (Secret name, key) or None for a Redis without a password. `storage_namespace` None means
+    the default, the Ray's UID (the builders know it; the model is built without one for `rayop render`).
+    """
+
+    redis_host: str
+    redis_port: int
+    password_secret: tuple[str, str] | None = None
+    storage_namespace: str | None = None
+
+    @property
+    def redis_address(self) -> str:
+        return f"{self.redis_host}:{self.redis_port}"
+
+
+@dataclass(frozen=True)
 class ClusterModel:
     """The effective Ray cluster: a head, worker groups and autoscaling settings."""
 
@@ -185,6 +204,8 @@ class ClusterModel:
     image: str | None = None
     # Services the configuration declares (provider.services), besides the operator's own head Service.
     services: tuple[DeclaredService, ...] = ()
+    # GCS fault tolerance (spec.gcsFaultTolerance); None: the GCS keeps its state in the head's memory.
+    gcs_fault_tolerance: GcsFaultTolerance | None = None
 
     def group(self, name: str) -> WorkerGroup | None:
         for g in self.worker_groups:

@@ -46,6 +46,14 @@ MAX_GROUP_NAME_LENGTH = MAX_NAME_PLUS_GROUP_LENGTH - 1  # 55: leaves at least on
 MAX_WORKER_GROUPS = 32
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A Secret's data key (as Kubernetes validates it).
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+# host:port of an external Redis: a DNS name or IPv4 address, or a bracketed IPv6 address; the port is checked for
+# its range by the conversion.
+REDIS_ADDRESS = (r"^([A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*"
+                 r"|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$")
+STORAGE_NAMESPACE = r"^[-_.:a-zA-Z0-9]+$"
 
 # `ray start` flags the operator sets itself; users may not set them in rayStartParams.
 MANAGED_START_PARAMS = (
@@ -176,6 +184,60 @@ class WorkerGroupSpec:
     )
 
 
+@dataclass(frozen=True)
+class SecretKeySelector:
+    """One key of a Secret in the Ray's namespace."""
+
+    name: str = prop("name", "The Secret's name (in the Ray's namespace).", required=True, min_length=1,
+                     max_length=253, rules=((f"self.matches(r'{DNS_SUBDOMAIN}')",
+                                             "secretKeyRef.name must be a Secret's name (a DNS subdomain)"),))
+    key: str = prop("key", "The key in the Secret's data.", required=True, min_length=1, max_length=253,
+                    rules=((f"self.matches(r'{SECRET_KEY}')", "secretKeyRef.key must be a Secret key: letters, "
+                                                             "digits, '-', '_' and '.'"),))
+
+
+@dataclass(frozen=True)
+class RedisPassword:
+    """Where the external Redis's password is: never in the `Ray`, only a reference to a Secret."""
+
+    secret_key_ref: SecretKeySelector = prop(
+        "secretKeyRef", "The Secret key holding the password; the head reads it as an environment variable.",
+        required=True,
+    )
+
+
+@dataclass(frozen=True)
+class GcsFaultToleranceSpec:
+    """GCS fault tolerance: the head's GCS keeps the cluster's state in an external Redis, so a head that crashes
+    or is re-created comes back with the cluster's state (nodes, detached actors, jobs, placement groups) and the
+    workers, which wait for it, rejoin."""
+
+    redis_address: str = prop(
+        "redisAddress",
+        "The external Redis as host:port (a DNS name, an IPv4 address or a bracketed IPv6 address, and a port "
+        "1-65535), e.g. redis.redis.svc.cluster.local:6379.",
+        required=True,
+        min_length=3,
+        max_length=261,
+        rules=((f"self.matches(r'{REDIS_ADDRESS}')",
+                "spec.gcsFaultTolerance.redisAddress must be host:port (a DNS name, an IPv4 address or a bracketed "
+                "IPv6 address, then a port)"),),
+    )
+    redis_password: RedisPassword | None = prop(
+        "redisPassword", "The Redis password, from a Secret. Omit it for a Redis without a password."
+    )
+    external_storage_namespace: str | None = prop(
+        "externalStorageNamespace",
+        "The key prefix of this cluster's state in Redis. Defaults to the Ray's UID (unique and stable per "
+        "cluster: two clusters never share keys, a re-created Ray of the same name starts afresh). Set it to "
+        "keep a cluster's state across a re-created Ray; two live clusters must never share one.",
+        min_length=1,
+        max_length=128,
+        rules=((f"self.matches(r'{STORAGE_NAMESPACE}')",
+                "spec.gcsFaultTolerance.externalStorageNamespace may hold letters, digits, '-', '_', '.' and ':'"),),
+    )
+
+
 # Which spec fields describe the cluster's shape; they conflict with `configuration` (which describes it too).
 SHAPE_FIELDS = (
     "minWorkers",
@@ -294,6 +356,14 @@ class RaySpec:
         "Suspends the cluster (what Kueue and other queueing systems set): true deletes the cluster's pods, "
         "workers first, each draining its Ray node, then the head; the Ray, its Service, ConfigMap and RBAC stay. "
         "false (or unset) brings the cluster back with its configuration.",
+    )
+
+    gcs_fault_tolerance: GcsFaultToleranceSpec | None = prop(
+        "gcsFaultTolerance",
+        "GCS fault tolerance with an external Redis: the head keeps the cluster's state there and survives a "
+        "crash or re-creation; deleting the Ray runs a clean-up Job that deletes the cluster's keys from Redis "
+        "(the finalizer ray.k8s.io/gcs-cleanup holds the deletion until it ends, within a deadline). Works with "
+        "both forms.",
     )
 
 

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rayop.api.quantity import ceil_quantity
-from rayop.api.model import ClusterModel, DeclaredService, HeadGroup, RayResources, WorkerGroup
+from rayop.api.model import ClusterModel, DeclaredService, GcsFaultTolerance, HeadGroup, RayResources, WorkerGroup
 from rayop.api.types import API_VERSION, HEAD_GROUP, KIND, NAME_LIMIT
 from rayop.autoscaler import (
     build_autoscaler_config,
@@ -108,6 +108,26 @@ _HEAD_PORT_FLAGS = {
 }
 _LAUNCHER_PREFIX_LIMIT = NAME_LIMIT - len("-launcher-") - 8
 
+# GCS fault tolerance: the head's environment (Ray reads the external Redis and the key prefix from it) and the
+# variable the Redis password is read into from its Secret; `ray start` gets it as "$RAY_REDIS_PASSWORD", expanded
+# by the container's shell, so the password is never in the pod's spec.
+REDIS_ADDRESS_ENV = "RAY_REDIS_ADDRESS"
+REDIS_PASSWORD_ENV = "RAY_REDIS_PASSWORD"
+STORAGE_NAMESPACE_ENV = "RAY_external_storage_namespace"
+ROLE_GCS_CLEANUP = "gcs-cleanup"
+GCS_CLEANUP_CONTAINER = "gcs-cleanup"
+# Deletes the cluster's keys (`RAY<namespace>@*`) with Ray's own helper; exits 1 when that reports failure.
+GCS_CLEANUP_SCRIPT = """\
+import os, sys
+from ray._private.gcs_utils import cleanup_redis_storage
+host, port, namespace = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ok = cleanup_redis_storage(host=host, port=port, password=os.environ.get("RAY_REDIS_PASSWORD", ""),
+                           use_ssl=False, storage_namespace=namespace)
+print(f"deleted the keys of storage namespace {namespace} at {host}:{port}" if ok
+      else f"could not delete the keys of storage namespace {namespace} at {host}:{port}", flush=True)
+sys.exit(0 if ok else 1)
+"""
+
 
 # -- small pure helpers -----------------------------------------------------------------------------------------
 
@@ -169,6 +189,39 @@ def namespace_of(model: ClusterModel) -> str:
 def head_address(model: ClusterModel, options: Options) -> str:
     """Where workers and the launcher find the GCS: `<name>-head.<namespace>.svc.<domain>:6379`."""
     return f"{head_fqdn(model.name, namespace_of(model), options.cluster_domain)}:{GCS_PORT}"
+
+
+def storage_namespace(ft: GcsFaultTolerance, owner: Owner) -> str:
+    """The cluster's key prefix in Redis: the one the spec names, else the Ray's UID (unique and stable), else (an
+    object never stored, `rayop render`) `<namespace>-<name>`."""
+    return ft.storage_namespace or owner.uid or f"{owner.namespace}-{owner.name}"
+
+
+def gcs_cleanup_job_name(name: str) -> str:
+    """`<name>-gcs-cleanup` (a Ray's name has at most 52 characters, so it fits in 63)."""
+    return f"{name}-gcs-cleanup"
+
+
+def _gcs_head_env(ft: GcsFaultTolerance, owner: Owner) -> list[JSON]:
+    env = [_env_var(REDIS_ADDRESS_ENV, ft.redis_address), _env_var(STORAGE_NAMESPACE_ENV, storage_namespace(ft, owner))]
+    if ft.password_secret is not None:
+        env.append(_secret_env(REDIS_PASSWORD_ENV, ft.password_secret))
+    return env
+
+
+def _secret_env(name: str, secret: tuple[str, str]) -> JSON:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret[0], "key": secret[1]}}}
+
+
+def _gcs_worker_env(options: Options) -> list[JSON]:
+    """A worker's raylet outlives a head restart (it waits up to the reconnect timeout for the GCS) and retries
+    often, so it rejoins soon after the new head answers."""
+    return [
+        _env_var("RAY_gcs_rpc_server_reconnect_timeout_s", str(options.gcs_reconnect_timeout_seconds)),
+        _env_var("RAY_gcs_grpc_initial_reconnect_backoff_ms", "100"),
+        _env_var("RAY_gcs_grpc_min_reconnect_backoff_ms", "100"),
+        _env_var("RAY_gcs_grpc_max_reconnect_backoff_ms", str(options.gcs_max_reconnect_backoff_ms)),
+    ]
 
 
 def child_labels(cluster: str, role: str, group: str) -> JSON:
@@ -300,6 +353,10 @@ def ray_start_args(model: ClusterModel, group: HeadGroup | WorkerGroup, options:
 def ray_start_script(model: ClusterModel, group: HeadGroup | WorkerGroup, options: Options) -> str:
     """The shell script of the Ray container: raise the open-files limit, run setup commands, exec `ray start`."""
     start = " ".join(shlex.quote(a) for a in ray_start_args(model, group, options))
+    ft = model.gcs_fault_tolerance
+    if isinstance(group, HeadGroup) and ft is not None and ft.password_secret is not None:
+        # Expanded by the container's shell from the Secret-backed variable: the pod's spec never holds it.
+        start += f' --redis-password="${REDIS_PASSWORD_ENV}"'
     steps = [*group.setup_commands, f"exec {start}"]
     return "ulimit -n 65536 2>/dev/null || true; " + " && ".join(steps)
 
@@ -383,7 +440,7 @@ def _probe(role: str, image: str, params: Mapping[str, str], *, liveness: bool) 
     return probe
 
 
-def _pod_fingerprint(model: ClusterModel, group: HeadGroup | WorkerGroup, role: str, image: str,
+def _pod_fingerprint(owner: Owner, model: ClusterModel, group: HeadGroup | WorkerGroup, role: str, image: str,
                      options: Options) -> JSON:
     used: JSON = {"pull": options.image_pull_policy, "probes": options.probes}
     _, container = _template_ray_container(group.template, role)
@@ -403,6 +460,12 @@ def _pod_fingerprint(model: ClusterModel, group: HeadGroup | WorkerGroup, role: 
         value["autoscaler"] = options.autoscaler_resources if model.autoscaling.enabled else None
     else:
         value["address"] = head_address(model, options)
+    ft = model.gcs_fault_tolerance
+    if ft is not None:  # only then: the pods of clusters without it keep their hashes
+        value["gcs"] = ({"redis": ft.redis_address, "password": ft.password_secret,
+                         "namespace": storage_namespace(ft, owner)} if role == ROLE_HEAD
+                        else {"reconnect": options.gcs_reconnect_timeout_seconds,
+                              "backoff": options.gcs_max_reconnect_backoff_ms})
     return value
 
 
@@ -415,6 +478,7 @@ class _PodDraft:
     options: Options
     spec: JSON
     ray: JSON
+    owner: Owner
 
     @property
     def is_head(self) -> bool:
@@ -430,7 +494,8 @@ class _PodDraft:
         return not self.is_head and "plasma-directory" not in self.group.ray_start_params
 
 
-def _pod_draft(model: ClusterModel, group: HeadGroup | WorkerGroup, options: Options, image: str) -> _PodDraft:
+def _pod_draft(owner: Owner, model: ClusterModel, group: HeadGroup | WorkerGroup, options: Options,
+               image: str) -> _PodDraft:
     """Copies the template's spec; finds (or adds) the Ray container, gives every container an image and the Ray
     container a name and, when it declares none, the operator's default resources."""
     is_head = isinstance(group, HeadGroup)
@@ -452,7 +517,7 @@ def _pod_draft(model: ClusterModel, group: HeadGroup | WorkerGroup, options: Opt
         ray["name"] = HEAD_CONTAINER if is_head else WORKER_CONTAINER
     if not _has_resources(ray):
         ray["resources"] = _clone(options.head_resources if is_head else options.worker_resources)
-    return _PodDraft(model=model, group=group, options=options, spec=spec, ray=ray)
+    return _PodDraft(model=model, group=group, options=options, spec=spec, ray=ray, owner=owner)
 
 
 def _add_ray_command(pod: _PodDraft) -> None:
@@ -460,10 +525,15 @@ def _add_ray_command(pod: _PodDraft) -> None:
     gave a command of their own)."""
     ray, name = pod.ray, pod.group.name
     env = [_env_var("RAY_CLOUD_INSTANCE_ID", field_path="metadata.name"), _env_var("RAY_NODE_TYPE_NAME", name)]
+    ft = pod.model.gcs_fault_tolerance
     if pod.is_head:
         env += [dict(e) for e in HEAD_ENV]
+        if ft is not None:
+            env += _gcs_head_env(ft, pod.owner)
     else:
         env.append(_env_var("RAYOP_POD_IP", field_path="status.podIP"))
+        if ft is not None:
+            env += _gcs_worker_env(pod.options)
     script = ray_start_script(pod.model, pod.group, pod.options)
     if pod.drains:
         # A worker whose Ray node was drained (rayop_drain.py left its marker in the pod's /dev/shm) never starts
@@ -548,8 +618,8 @@ def _add_drain_hook(pod: _PodDraft) -> None:
 
 def _build_pod(owner: Owner, model: ClusterModel, group: HeadGroup | WorkerGroup, options: Options) -> GroupPods:
     image = group.image or model.image or options.image
-    pod = _pod_draft(model, group, options, image)
-    template_hash = stable_hash(_pod_fingerprint(model, group, pod.role, image, options))
+    pod = _pod_draft(owner, model, group, options, image)
+    template_hash = stable_hash(_pod_fingerprint(owner, model, group, pod.role, image, options))
     _add_ray_command(pod)
     _add_ports_and_probes(pod)
     if pod.is_head:
@@ -717,6 +787,56 @@ def build_launcher_job(owner: Owner, model: ClusterModel, options: Options, head
             "backoffLimit": options.launcher_backoff_limit,
             "activeDeadlineSeconds": options.launcher_deadline_seconds,
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        },
+    }
+
+
+def build_gcs_cleanup_job(owner: Owner, model: ClusterModel, options: Options, head: GroupPods) -> JSON | None:
+    """The clean-up Job of a deleted Ray with GCS fault tolerance: deletes the cluster's keys from Redis with Ray's
+    own helper (`ray._private.gcs_utils.cleanup_redis_storage`), the password read from its Secret into the
+    environment. It runs as the head runs: the head's image, pull secrets, annotations, node selector and
+    tolerations. None for a cluster without GCS fault tolerance."""
+    ft = model.gcs_fault_tolerance
+    if ft is None:
+        return None
+    head_spec = head.manifest["spec"]
+    image = next((c["image"] for c in head_spec["containers"] if c.get("name") != AUTOSCALER_CONTAINER),
+                 options.image)
+    env = [_env_var("RAY_redis_db_connect_retries", "10")]
+    if ft.password_secret is not None:
+        env.append(_secret_env(REDIS_PASSWORD_ENV, ft.password_secret))
+    labels = child_labels(model.name, ROLE_GCS_CLEANUP, ROLE_GCS_CLEANUP)
+    host = ft.redis_host[1:-1] if ft.redis_host.startswith("[") else ft.redis_host
+    container = {
+        "name": GCS_CLEANUP_CONTAINER,
+        "image": image,
+        "imagePullPolicy": options.image_pull_policy,
+        "command": ["python", "-c", GCS_CLEANUP_SCRIPT, host, str(ft.redis_port), storage_namespace(ft, owner)],
+        "env": env,
+        "resources": _clone(options.launcher_resources),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: JSON = {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [container]}
+    for key in ("imagePullSecrets", "nodeSelector", "tolerations"):
+        if head_spec.get(key):
+            pod_spec[key] = _clone(head_spec[key])
+    pod_meta: JSON = {"labels": dict(labels)}
+    annotations = _mapping(meta(model.head.template or {}).get("annotations"))
+    if annotations:
+        pod_meta["annotations"] = dict(annotations)
+    refs = owner.references()
+    job_meta = _metadata(Owner(owner.name, owner.namespace), gcs_cleanup_job_name(model.name), labels)
+    if refs:
+        # Owned by the Ray (gone with it), without blocking its deletion: the Ray goes once the Job ended.
+        job_meta["ownerReferences"] = [{**refs[0], "blockOwnerDeletion": False}]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": job_meta,
+        "spec": {
+            "backoffLimit": options.gcs_cleanup_backoff_limit,
+            "activeDeadlineSeconds": options.gcs_cleanup_deadline_seconds,
+            "template": {"metadata": pod_meta, "spec": pod_spec},
         },
     }
 

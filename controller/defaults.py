@@ -71,6 +71,18 @@ class Options:
     launcher_backoff_limit: int = 2
     launcher_deadline_seconds: int = 900
 
+    # -- GCS fault tolerance (spec.gcsFaultTolerance) ------------------------------------------------------------
+    # How long a worker's raylet waits for a GCS that went away (a head that crashed or is re-created) before it
+    # gives up and exits: long enough for a new head pod to be scheduled and start.
+    gcs_reconnect_timeout_seconds: int = 600
+    # The longest wait between a worker's reconnection attempts to the GCS, so it rejoins soon after the new head
+    # answers.
+    gcs_max_reconnect_backoff_ms: int = 1000
+    # The clean-up Job of a deleted Ray (deletes its keys from Redis): retries, and its deadline; the finalizer is
+    # removed when it ends, either way, and at the latest this long (plus a minute) after the deletion.
+    gcs_cleanup_backoff_limit: int = 3
+    gcs_cleanup_deadline_seconds: int = 300
+
     # -- the planner ---------------------------------------------------------------------------------------------
     # Pods above the desired count a rolling update may create (per group, one group at a time).
     max_surge: int = 1
@@ -128,6 +140,11 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher-deadline", type=int, default=d.launcher_deadline_seconds, metavar="SECONDS",
                         help="activeDeadlineSeconds of the launcher Job; the launcher gives up a minute earlier "
                              f"(default {d.launcher_deadline_seconds})")
+    parser.add_argument("--gcs-cleanup-deadline", type=int, default=d.gcs_cleanup_deadline_seconds,
+                        metavar="SECONDS",
+                        help="activeDeadlineSeconds of the Redis clean-up Job of a deleted Ray with "
+                             "gcsFaultTolerance; its finalizer goes at the latest a minute after "
+                             f"(default {d.gcs_cleanup_deadline_seconds})")
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -159,6 +176,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         join_timeout_seconds=float(getattr(args, "join_timeout", None) or d.join_timeout_seconds),
         drain_timeout_seconds=float(getattr(args, "drain_timeout", None) or d.drain_timeout_seconds),
         launcher_deadline_seconds=int(getattr(args, "launcher_deadline", None) or d.launcher_deadline_seconds),
+        gcs_cleanup_deadline_seconds=int(getattr(args, "gcs_cleanup_deadline", None)
+                                         or d.gcs_cleanup_deadline_seconds),
         status_batch_seconds=float(getattr(args, "status_batch", d.status_batch_seconds)),
     )
 

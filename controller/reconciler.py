@@ -33,7 +33,9 @@ from rayop.api.convert import effective_cluster
 from rayop.api.model import ClusterModel, ConfigurationError
 from rayop.api.types import GROUP, HEAD_GROUP, KIND, PLURAL, VERSION
 from rayop.autoscaler import inpod_files
-from rayop.build import build_children
+from rayop.build import build_children, build_gcs_cleanup_job, gcs_cleanup_job_name, storage_namespace
+from rayop.gcscleanup import FINALIZER as GCS_FINALIZER
+from rayop.gcscleanup import Cleanup, finalizers, has_finalizer, plan_cleanup, wants_finalizer
 from rayop.defaults import Options
 from rayop.expectations import Expectations
 from rayop.objects import (
@@ -87,6 +89,8 @@ CHILDREN: dict[str, Resource] = {
     "Job": Resource("batch", "v1", "jobs", "Job"),
     "Role": Resource("rbac.authorization.k8s.io", "v1", "roles", "Role"),
     "RoleBinding": Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    # The Ray itself: only its finalizer is patched (GCS fault tolerance), never its spec.
+    "Ray": RAY,
 }
 # Fields of pods the operator never reads (the plan compares pods by their template-hash label); dropping them
 # keeps the pod cache small.
@@ -267,7 +271,10 @@ class RayReconciler:
             self._held.pop(key, None)
             return None
         if _meta(ray).get("deletionTimestamp"):
-            return None
+            return self.finalize(key, ray) if has_finalizer(ray) else None
+        wants = wants_finalizer(ray)
+        if wants != has_finalizer(ray):  # two dict lookups for a Ray without gcsFaultTolerance, no write
+            self.set_finalizer(key, ray, add=wants)
         observed = self.observe(str(_meta(ray)["uid"]))
         now = self._now()
         try:
@@ -502,6 +509,75 @@ class RayReconciler:
                 return None
             raise
         return None
+
+    # -- GCS fault tolerance: the finalizer and the clean-up of a deleted Ray ------------------------------------
+
+    def set_finalizer(self, key: ObjectKey, ray: Obj, add: bool) -> None:
+        """Add or remove `ray.k8s.io/gcs-cleanup` (a merge patch guarded by resourceVersion)."""
+        meta = _meta(ray)
+        others = [f for f in finalizers(ray) if f != GCS_FINALIZER]
+        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion"),
+                              "finalizers": [*others, GCS_FINALIZER] if add else others}}
+        try:
+            self.writer.patch("Ray", key.namespace, key.name, patch)
+        except ApiError as e:
+            if e.not_found and not add:
+                return
+            if e.conflict:
+                raise ReconcileError(f"Ray {key} changed meanwhile; retrying") from None
+            raise
+        log.info("finalizer " + ("added" if add else "removed"), key=str(key), finalizer=GCS_FINALIZER)
+
+    def finalize(self, key: ObjectKey, ray: Obj) -> Result | None:
+        """A deleted Ray holding the GCS clean-up finalizer (see `rayop.gcscleanup`): its pods go (the suspend plan:
+        workers, then the head), then the clean-up Job runs; the finalizer goes when it ended or at the deadline."""
+        uid = str(_meta(ray)["uid"])
+        observed = self.observe(uid)
+        now = self._now()
+        try:
+            conversion = effective_cluster(ray)
+        except ConfigurationError as error:
+            step = plan_cleanup(ray, ft=None, storage_namespace="", job=None, pods_left=0, now=now,
+                                options=self.options, invalid=error.describe())
+            return self._finish_step(key, ray, step, None)
+        model = conversion.cluster
+        desired = build_children(ray, model, self.options, programs=self.programs)
+        ft = model.gcs_fault_tolerance
+        pods = classify(observed.pods, uid)
+        left = len(pods.heads) + len(pods.workers)
+        job_name = gcs_cleanup_job_name(key.name)
+        job = next((j for j in observed.jobs if name_of(j) == job_name), None)
+        if left and job is None and ft is not None:
+            paused = self.paused_groups(key, observed, [HEAD_GROUP, *(w.group for w in desired.workers)])
+            plan = plan_cluster(desired, observed, now, paused=paused, suspended=True)
+            self.apply(ray, key, Plan(actions=tuple(a for a in plan.actions
+                                                    if isinstance(a, Delete) and a.kind in ("Pod", "Job"))))
+        step = plan_cleanup(ray, ft=ft, storage_namespace=storage_namespace(ft, desired.owner) if ft else "",
+                            job=job, pods_left=left, now=now, options=self.options)
+        manifest = build_gcs_cleanup_job(desired.owner, model, self.options, desired.head) if step.create_job else None
+        return self._finish_step(key, ray, step, manifest)
+
+    def _finish_step(self, key: ObjectKey, ray: Obj, step: Cleanup, job: Obj | None) -> Result | None:
+        """Create the clean-up Job if asked (its Event only when this call created it), record the step's Event,
+        remove the finalizer if asked."""
+        event = step.event
+        if job is not None:
+            try:
+                self.writer.create("Job", key.namespace, job)
+            except ApiError as e:
+                if not e.already_exists:
+                    self.recorder.record(ray, WARNING, "FailedCreateJob", f"{name_of(job)}: {e.message}")
+                    return Result(requeue_after=step.requeue_after or MIN_REQUEUE_SECONDS)
+                event = None  # a cache that lags: it was created before
+        if event is not None:
+            kind, reason, message = event
+            self.recorder.record(ray, NORMAL if kind == "Normal" else WARNING, reason, message)
+        if step.remove_finalizer:
+            self.set_finalizer(key, ray, add=False)
+            log.info("deleted Ray finalized", key=str(key), why=step.why)
+            return None
+        log.info("deleted Ray waits", key=str(key), why=step.why)
+        return Result(requeue_after=step.requeue_after) if step.requeue_after is not None else None
 
     def _report_clamps(self, key: ObjectKey, ray: Obj, model: ClusterModel) -> None:
         """A Normal Event when the bounds change the worker count the user or the autoscaler asked for (once per

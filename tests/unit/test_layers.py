@@ -26,7 +26,7 @@ API = ("rayop.api",)
 RUNTIME = ("rayop.runtime",)
 OBJECTS = API + ("rayop.defaults", "rayop.objects")
 BUILDERS = OBJECTS + ("rayop.autoscaler", "rayop.build")
-PURE = BUILDERS + ("rayop.plan", "rayop.status", "rayop.expectations", "rayop.jobplan")
+PURE = BUILDERS + ("rayop.plan", "rayop.status", "rayop.expectations", "rayop.jobplan", "rayop.gcscleanup")
 RULES: list[tuple[str, tuple[str, ...]]] = [
     ("rayop.api", API),
     ("rayop.runtime", RUNTIME),
@@ -40,6 +40,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("rayop.status", BUILDERS),
     ("rayop.expectations", ()),
     ("rayop.jobplan", PURE),
+    # The clean-up plan of a deleted Ray with GCS fault tolerance: the model and the defaults only.
+    ("rayop.gcscleanup", OBJECTS),
     ("rayop.reconciler", PURE + RUNTIME + ("rayop.reconciler",)),
     # Ray's Job Submission REST API: the standard library only.
     ("rayop.jobsubmit", ()),
