@@ -565,6 +565,11 @@ class RayReconciler:
             try:
                 self.writer.create("Job", key.namespace, job)
             except ApiError as e:
+                if e.namespace_terminating:
+                    # The Ray goes with its namespace, where no Job can be created any more: it must not wait.
+                    log.warning("namespace being deleted: no clean-up Job; the finalizer is removed", key=str(key))
+                    self.set_finalizer(key, ray, add=False)
+                    return None
                 if not e.already_exists:
                     self.recorder.record(ray, WARNING, "FailedCreateJob", f"{name_of(job)}: {e.message}")
                     return Result(requeue_after=step.requeue_after or MIN_REQUEUE_SECONDS)

@@ -24,6 +24,7 @@ from rayop.defaults import Options
 from rayop.gcscleanup import DEADLINE_GRACE_SECONDS, FINALIZER, plan_cleanup
 from rayop.objects import LABEL_ROLE
 from rayop.runtime.store import ObjectKey
+from tests.support.fakes import namespace_terminating
 from tests.unit.test_reconciler_apply import Rig
 
 NS = "ns"
@@ -287,3 +288,13 @@ def test_a_deleted_ray_deletes_its_pods_then_runs_the_job_then_drops_the_finaliz
     assert rig.reconciler(key) is None
     assert rig.writer.objects[("Ray", NS, "r")]["metadata"]["finalizers"] == []
     assert [e.reason for e in rig.recorder.events][-1] == "GcsCleanedUp"
+
+
+def test_a_ray_going_with_its_namespace_does_not_wait_for_a_job_that_cannot_be_created() -> None:
+    obj = structured()
+    obj["metadata"]["finalizers"] = [FINALIZER]
+    obj["metadata"]["deletionTimestamp"] = T0.strftime("%Y-%m-%dT%H:%M:%SZ")
+    rig = rig_with(obj)
+    rig.writer.refuse("create", "Job", namespace_terminating(kind="jobs", name="r-gcs-cleanup"))
+    assert rig.reconciler(ObjectKey(NS, "r")) is None
+    assert rig.writer.objects[("Ray", NS, "r")]["metadata"]["finalizers"] == []
