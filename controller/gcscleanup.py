@@ -4,8 +4,9 @@ Guarantees:
 - A `Ray` whose spec has `gcsFaultTolerance` carries the finalizer `ray.k8s.io/gcs-cleanup` (added by the
   reconciler on its first reconcile); a `Ray` without the block never gets it and costs nothing here. A live `Ray`
   whose block was removed loses the finalizer (there is no Redis to clean any more as far as the spec says).
-- When such a `Ray` is deleted: its pods go first (workers, then the head: the reconciler runs the suspend plan), so
-  no head writes to Redis after the clean-up; then one Job `<name>-gcs-cleanup` runs Ray's own clean-up helper.
+- When such a `Ray` is deleted: its pods go first, at once and without a drain (the reconciler deletes them with a
+  short grace period), so no head writes to Redis after the clean-up; then one Job `<name>-gcs-cleanup` runs Ray's
+  own clean-up helper.
 - The finalizer is always removed, and so the `Ray` never stays Terminating: when the Job completed (Normal Event
   `GcsCleanedUp`), when it failed (its retries or its deadline used up: Warning Event `GcsCleanupFailed` naming the
   Job's reason and the keys left), when nothing can be cleaned (no valid block: Warning `GcsCleanupSkipped`), and

@@ -114,6 +114,9 @@ DRAINING_REASONS = frozenset({REASON_SCALE_DOWN, REASON_ROLLING_UPDATE, REASON_S
 # A head whose dashboard did not answer is not asked again for this long.
 DASHBOARD_RETRY_SECONDS = 60.0
 
+# The grace period of the pods of a deleted Ray with GCS fault tolerance (they go before its clean-up Job runs).
+DELETED_RAY_POD_GRACE_SECONDS = 5
+
 # A deadline that is due now is looked at again after this long (never a hot loop on a clock that lags).
 MIN_REQUEUE_SECONDS = 0.5
 
@@ -123,6 +126,7 @@ class DeleteOptions(TypedDict, total=False):
 
     preconditions: dict[str, str]
     propagationPolicy: str
+    gracePeriodSeconds: int
 
 
 # A Kubernetes object as decoded JSON; read through `_field` and `_meta`.
@@ -548,14 +552,33 @@ class RayReconciler:
         job_name = gcs_cleanup_job_name(key.name)
         job = next((j for j in observed.jobs if name_of(j) == job_name), None)
         if left and job is None and ft is not None:
-            paused = self.paused_groups(key, observed, [HEAD_GROUP, *(w.group for w in desired.workers)])
-            plan = plan_cluster(desired, observed, now, paused=paused, suspended=True)
-            self.apply(ray, key, Plan(actions=tuple(a for a in plan.actions
-                                                    if isinstance(a, Delete) and a.kind in ("Pod", "Job"))))
+            self._delete_pods_now(ray, key, [*pods.workers, *pods.heads])
         step = plan_cleanup(ray, ft=ft, storage_namespace=storage_namespace(ft, desired.owner) if ft else "",
                             job=job, pods_left=left, now=now, options=self.options)
         manifest = build_gcs_cleanup_job(desired.owner, model, self.options, desired.head) if step.create_job else None
         return self._finish_step(key, ray, step, manifest)
+
+    def _delete_pods_now(self, ray: Obj, key: ObjectKey, pods: Sequence[Obj]) -> None:
+        """The pods of a deleted Ray go at once, without draining (the whole cluster goes: a drain would only hold
+        its deletion, up to the drain timeout for a busy worker); a pod already terminating with a longer grace
+        period is deleted again with the short one."""
+        done = []
+        for p in pods:
+            grace = _meta(p).get("deletionGracePeriodSeconds")
+            if is_terminating(p) and isinstance(grace, int) and grace <= DELETED_RAY_POD_GRACE_SECONDS:
+                continue
+            try:
+                self.writer.delete("Pod", key.namespace, name_of(p), {
+                    "preconditions": {"uid": uid_of(p)}, "gracePeriodSeconds": DELETED_RAY_POD_GRACE_SECONDS})
+            except ApiError as e:
+                if not (e.not_found or e.conflict):
+                    self.recorder.record(ray, WARNING, "FailedDeletePod", f"{name_of(p)}: {e.message}")
+                continue
+            if not is_terminating(p):
+                done.append(Done("Deleted", "Pod", name_of(p), "the Ray is deleted: its pods go before Redis is "
+                                                                 "cleaned up"))
+        for reason, message in report_messages(done):
+            self.recorder.record(ray, NORMAL, reason, message)
 
     def _finish_step(self, key: ObjectKey, ray: Obj, step: Cleanup, job: Obj | None) -> Result | None:
         """Create the clean-up Job if asked (its Event only when this call created it), record the step's Event,
