@@ -162,4 +162,5 @@ def test_a_cleanup_job_that_keeps_failing_still_ends_with_the_finalizer_removed(
     failed = wait_until(lambda: [e for e in events(kube, namespace, name) if e[1] == "GcsCleanupFailed"], 30, 0.5,
                         message="the GcsCleanupFailed Warning")
     assert failed[0][0] == "Warning" and "may remain" in failed[0][2] and "redis.nowhere" in failed[0][2], failed
+    print(f"Warning GcsCleanupFailed: {failed[0][2]}")
     assert job["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is False
