@@ -10,6 +10,8 @@ Proves:
   come back with the cluster's state: a detached named actor created before answers a call after it, with the
   state it had (its process on the worker lived on), and the worker's raylet is alive in Ray under the same node ID
   without its container restarting; how long after the new head was Ready the worker was seen alive is printed;
+- the head pod deleted: the operator creates a new one, and the same holds (the actor answers with its state, the
+  worker's raylet lives on under the same node ID);
 - deleting the `Ray` runs the clean-up Job (Events GcsCleanup, GcsCleanedUp) and its keys are gone from Redis;
   nothing of the `Ray` is left (pods, processes, network namespaces).
 
@@ -205,6 +207,22 @@ def check_head_crash_and_cleanup(pm: PrivateCluster, kube: KubeClient, ns: str, 
     worker_now = kube.get(f"/api/v1/namespaces/{ns}/pods/{worker['metadata']['name']}")
     assert worker_now["status"]["containerStatuses"][0]["restartCount"] == worker_restarts  # the raylet lived on
     assert len(live(cluster_pods(kube, ns, name, "head"))) == 1
+
+    # The head pod deleted: the operator creates a new one (a new pod behind the same Service name; the Node may give
+    # it the old IP again); the worker's raylet finds the new GCS through the name and the actor still answers.
+    t0 = time.monotonic()
+    kube.delete(f"/api/v1/namespaces/{ns}/pods/{head_name}")
+    new_head = wait_until(lambda: (h := live(cluster_pods(kube, ns, name, "head"))) and h[0]["metadata"]["name"]
+                          != head_name and is_ready(h[0]) and h[0], 240, 0.2, message="a new head pod Ready")
+    head_ready_at = time.time()
+    record(f"{name}: head pod deleted -> new head pod Ready", time.monotonic() - t0)
+    print(f"e2e: head pod IP {head['status']['podIP']} -> {new_head['status']['podIP']}", flush=True)
+    again = driver(pm, kube, ns, name, AFTER, worker_node, "120")
+    record(f"{name}: new head pod Ready -> the worker alive in Ray (same node ID)",
+           max(0.0, again["worker_seen"] - head_ready_at))
+    assert again["n"] == 3 and again["actor_node"] == worker_node
+    worker_now = kube.get(f"/api/v1/namespaces/{ns}/pods/{worker['metadata']['name']}")
+    assert worker_now["status"]["containerStatuses"][0]["restartCount"] == worker_restarts
 
     # Deleting the Ray: the pods go, the clean-up Job deletes the keys, then the Ray goes.
     delete_and_check_nothing_left(pm, kube, ns, name)
