@@ -17,6 +17,10 @@ Guarantees:
 - Status goes through the `/status` subresource as a JSON merge patch, and only when it differs from the stored one.
 - Events: one Normal Event per verb and reconcile (`Created`, `Deleted`, `Updated`) naming every child that
   verb touched, and why; a Warning for every refused write.
+- GCS fault tolerance: a `Ray` with `spec.gcsFaultTolerance` gets the finalizer `ray.k8s.io/gcs-cleanup` (one
+  patch, once); when it is deleted, its pods go at once, a clean-up Job deletes its keys from Redis, and the
+  finalizer is removed when the Job ended or at a deadline (`rayop.gcscleanup`). A `Ray` without the block costs
+  no write for this.
 """
 
 from __future__ import annotations
@@ -533,8 +537,8 @@ class RayReconciler:
         log.info("finalizer " + ("added" if add else "removed"), key=str(key), finalizer=GCS_FINALIZER)
 
     def finalize(self, key: ObjectKey, ray: Obj) -> Result | None:
-        """A deleted Ray holding the GCS clean-up finalizer (see `rayop.gcscleanup`): its pods go (the suspend plan:
-        workers, then the head), then the clean-up Job runs; the finalizer goes when it ended or at the deadline."""
+        """A deleted Ray holding the GCS clean-up finalizer (see `rayop.gcscleanup`): its pods go at once, then the
+        clean-up Job runs; the finalizer goes when it ended, or at the deadline."""
         uid = str(_meta(ray)["uid"])
         observed = self.observe(uid)
         now = self._now()
