@@ -93,9 +93,10 @@ CHILDREN: dict[str, Resource] = {
     "Job": Resource("batch", "v1", "jobs", "Job"),
     "Role": Resource("rbac.authorization.k8s.io", "v1", "roles", "Role"),
     "RoleBinding": Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
-    # The Ray itself: only its finalizer is patched (GCS fault tolerance), never its spec.
-    "Ray": RAY,
 }
+# What the writer may write, by kind: the children, and the Ray itself, of which only the finalizer is patched (GCS
+# fault tolerance), never the spec. Not a child: no informer of its own for it.
+WRITABLE: dict[str, Resource] = {**CHILDREN, "Ray": RAY}
 # Fields of pods the operator never reads (the plan compares pods by their template-hash label); dropping them
 # keeps the pod cache small.
 POD_TRIM = make_trimmer(
@@ -175,8 +176,9 @@ def report_messages(done: Sequence[Done], limit: int = EVENT_MESSAGE_LIMIT) -> l
 
 
 class Writer(Protocol):
-    """The API server calls the reconciler makes, by child kind (a key of `CHILDREN`). Each raises `ApiError`
-    when the server refuses; `get` is the one live read (an AlreadyExists Service is looked at)."""
+    """The API server calls the reconciler makes, by child kind (a key of `CHILDREN`; `patch` also takes "Ray", for
+    the finalizer). Each raises `ApiError` when the server refuses; `get` is the one live read (an AlreadyExists
+    Service is looked at)."""
 
     def create(self, kind: str, namespace: str, manifest: Obj) -> Obj:
         """Create the child; the created object's metadata at least (its generated name)."""
@@ -230,7 +232,7 @@ class KubeWriter:
         self.client.delete(CHILDREN[kind].object(namespace, name), dict(options))
 
     def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> None:
-        self.client.patch(CHILDREN[kind].object(namespace, name), dict(patch), CONTENT_MERGE_PATCH, metadata_only=True)
+        self.client.patch(WRITABLE[kind].object(namespace, name), dict(patch), CONTENT_MERGE_PATCH, metadata_only=True)
 
     def patch_status(self, namespace: str, name: str, status: Obj) -> None:
         self.client.patch(RAY.object(namespace, name) + "/status", {"status": dict(status)}, CONTENT_MERGE_PATCH,
