@@ -5,7 +5,8 @@ code of the head template's `sim.rayop.dev/exit-code` annotation, which the clea
 Proves: a `Ray` with the block gets the finalizer, one without it does not; a deleted `Ray` stays (Terminating)
 while its pods go and the clean-up Job runs, and goes once the Job succeeded (Normal Event GcsCleanedUp); a Job that
 keeps failing (a Redis that does not answer) still ends with the finalizer removed, after the Job's deadline, with a
-Warning Event GcsCleanupFailed; nothing of either `Ray` is left.
+Warning Event GcsCleanupFailed; nothing of either `Ray` is left. Admission rejects a bad block with 422 naming the
+field (the CRD's CEL rules) and accepts the documented address forms.
 """
 
 from __future__ import annotations
@@ -164,3 +165,31 @@ def test_a_cleanup_job_that_keeps_failing_still_ends_with_the_finalizer_removed(
     assert failed[0][0] == "Warning" and "may remain" in failed[0][2] and "redis.nowhere" in failed[0][2], failed
     print(f"Warning GcsCleanupFailed: {failed[0][2]}")
     assert job["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is False
+
+
+@pytest.mark.parametrize("ft, field", [
+    ({"redisAddress": "redis"}, "spec.gcsFaultTolerance.redisAddress"),
+    ({"redisAddress": "redis://r:6379"}, "spec.gcsFaultTolerance.redisAddress"),
+    ({"redisAddress": "r:1", "redisPassword": {"secretKeyRef": {"name": "Bad_Name", "key": "k"}}},
+     "spec.gcsFaultTolerance.redisPassword.secretKeyRef.name"),
+    ({"redisAddress": "r:1", "redisPassword": {"secretKeyRef": {"name": "s", "key": "a/b"}}},
+     "spec.gcsFaultTolerance.redisPassword.secretKeyRef.key"),
+    ({"redisAddress": "r:1", "redisPassword": {"secretKeyRef": {"name": "s"}}},
+     "spec.gcsFaultTolerance.redisPassword.secretKeyRef.key"),
+    ({"redisAddress": "r:1", "externalStorageNamespace": "two words"},
+     "spec.gcsFaultTolerance.externalStorageNamespace"),
+])
+def test_admission_rejects_a_bad_block_naming_the_field(kube: KubeClient, namespace: str, ray_crd: None,
+                                                        ft: dict[str, Any], field: str) -> None:
+    obj = ray(namespace, "bad", {})
+    obj["spec"]["gcsFaultTolerance"] = ft
+    with pytest.raises(ApiError) as e:
+        kube.create(rays_path(namespace), obj)
+    assert e.value.status == 422 and field in e.value.message, e.value.message
+
+
+def test_admission_accepts_the_documented_forms(kube: KubeClient, namespace: str, ray_crd: None) -> None:
+    for i, address in enumerate(["redis.redis.svc.cluster.local:6379", "10.0.0.7:6380", "[fd00::1]:6379"]):
+        obj = ray(namespace, f"ok{i}", {})
+        obj["spec"]["gcsFaultTolerance"] = {"redisAddress": address, "externalStorageNamespace": "team-a:ray.1"}
+        kube.create(rays_path(namespace), obj, dryRun="All")
