@@ -20,6 +20,7 @@ Other subcommands (e.g. `rayop render`) register themselves in `SUBCOMMANDS`.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import signal
 import sys
@@ -241,8 +242,17 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentPar
 SUBCOMMANDS["render"] = add_render_parser  # rayop render FILE: offline manifests (rayop.render)
 
 
+def installed_version() -> str:
+    """The version of the installed `rayop` distribution (its metadata), or "unknown" when it is not installed."""
+    try:
+        return importlib.metadata.version("rayop")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayop", description="A Kubernetes operator for Ray clusters.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS.values():
         add(sub)
