@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps check-build controlplane cluster-up cluster-down test test-unit test-integration lint run bench soak clean
+.PHONY: help venv deps check-build controlplane helm cluster-up cluster-down test test-unit test-integration lint run bench soak clean
 
 help:
 	@echo "make run      run the operator (starts the local control plane when no cluster is reachable)"
 	@echo "make test     set everything up and run lint, unit and integration tests"
+	@echo "make helm     build Helm (hack/build-helm.sh) and print its path"
 	@echo "make bench    run the benchmarks (see docs/benchmarks.md)"
 	@echo "make soak     long reliability runs (see docs/reliability.md)"
 
@@ -30,6 +31,10 @@ deps:
 controlplane: deps
 	@hack/build-control-plane.sh >/dev/null
 
+# Helm, built from the Go module proxy into the cache (hack/build-helm.sh); prints the binary's path.
+helm: deps
+	@hack/build-helm.sh
+
 cluster-up: controlplane venv
 	hack/local-cluster.sh up
 
@@ -45,14 +50,14 @@ check-build:
 	@hack/build-control-plane.sh --check
 
 
-test-unit: venv
+test-unit: venv helm
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: controlplane venv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 # Unit and integration tests in one lane, the real-Ray e2e tests in another, at the same time (hack/test.sh).
-test: controlplane venv lint
+test: controlplane venv lint helm
 	hack/test.sh $(PYTEST_ARGS)
 
 run: controlplane venv
