@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps check-build controlplane helm cluster-up cluster-down test test-unit test-integration lint run bench soak clean
+.PHONY: help venv deps check-build controlplane helm manifests cluster-up cluster-down test test-unit test-integration lint run bench soak clean
 
 help:
 	@echo "make run      run the operator (starts the local control plane when no cluster is reachable)"
 	@echo "make test     set everything up and run lint, unit and integration tests"
 	@echo "make helm     build Helm (hack/build-helm.sh) and print its path"
+	@echo "make manifests  write the CRDs from api/ and render manifests/ from the Helm chart (docs/install.md)"
 	@echo "make bench    run the benchmarks (see docs/benchmarks.md)"
 	@echo "make soak     long reliability runs (see docs/reliability.md)"
 
@@ -34,6 +35,11 @@ controlplane: deps
 # Helm, built from the Go module proxy into the cache (hack/build-helm.sh); prints the binary's path.
 helm: deps
 	@hack/build-helm.sh
+
+# The plain manifests under manifests/, rendered from the Helm chart (tests/unit/test_chart.py checks them).
+manifests: venv
+	$(BIN)/python -m rayop.api.crd --write
+	hack/render-manifests.sh
 
 cluster-up: controlplane venv
 	hack/local-cluster.sh up
