@@ -2,7 +2,8 @@
 
 - the plain manifests under manifests/ are exactly what hack/render-manifests.sh renders from the chart, and the
   chart's crds/ are exactly what the CRD generator writes (so neither can drift);
-- `helm lint --strict` passes with the default values and with the combinations below;
+- `helm lint --strict` passes with the default values and with the combinations below; values.schema.json refuses
+  wrong values (unknown keys, enums, minimums);
 - the rendered objects follow the values: watchNamespaces -> a Role and RoleBinding in each namespace instead of the
   ClusterRole, and one --namespace each; replicas > 1 -> leader election; serviceMonitor/podMonitor ->
   monitoring.coreos.com objects selecting the operator; the operator's flags parse with its own parser.
@@ -226,3 +227,22 @@ def test_render_manifests_script_is_what_the_tests_compare(tmp_path: Path) -> No
     for path, text in render_manifests().items():
         assert (work / path).read_text() == text, path
     assert yaml.safe_load((work / "manifests" / "namespace.yaml").read_text())["kind"] == "Namespace"
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"logLevel": "verbose"}, "/logLevel"),
+    ({"loglevel": "debug"}, "additional properties 'loglevel' not allowed"),
+    ({"workers": "0"}, "/workers"),
+    ({"kubeApiQps": "fast"}, "/kubeApiQps"),
+    ({"watchNamespaces": "team-a"}, "/watchNamespaces"),
+], ids=["enum", "typo", "minimum", "number", "list"])
+def test_values_schema_refuses_wrong_values(values: dict[str, str], message: str) -> None:
+    out = helm("template", "rayop", str(CHART), *set_args(values), check=False)
+    assert out.returncode != 0 and "values don't meet the specifications" in out.stderr and message in out.stderr, \
+        out.stderr
+
+
+def test_values_schema_takes_decimals_given_with_set() -> None:
+    """`--set` passes 12.5 as a string; the schema takes it and the flag gets it as written."""
+    args = run_args(template({"kubeApiQps": "12.5", "shutdownTimeout": "7.5"}))
+    assert (args.kube_api_qps, args.shutdown_timeout) == (12.5, 7.5)
