@@ -6,11 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps check-build controlplane cluster-up cluster-down test test-unit test-integration lint run bench soak image clean
+.PHONY: help venv deps check-build controlplane helm manifests cluster-up cluster-down test test-unit test-integration lint run bench soak image clean
 
 help:
 	@echo "make run      run the operator (starts the local control plane when no cluster is reachable)"
 	@echo "make test     set everything up and run lint, unit and integration tests"
+	@echo "make helm     build Helm (hack/build-helm.sh) and print its path"
+	@echo "make manifests  write the CRDs from api/ and render manifests/ from the Helm chart (docs/install.md)"
 	@echo "make bench    run the benchmarks (see docs/benchmarks.md)"
 	@echo "make soak     long reliability runs (see docs/reliability.md)"
 	@echo "make image    build the operator image with buildah and check it read-only as UID 65532 (docs/image.md)"
@@ -31,6 +33,15 @@ deps:
 controlplane: deps
 	@hack/build-control-plane.sh >/dev/null
 
+# Helm, built from the Go module proxy into the cache (hack/build-helm.sh); prints the binary's path.
+helm: deps
+	@hack/build-helm.sh
+
+# The plain manifests under manifests/, rendered from the Helm chart (tests/unit/test_chart.py checks them).
+manifests: venv
+	$(BIN)/python -m rayop.api.crd --write
+	hack/render-manifests.sh
+
 cluster-up: controlplane venv
 	hack/local-cluster.sh up
 
@@ -46,13 +57,14 @@ check-build:
 	@hack/build-control-plane.sh --check
 
 
-test-unit: venv
+test-unit: venv helm
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: controlplane venv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-# Unit and integration tests in one lane, the real-Ray e2e tests in another, at the same time (hack/test.sh).
+# Unit and integration tests in one lane, the real-Ray e2e tests in another, at the same time (hack/test.sh, which
+# also builds Helm in the background on a cold cache: its tests wait for it).
 test: controlplane venv lint
 	hack/test.sh $(PYTEST_ARGS)
 
