@@ -1,0 +1,326 @@
+"""Per-cluster Prometheus series, computed when `/metrics` is scraped from the objects the informers cache.
+
+Guarantees:
+- Nothing on the reconcile path: the gauges are read from the cached `Ray` (and `RayJob`) objects at scrape time,
+  so a deleted `Ray` has no series from the next scrape on (Prometheus marks them stale), and the reconcilers pay
+  nothing. The two series that must count over time (the provisioning histogram and the launch counter) are fed by
+  an event handler on the `Ray` informer that compares a few status fields of the old and the new object.
+- Bounded cardinality: per `Ray`, one `rayop_cluster_info`, one `rayop_cluster_condition` per condition type the
+  operator manages (at most 7), and two worker gauges; `groups` adds two per worker group (at most 32 groups);
+  per `RayJob` two series. `off` drops every per-object series and keeps the aggregates (`rayop_clusters`,
+  `rayop_workers_*`, `rayop_rayjobs`, the histogram, the counter), whose series count does not grow with the
+  number of objects. Label values come from closed sets or from Kubernetes names, never from messages.
+- No double counting: a provisioning time is observed once per `Ray`, when a watched update shows its `Ready`
+  condition turning True for the first time ever (read from the status itself: `Ready` not True and unchanged since
+  `status.startTime`), by the replica that leads. A restarted operator's first list observes nothing; a transition
+  it did not see is missed, never counted twice. Launch outcomes likewise count transitions of `SuccessfulLaunch`.
+- Leader only: a standby (a rollout's new pod waiting for the Lease) exports none of the gauges and counts no
+  transition, though its caches are warm, so summing over the operator's replicas counts every cluster once. The
+  new leader's next scrape has them all again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from rayop.api import rayjob as j
+from rayop.api.types import CONDITION_READY, CONDITION_SUCCESSFUL_LAUNCH
+from rayop.autoscaler import (
+    REASON_HEAD_UNREACHABLE,
+    REASON_INVALID_CONFIG,
+    REASON_LAUNCHED,
+    REASON_LAUNCHER_ERROR,
+    REASON_NO_SUMMARY,
+    REASON_WORKERS_NOT_JOINED,
+)
+from rayop.objects import HEAD_CONTAINER, parse_time
+from rayop.reconciler import CHILDREN, MANAGED_BY_SELECTOR, RAY
+from rayop.jobreconciler import RAYJOB
+from rayop.runtime.informer import MODIFIED, Event
+from rayop.runtime.manager import Manager
+from rayop.runtime.store import ObjectKey, Store
+from rayop.status import MANAGED_CONDITIONS
+
+# --cluster-metrics: per Ray (default), per Ray and worker group, or aggregates only.
+MODE_CLUSTERS = "clusters"
+MODE_GROUPS = "groups"
+MODE_OFF = "off"
+MODES = (MODE_CLUSTERS, MODE_GROUPS, MODE_OFF)
+
+STATUSES = ("True", "False", "Unknown")
+FORM_SIMPLE = "simple"
+FORM_GROUPS = "workerGroups"
+FORM_CONFIGURATION = "configuration"
+UNKNOWN = "unknown"
+# Reasons of SuccessfulLaunch the launch counter keeps as they are; any other is counted as `Other`.
+LAUNCH_REASONS = frozenset({
+    REASON_LAUNCHED, REASON_INVALID_CONFIG, REASON_HEAD_UNREACHABLE, REASON_WORKERS_NOT_JOINED,
+    REASON_LAUNCHER_ERROR, REASON_NO_SUMMARY, "BackoffLimitExceeded", "DeadlineExceeded",
+})
+OTHER_REASON = "Other"
+RAYJOB_UNSET = "Unset"
+# From seconds (sim mode, a small cluster) to hours (a large one waiting for nodes).
+PROVISIONED_BUCKETS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0,
+                       900.0, 1800.0, 3600.0, 7200.0)
+_VERSION = re.compile(r"^(\d+\.\d+(?:\.\d+)?)")
+_POD = CHILDREN["Pod"]
+
+Body = Mapping[str, Any]
+
+
+def _mapping(value: object) -> Body:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _conditions(obj: Body) -> dict[str, Body]:
+    items = _mapping(obj.get("status")).get("conditions")
+    return {str(c.get("type")): c for c in items or () if isinstance(c, Mapping)}
+
+
+def _status(c: Body | None) -> str:
+    value = str((c or {}).get("status") or "Unknown")
+    return value if value in STATUSES else "Unknown"
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def image_version(image: object) -> str | None:
+    """The Ray version an image's tag starts with (`rayproject/ray:2.60.0-py311` -> `2.60.0`), else None."""
+    if not isinstance(image, str):
+        return None
+    _, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag:
+        return None
+    m = _VERSION.match(tag)
+    return m.group(1) if m else None
+
+
+def _ray_image(pod: Body) -> object:
+    containers = [c for c in _mapping(pod.get("spec")).get("containers") or () if isinstance(c, Mapping)]
+    chosen = next((c for c in containers if c.get("name") == HEAD_CONTAINER), containers[0] if containers else {})
+    return chosen.get("image")
+
+
+def configuration_form(ray: Body) -> str:
+    spec = _mapping(ray.get("spec"))
+    if spec.get("configuration"):
+        return FORM_CONFIGURATION
+    if spec.get("workerGroups"):
+        return FORM_GROUPS
+    return FORM_SIMPLE
+
+
+def never_ready(ray: Body) -> bool:
+    """True while a `Ray`'s status shows it was never Ready: no status yet, or `Ready` not True and unchanged since
+    the first status write (`startTime`; the operator stamps every condition with that time then, and a condition
+    keeps its `lastTransitionTime` while its status does not change)."""
+    status = _mapping(ray.get("status"))
+    ready = _conditions(ray).get(CONDITION_READY)
+    if ready is None:
+        return True
+    if ready.get("status") == "True":
+        return False
+    return bool(status.get("startTime")) and ready.get("lastTransitionTime") == status.get("startTime")
+
+
+def provisioned_seconds(ray: Body) -> float | None:
+    """Seconds from the `Ray`'s creation to its `Ready` condition's last transition (None if either is missing);
+    never negative (the two times come from different clocks)."""
+    created = parse_time(_mapping(ray.get("metadata")).get("creationTimestamp"))
+    ready = parse_time(_conditions(ray).get(CONDITION_READY, {}).get("lastTransitionTime"))
+    if created is None or ready is None:
+        return None
+    return max(0.0, (ready - created).total_seconds())
+
+
+def launch_outcome(old: Body, new: Body) -> tuple[str, str] | None:
+    """(outcome, reason) when `SuccessfulLaunch` turned True (succeeded) or False (failed) from old to new."""
+    before = _status(_conditions(old).get(CONDITION_SUCCESSFUL_LAUNCH))
+    launch = _conditions(new).get(CONDITION_SUCCESSFUL_LAUNCH)
+    after = _status(launch)
+    if after == before or after == "Unknown":
+        return None
+    reason = str((launch or {}).get("reason") or "")
+    return ("succeeded" if after == "True" else "failed"), (reason if reason in LAUNCH_REASONS else OTHER_REASON)
+
+
+class ClusterMetrics:
+    """The per-cluster series (see the module docstring); a prometheus-client collector plus an event handler."""
+
+    def __init__(self, registry: CollectorRegistry, rays: Store, *, pods: Store | None = None,
+                 rayjobs: Store | None = None, mode: str = MODE_CLUSTERS,
+                 is_leader: Callable[[], bool] = lambda: True) -> None:
+        if mode not in MODES:
+            raise ValueError(f"cluster metrics mode {mode!r}: one of {', '.join(MODES)}")
+        self.rays = rays
+        self.pods = pods
+        self.rayjobs = rayjobs
+        self.mode = mode
+        self.is_leader = is_leader
+        self.provisioned = Histogram(
+            "rayop_cluster_provisioned_duration_seconds",
+            "Seconds from a Ray's creation to its first Ready, observed once per Ray by the leader",
+            buckets=PROVISIONED_BUCKETS, registry=registry,
+        )
+        self.launches = Counter(
+            "rayop_cluster_launches_total",
+            "Launcher outcomes (SuccessfulLaunch turning True or False) by outcome and reason",
+            ["outcome", "reason"], registry=registry,
+        )
+        self.launches.labels("succeeded", REASON_LAUNCHED)
+        self.launches.labels("failed", REASON_LAUNCHER_ERROR)
+        registry.register(self)
+
+    # -- the event handler (the Ray informer's; counts transitions) --------------------------------------------
+
+    def on_ray_event(self, event: Event) -> None:
+        if event.type != MODIFIED or event.old is None or not self.is_leader():
+            return
+        old, new = event.old, event.obj
+        if never_ready(old) and not never_ready(new):
+            seconds = provisioned_seconds(new)
+            if seconds is not None:
+                self.provisioned.observe(seconds)
+        outcome = launch_outcome(old, new)
+        if outcome is not None:
+            self.launches.labels(*outcome).inc()
+
+    # -- the collector -----------------------------------------------------------------------------------------
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        if not self.is_leader():
+            return
+        per_object = self.mode != MODE_OFF
+        groups = self.mode == MODE_GROUPS
+        ns_name = ["namespace", "name"]
+        info = GaugeMetricFamily("rayop_cluster_info", "One per Ray: its configuration form, the Ray version of its "
+                                 "head image and its owner kind (RayJob or none)",
+                                 labels=ns_name + ["form", "ray_version", "owner"])
+        cond = GaugeMetricFamily("rayop_cluster_condition", "One per Ray and condition type the operator manages, "
+                                 "labelled with the condition's status (value 1)", labels=ns_name + ["type", "status"])
+        desired = GaugeMetricFamily("rayop_cluster_workers_desired", "Desired worker pods of a Ray (all groups)",
+                                    labels=ns_name)
+        ready = GaugeMetricFamily("rayop_cluster_workers_ready", "Ready worker pods of a Ray (all groups)",
+                                  labels=ns_name)
+        g_desired = GaugeMetricFamily("rayop_cluster_group_workers_desired", "Desired worker pods of a worker group "
+                                      "(--cluster-metrics groups)", labels=ns_name + ["group"])
+        g_ready = GaugeMetricFamily("rayop_cluster_group_workers_ready", "Ready worker pods of a worker group "
+                                    "(--cluster-metrics groups)", labels=ns_name + ["group"])
+        counts = {(t, s): 0 for t in MANAGED_CONDITIONS for s in STATUSES}
+        total_desired = total_ready = 0
+        for ray in self.rays.list():
+            key = ObjectKey.of(ray)
+            status = _mapping(ray.get("status"))
+            conditions = _conditions(ray)
+            for t in MANAGED_CONDITIONS:
+                c = conditions.get(t)
+                if c is not None:
+                    counts[(t, _status(c))] += 1
+            n_desired = _int(status.get("desiredWorkers"))
+            n_ready = _int(_mapping(status.get("worker")).get("readyReplicas"))
+            total_desired += n_desired
+            total_ready += n_ready
+            if not per_object:
+                continue
+            ns = [key.namespace, key.name]
+            info.add_metric(ns + [configuration_form(ray), self._version(ray, key.namespace), _owner(ray)], 1.0)
+            for t in MANAGED_CONDITIONS:
+                c = conditions.get(t)
+                if c is not None:
+                    cond.add_metric(ns + [t, _status(c)], 1.0)
+            if status:
+                desired.add_metric(ns, n_desired)
+                ready.add_metric(ns, n_ready)
+            if groups:
+                for g in status.get("workerGroups") or ():
+                    if isinstance(g, Mapping) and g.get("name"):
+                        gl = ns + [str(g["name"])]
+                        g_desired.add_metric(gl, _int(g.get("desiredWorkers")))
+                        g_ready.add_metric(gl, _int(g.get("readyReplicas")))
+        if per_object:
+            yield from (info, cond, desired, ready)
+        if groups:
+            yield from (g_desired, g_ready)
+        clusters = GaugeMetricFamily("rayop_clusters", "Ray objects by condition type and status",
+                                     labels=["type", "status"])
+        for (t, s), n in counts.items():
+            clusters.add_metric([t, s], n)
+        yield clusters
+        yield GaugeMetricFamily("rayop_workers_desired", "Desired worker pods of every Ray", value=total_desired)
+        yield GaugeMetricFamily("rayop_workers_ready", "Ready worker pods of every Ray", value=total_ready)
+        if self.rayjobs is not None:
+            yield from self._rayjobs(self.rayjobs, per_object)
+
+    def _version(self, ray: Body, namespace: str) -> str:
+        """The Ray version of the running head's Ray container image, else of spec.image, else `unknown`."""
+        head = _mapping(ray.get("status")).get("headPodName")
+        if self.pods is not None and isinstance(head, str) and head:
+            pod = self.pods.get(ObjectKey(namespace, head))
+            if pod is not None:
+                version = image_version(_ray_image(pod))
+                if version:
+                    return version
+        return image_version(_mapping(ray.get("spec")).get("image")) or UNKNOWN
+
+    def _rayjobs(self, store: Store, per_object: bool) -> Iterator[Metric]:
+        ns_name = ["namespace", "name"]
+        info = GaugeMetricFamily("rayop_rayjob_info", "One per RayJob: its submission mode and where its cluster "
+                                 "comes from (own: rayClusterSpec, selector: clusterSelector)",
+                                 labels=ns_name + ["submission_mode", "cluster_source"])
+        state = GaugeMetricFamily("rayop_rayjob_status", "One per RayJob: its jobDeploymentStatus and Ray's job "
+                                  "status (value 1)", labels=ns_name + ["deployment_status", "job_status"])
+        by_status = {s: 0 for s in (*j.DEPLOYMENT_STATUSES, RAYJOB_UNSET)}
+        for job in store.list():
+            spec = _mapping(job.get("spec"))
+            status = _mapping(job.get("status"))
+            deployment = str(status.get("jobDeploymentStatus") or RAYJOB_UNSET)
+            if deployment not in by_status:
+                deployment = RAYJOB_UNSET
+            by_status[deployment] += 1
+            if not per_object:
+                continue
+            key = ObjectKey.of(job)
+            ns = [key.namespace, key.name]
+            mode = str(spec.get("submissionMode") or j.SUBMISSION_HTTP)
+            info.add_metric(ns + [mode if mode in j.SUBMISSION_MODES else UNKNOWN,
+                                  "own" if spec.get("rayClusterSpec") is not None else "selector"], 1.0)
+            job_status = str(status.get("jobStatus") or RAYJOB_UNSET)
+            state.add_metric(ns + [deployment, job_status if job_status in j.JOB_STATUSES else RAYJOB_UNSET], 1.0)
+        if per_object:
+            yield from (info, state)
+        rayjobs = GaugeMetricFamily("rayop_rayjobs", "RayJob objects by jobDeploymentStatus",
+                                    labels=["deployment_status"])
+        for s, n in by_status.items():
+            rayjobs.add_metric([s], n)
+        yield rayjobs
+
+
+def _owner(ray: Body) -> str:
+    for ref in _mapping(ray.get("metadata")).get("ownerReferences") or ():
+        if isinstance(ref, Mapping) and ref.get("controller") and ref.get("kind") == j.KIND:
+            return "RayJob"
+    return "none"
+
+
+def add_cluster_metrics(manager: Manager, mode: str = MODE_CLUSTERS) -> ClusterMetrics:
+    """The per-cluster series on the manager's registry, read from its `Ray` informer and, where the manager
+    already has them, its pod and `RayJob` informers (none is created here)."""
+    rays = manager.informer(RAY)
+    pods = manager.informers.get((_POD, MANAGED_BY_SELECTOR, None))
+    rayjobs = manager.informers.get((RAYJOB, None, None))
+    metrics = ClusterMetrics(manager.metrics.registry, rays.store, pods=pods.store if pods else None,
+                             rayjobs=rayjobs.store if rayjobs else None, mode=mode,
+                             is_leader=manager.elector.is_leader if manager.elector is not None else lambda: True)
+    rays.add_handler(metrics.on_ray_event)
+    return metrics
+
