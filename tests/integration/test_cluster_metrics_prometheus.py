@@ -1,0 +1,113 @@
+"""A real Prometheus (Debian's `prometheus` package) scrapes a real `rayop run` on the local API server (sim mode),
+loaded with manifests/monitoring/rayop-alerts.yaml: the per-cluster series of a real `Ray` come back through its
+HTTP API, an alert rule's expression evaluated by that Prometheus names the `Ray` that is not Ready (and not the
+Ready one), its alert turns pending, and a deleted `Ray`'s series go."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rayop.runtime.kube import KubeClient
+from tests.integration.test_runtime_prometheus import PROMETHEUS, free_port, query
+from tests.support.cluster import REPO, LocalCluster, wait_until
+from tests.support.operator import OperatorProcess, load_sample, rays_path
+
+RULES = REPO / "manifests" / "monitoring" / "rayop-alerts.yaml"
+
+
+def alert_expr(name: str) -> str:
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == name:
+                return str(rule["expr"])
+    raise AssertionError(f"no alert {name} in {RULES}")
+
+
+def one(port: int, promql: str, timeout: float = 60) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = wait_until(lambda: query(port, promql), timeout, 1.0, message=promql)
+    return found
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (hack/install-deps.sh installs it)")
+def test_prometheus_scrapes_the_series_of_a_real_ray(cluster: LocalCluster, kube: KubeClient, namespace: str,
+                                                      ray_crd: None, tmp_path: Path) -> None:
+    op = OperatorProcess(cluster, [namespace], tmp_path / "operator.log")
+    op.start()
+    prom: subprocess.Popen[bytes] | None = None
+    log = (tmp_path / "prometheus.log").open("w")
+    try:
+        static = load_sample("static.yaml", namespace)
+        static["spec"]["initialWorkers"] = 2
+        kube.create(rays_path(namespace), static)
+        # Not Ready, and never will be: its configuration cannot be converted (the API server accepts the YAML).
+        kube.create(rays_path(namespace), {"apiVersion": "ray.k8s.io/v1alpha1", "kind": "Ray",
+                                           "metadata": {"name": "broken", "namespace": namespace},
+                                           "spec": {"configuration": "max_workers: many\n"}})
+        port = wait_until(lambda: (m := re.search(r'"metrics_port": (\d+)', op.log())) and int(m.group(1)), 30,
+                          0.2, message="operator's metrics port")
+        prom_port = free_port()
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"rule_files: ['{RULES}']\n"
+            "scrape_configs:\n"
+            "  - job_name: rayop\n    honor_labels: true\n"
+            f"    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+        )
+        prom = subprocess.Popen(
+            [str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{prom_port}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        sel = f'namespace="{namespace}"'
+
+        ready = one(prom_port, f'rayop_cluster_condition{{{sel}, name="static", type="Ready", status="True"}}', 120)
+        assert ready[0]["metric"]["job"] == "rayop"  # honor_labels kept the Ray's namespace label as it is
+        info = one(prom_port, f'rayop_cluster_info{{{sel}, name="static"}}')[0]["metric"]
+        assert (info["form"], info["ray_version"], info["owner"]) == ("simple", "2.60.0", "none")
+        workers = one(prom_port, f'rayop_cluster_workers_ready{{{sel}, name="static"}} == 2')
+        assert float(workers[0]["value"][1]) == 2
+        assert one(prom_port, f'rayop_cluster_workers_desired{{{sel}, name="static"}} == 2')
+        # Time to first Ready: observed once, and it took longer than nothing.
+        count = one(prom_port, "rayop_cluster_provisioned_duration_seconds_count >= 1")
+        assert float(count[0]["value"][1]) == 1
+        # Conditions per Ray: one series per type, each with value 1.
+        conditions = one(prom_port, f'rayop_cluster_condition{{{sel}, name="static"}}')
+        assert sorted(c["metric"]["type"] for c in conditions) == sorted(
+            ["ConfigurationValid", "HeadReady", "WorkersReady", "Ready", "SuccessfulLaunch", "ReplicaFailure"])
+        assert {c["value"][1] for c in conditions} == {"1"}
+        one(prom_port, f'rayop_cluster_condition{{{sel}, name="broken", type="ConfigurationValid", status="False"}}')
+
+        # The alert rule's own expression, evaluated by Prometheus: the broken Ray, not the Ready one.
+        expr = alert_expr("RayClusterNotReady")
+        mine = f'({expr}) and on (namespace) rayop_cluster_info{{{sel}}}'
+        not_ready = wait_until(lambda: {r["metric"]["name"] for r in query(prom_port, mine)} or None, 60, 1.0,
+                               message="RayClusterNotReady's expression")
+        assert not_ready == {"broken"}
+        # Prometheus loaded the rules: the alert is pending (it fires after 15 minutes).
+        pending = one(prom_port, f'ALERTS{{alertname="RayClusterNotReady", {sel}}}')
+        assert [(a["metric"]["name"], a["metric"]["alertstate"]) for a in pending] == [("broken", "pending")]
+        assert not query(prom_port, 'ALERTS{alertname="RayopOperatorDown"}')
+
+        # Deleted: its series go from the next scrape (no stale series), the other Ray's stay.
+        kube.delete(rays_path(namespace, "broken"))
+        wait_until(lambda: not query(prom_port, f'rayop_cluster_info{{{sel}, name="broken"}}'), 60, 1.0,
+                   message="the deleted Ray's series gone")
+        assert query(prom_port, f'rayop_cluster_info{{{sel}, name="static"}}')
+        wait_until(lambda: not query(prom_port, mine), 60, 1.0, message="the alert's expression empty")
+    finally:
+        if prom is not None:
+            prom.terminate()
+            try:
+                prom.wait(30)
+            except subprocess.TimeoutExpired:
+                prom.kill()
+        log.close()
+        op.stop()
+    assert "Traceback" not in op.log(), op.log()[-5000:]
