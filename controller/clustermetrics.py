@@ -22,11 +22,10 @@ Guarantees:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from rayop.api import rayjob as j
 from rayop.api.types import CONDITION_READY, CONDITION_SUCCESSFUL_LAUNCH
@@ -152,7 +151,8 @@ def launch_outcome(old: Body, new: Body) -> tuple[str, str] | None:
 
 
 class ClusterMetrics:
-    """The per-cluster series (see the module docstring); a prometheus-client collector plus an event handler."""
+    """The per-cluster series (see the module docstring): the gauges written at scrape time (`exposition`, which
+    the manager's `Metrics` appends to its registry's), the histogram and the counter fed by `on_ray_event`."""
 
     def __init__(self, registry: CollectorRegistry, rays: Store, *, pods: Store | None = None,
                  rayjobs: Store | None = None, mode: str = MODE_CLUSTERS,
@@ -176,7 +176,6 @@ class ClusterMetrics:
         )
         self.launches.labels("succeeded", REASON_LAUNCHED)
         self.launches.labels("failed", REASON_LAUNCHER_ERROR)
-        registry.register(self)
 
     # -- the event handler (the Ray informer's; counts transitions) --------------------------------------------
 
@@ -184,6 +183,10 @@ class ClusterMetrics:
         if event.type != MODIFIED or event.old is None or not self.is_leader():
             return
         old, new = event.old, event.obj
+        old_status, new_status = _mapping(old.get("status")), _mapping(new.get("status"))
+        # Most updates (spec edits, replica counts) leave every condition as it was: nothing to count.
+        if old_status.get("conditions") == new_status.get("conditions") and old_status:
+            return
         if never_ready(old) and not never_ready(new):
             seconds = provisioned_seconds(new)
             if seconds is not None:
@@ -192,74 +195,71 @@ class ClusterMetrics:
         if outcome is not None:
             self.launches.labels(*outcome).inc()
 
-    # -- the collector -----------------------------------------------------------------------------------------
+    # -- the exposition ---------------------------------------------------------------------------------------
 
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
+    def exposition(self) -> str:
+        """The gauges in Prometheus's text format, written directly: at 1,000 Rays prometheus-client's generic
+        families and exposition cost several times more CPU than these few f-strings (docs/metrics.md)."""
         if not self.is_leader():
-            return
+            return ""
         per_object = self.mode != MODE_OFF
         groups = self.mode == MODE_GROUPS
-        ns_name = ["namespace", "name"]
-        info = GaugeMetricFamily("rayop_cluster_info", "One per Ray: its configuration form, the Ray version of its "
-                                 "head image and its owner kind (RayJob or none)",
-                                 labels=ns_name + ["form", "ray_version", "owner"])
-        cond = GaugeMetricFamily("rayop_cluster_condition", "One per Ray and condition type the operator manages, "
-                                 "labelled with the condition's status (value 1)", labels=ns_name + ["type", "status"])
-        desired = GaugeMetricFamily("rayop_cluster_workers_desired", "Desired worker pods of a Ray (all groups)",
-                                    labels=ns_name)
-        ready = GaugeMetricFamily("rayop_cluster_workers_ready", "Ready worker pods of a Ray (all groups)",
-                                  labels=ns_name)
-        g_desired = GaugeMetricFamily("rayop_cluster_group_workers_desired", "Desired worker pods of a worker group "
-                                      "(--cluster-metrics groups)", labels=ns_name + ["group"])
-        g_ready = GaugeMetricFamily("rayop_cluster_group_workers_ready", "Ready worker pods of a worker group "
-                                    "(--cluster-metrics groups)", labels=ns_name + ["group"])
+        info: list[str] = []
+        cond: list[str] = []
+        desired: list[str] = []
+        ready: list[str] = []
+        g_desired: list[str] = []
+        g_ready: list[str] = []
         counts = {(t, s): 0 for t in MANAGED_CONDITIONS for s in STATUSES}
         total_desired = total_ready = 0
         for ray in self.rays.list():
-            key = ObjectKey.of(ray)
+            meta = _mapping(ray.get("metadata"))
             status = _mapping(ray.get("status"))
             conditions = _conditions(ray)
-            for t in MANAGED_CONDITIONS:
-                c = conditions.get(t)
-                if c is not None:
-                    counts[(t, _status(c))] += 1
+            present = [(t, _status(conditions[t])) for t in MANAGED_CONDITIONS if t in conditions]
+            for pair in present:
+                counts[pair] += 1
             n_desired = _int(status.get("desiredWorkers"))
             n_ready = _int(_mapping(status.get("worker")).get("readyReplicas"))
             total_desired += n_desired
             total_ready += n_ready
             if not per_object:
                 continue
-            ns = [key.namespace, key.name]
-            info.add_metric(ns + [configuration_form(ray), self._version(ray, key.namespace), _owner(ray)], 1.0)
-            for t in MANAGED_CONDITIONS:
-                c = conditions.get(t)
-                if c is not None:
-                    cond.add_metric(ns + [t, _status(c)], 1.0)
+            namespace = str(meta.get("namespace") or "")
+            ns = f'namespace="{_escape(namespace)}",name="{_escape(str(meta.get("name") or ""))}"'
+            info.append(f'rayop_cluster_info{{{ns},form="{configuration_form(ray)}",'
+                        f'ray_version="{self._version(ray, namespace)}",owner="{_owner(ray)}"}} 1\n')
+            cond.extend(f'rayop_cluster_condition{{{ns},type="{t}",status="{st}"}} 1\n' for t, st in present)
             if status:
-                desired.add_metric(ns, n_desired)
-                ready.add_metric(ns, n_ready)
+                desired.append(f"rayop_cluster_workers_desired{{{ns}}} {n_desired}\n")
+                ready.append(f"rayop_cluster_workers_ready{{{ns}}} {n_ready}\n")
             if groups:
                 for g in status.get("workerGroups") or ():
                     if isinstance(g, Mapping) and g.get("name"):
-                        gl = ns + [str(g["name"])]
-                        g_desired.add_metric(gl, _int(g.get("desiredWorkers")))
-                        g_ready.add_metric(gl, _int(g.get("readyReplicas")))
+                        gl = f'{ns},group="{_escape(str(g["name"]))}"'
+                        g_desired.append(f"rayop_cluster_group_workers_desired{{{gl}}} {_int(g.get('desiredWorkers'))}\n")
+                        g_ready.append(f"rayop_cluster_group_workers_ready{{{gl}}} {_int(g.get('readyReplicas'))}\n")
+        out: list[str] = []
         if per_object:
-            yield from (info, cond, desired, ready)
+            out += _family("rayop_cluster_info", "One per Ray: its configuration form, the Ray version of its head "
+                           "image and its owner kind (RayJob or none)", info)
+            out += _family("rayop_cluster_condition", "One per Ray and condition type the operator manages, labelled "
+                           "with the condition's status (value 1)", cond)
+            out += _family("rayop_cluster_workers_desired", "Desired worker pods of a Ray (all groups)", desired)
+            out += _family("rayop_cluster_workers_ready", "Ready worker pods of a Ray (all groups)", ready)
         if groups:
-            yield from (g_desired, g_ready)
-        clusters = GaugeMetricFamily("rayop_clusters", "Ray objects by condition type and status",
-                                     labels=["type", "status"])
-        for (t, s), n in counts.items():
-            clusters.add_metric([t, s], n)
-        yield clusters
-        yield GaugeMetricFamily("rayop_workers_desired", "Desired worker pods of every Ray", value=total_desired)
-        yield GaugeMetricFamily("rayop_workers_ready", "Ready worker pods of every Ray", value=total_ready)
+            out += _family("rayop_cluster_group_workers_desired", "Desired worker pods of a worker group "
+                           "(--cluster-metrics groups)", g_desired)
+            out += _family("rayop_cluster_group_workers_ready", "Ready worker pods of a worker group "
+                           "(--cluster-metrics groups)", g_ready)
+        out += _family("rayop_clusters", "Ray objects by condition type and status",
+                       [f'rayop_clusters{{type="{t}",status="{st}"}} {n}\n' for (t, st), n in counts.items()])
+        out += _family("rayop_workers_desired", "Desired worker pods of every Ray",
+                       [f"rayop_workers_desired {total_desired}\n"])
+        out += _family("rayop_workers_ready", "Ready worker pods of every Ray", [f"rayop_workers_ready {total_ready}\n"])
         if self.rayjobs is not None:
-            yield from self._rayjobs(self.rayjobs, per_object)
+            out += self._rayjobs(self.rayjobs, per_object)
+        return "".join(out)
 
     def _version(self, ray: Body, namespace: str) -> str:
         """The Ray version of the running head's Ray container image, else of spec.image, else `unknown`."""
@@ -272,15 +272,12 @@ class ClusterMetrics:
                     return version
         return image_version(_mapping(ray.get("spec")).get("image")) or UNKNOWN
 
-    def _rayjobs(self, store: Store, per_object: bool) -> Iterator[Metric]:
-        ns_name = ["namespace", "name"]
-        info = GaugeMetricFamily("rayop_rayjob_info", "One per RayJob: its submission mode and where its cluster "
-                                 "comes from (own: rayClusterSpec, selector: clusterSelector)",
-                                 labels=ns_name + ["submission_mode", "cluster_source"])
-        state = GaugeMetricFamily("rayop_rayjob_status", "One per RayJob: its jobDeploymentStatus and Ray's job "
-                                  "status (value 1)", labels=ns_name + ["deployment_status", "job_status"])
+    def _rayjobs(self, store: Store, per_object: bool) -> list[str]:
+        info: list[str] = []
+        state: list[str] = []
         by_status = {s: 0 for s in (*j.DEPLOYMENT_STATUSES, RAYJOB_UNSET)}
         for job in store.list():
+            meta = _mapping(job.get("metadata"))
             spec = _mapping(job.get("spec"))
             status = _mapping(job.get("status"))
             deployment = str(status.get("jobDeploymentStatus") or RAYJOB_UNSET)
@@ -289,20 +286,35 @@ class ClusterMetrics:
             by_status[deployment] += 1
             if not per_object:
                 continue
-            key = ObjectKey.of(job)
-            ns = [key.namespace, key.name]
+            ns = (f'namespace="{_escape(str(meta.get("namespace") or ""))}",'
+                  f'name="{_escape(str(meta.get("name") or ""))}"')
             mode = str(spec.get("submissionMode") or j.SUBMISSION_HTTP)
-            info.add_metric(ns + [mode if mode in j.SUBMISSION_MODES else UNKNOWN,
-                                  "own" if spec.get("rayClusterSpec") is not None else "selector"], 1.0)
+            source = "own" if spec.get("rayClusterSpec") is not None else "selector"
+            info.append(f'rayop_rayjob_info{{{ns},submission_mode="{mode if mode in j.SUBMISSION_MODES else UNKNOWN}",'
+                        f'cluster_source="{source}"}} 1\n')
             job_status = str(status.get("jobStatus") or RAYJOB_UNSET)
-            state.add_metric(ns + [deployment, job_status if job_status in j.JOB_STATUSES else RAYJOB_UNSET], 1.0)
+            job_status = job_status if job_status in j.JOB_STATUSES else RAYJOB_UNSET
+            state.append(f'rayop_rayjob_status{{{ns},deployment_status="{deployment}",job_status="{job_status}"}} 1\n')
+        out: list[str] = []
         if per_object:
-            yield from (info, state)
-        rayjobs = GaugeMetricFamily("rayop_rayjobs", "RayJob objects by jobDeploymentStatus",
-                                    labels=["deployment_status"])
-        for s, n in by_status.items():
-            rayjobs.add_metric([s], n)
-        yield rayjobs
+            out += _family("rayop_rayjob_info", "One per RayJob: its submission mode and where its cluster comes from "
+                           "(own: rayClusterSpec, selector: clusterSelector)", info)
+            out += _family("rayop_rayjob_status", "One per RayJob: its jobDeploymentStatus and Ray's job status "
+                           "(value 1)", state)
+        out += _family("rayop_rayjobs", "RayJob objects by jobDeploymentStatus",
+                       [f'rayop_rayjobs{{deployment_status="{s}"}} {n}\n' for s, n in by_status.items()])
+        return out
+
+
+def _escape(value: str) -> str:
+    """A label value as the text format writes it (Kubernetes names never need it; kept for safety)."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def _family(name: str, help_text: str, rows: list[str]) -> list[str]:
+    return [f"# HELP {name} {help_text}\n# TYPE {name} gauge\n", *rows]
 
 
 def _owner(ray: Body) -> str:
@@ -322,5 +334,6 @@ def add_cluster_metrics(manager: Manager, mode: str = MODE_CLUSTERS) -> ClusterM
                              rayjobs=rayjobs.store if rayjobs else None, mode=mode,
                              is_leader=manager.elector.is_leader if manager.elector is not None else lambda: True)
     rays.add_handler(metrics.on_ray_event)
+    manager.metrics.add_text_source(metrics.exposition)
     return metrics
 

@@ -248,3 +248,10 @@ def test_an_unknown_mode_is_refused(tmp_path: Path) -> None:
     manager = operator(tmp_path)
     with pytest.raises(ValueError, match="one of clusters, groups, off"):
         ClusterMetrics(manager.metrics.registry, manager.informer(RAY).store, mode="all")
+
+
+def test_label_values_are_escaped_as_the_text_format_wants(tmp_path: Path) -> None:
+    manager = operator(tmp_path, "--cluster-metrics", MODE_GROUPS)
+    odd = 'a"b\\c\nd'
+    manager.informer(RAY).apply(ADDED, ray("a", ready="True", groups=((odd, 1, 1),)))
+    assert value(samples(manager), "rayop_cluster_group_workers_ready", name="a", group=odd) == 1

@@ -130,11 +130,9 @@ def dashboard_targets(node: Any = None) -> Iterator[tuple[str, str]]:
             yield f"variable {variable['name']}", substitute(m.group(1))
 
 
-def exported_names() -> set[str]:
-    """Every sample name the operator's /metrics can show: the exposition of `rayop run`'s manager (RayJobs on,
-    per-group series) with a Ray, its head pod and a RayJob cached, and of one with leader election on (for
-    `rayop_leader`); families included (a labelled family without children yet shows its name only), plus the
-    suffixes of counters and histograms."""
+def exposition() -> tuple[bytes, bytes]:
+    """The /metrics bodies of `rayop run`'s manager (RayJobs on, per-group series) with a Ray, its head pod and a
+    RayJob cached, and of one with leader election on (for `rayop_leader`)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,9 +144,15 @@ def exported_names() -> set[str]:
                                              launch=("True", "Launched")))
     manager.informers[(RAYJOB, None, None)].apply("ADDED", {
         "metadata": {"namespace": "ns", "name": "j", "resourceVersion": "1"}, "spec": {"clusterSelector": {"a": "b"}}})
+    return manager.metrics.exposition(), elected.metrics.exposition()
+
+
+def exported_names() -> set[str]:
+    """Every sample name the operator's /metrics can show (`exposition`), families included (a labelled family
+    without children yet shows its name only), plus the suffixes of counters and histograms."""
     names = set()
-    for m in (manager, elected):
-        for family in text_string_to_metric_families(m.metrics.exposition().decode()):
+    for body in exposition():
+        for family in text_string_to_metric_families(body.decode()):
             names.add(family.name)
             names.update(s.name for s in family.samples)
             if family.type == "counter":
@@ -217,6 +221,13 @@ def test_every_metric_the_rules_and_the_dashboard_use_is_exported() -> None:
                  "workqueue_queue_duration_seconds_bucket", "rayop_api_requests_total", "process_cpu_seconds_total",
                  "rayop_cluster_provisioned_duration_seconds_bucket", "rayop_leader"):
         assert name in used and name in exported, name
+
+
+def test_the_exposition_passes_promtool_check_metrics() -> None:
+    for body in exposition():
+        result = subprocess.run([promtool(), "check", "metrics"], input=body, capture_output=True, timeout=60)
+        assert result.returncode == 0, (result.stdout + result.stderr).decode()
+        assert b"rayop_" in body
 
 
 @pytest.mark.parametrize("expr,names", [
