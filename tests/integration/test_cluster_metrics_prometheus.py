@@ -1,7 +1,7 @@
 """A real Prometheus (Debian's `prometheus` package) scrapes a real `rayop run` on the local API server (sim mode),
 loaded with manifests/monitoring/rayop-alerts.yaml: the per-cluster series of a real `Ray` come back through its
 HTTP API, an alert rule's expression evaluated by that Prometheus names the `Ray` that is not Ready (and not the
-Ready one), its alert turns pending, and a deleted `Ray`'s series go."""
+Ready one), its alert turns pending, and a deleted `Ray`'s series go; a restarted operator counts no second provisioning."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import yaml
 from rayop.runtime.kube import KubeClient
 from tests.integration.test_runtime_prometheus import PROMETHEUS, free_port, query
 from tests.support.cluster import REPO, LocalCluster, wait_until
-from tests.support.operator import OperatorProcess, load_sample, rays_path
+from tests.support.operator import OperatorProcess, load_sample, metrics_text, rays_path
 
 RULES = REPO / "manifests" / "monitoring" / "rayop-alerts.yaml"
 
@@ -77,6 +77,7 @@ def test_prometheus_scrapes_the_series_of_a_real_ray(cluster: LocalCluster, kube
         # Time to first Ready: observed once, and it took longer than nothing.
         count = one(prom_port, "rayop_cluster_provisioned_duration_seconds_count >= 1")
         assert float(count[0]["value"][1]) == 1
+        one(prom_port, f'rayop_cluster_launches_total{{outcome="succeeded", reason="Launched"}} >= 1', 120)
         # Conditions per Ray: one series per type, each with value 1.
         conditions = one(prom_port, f'rayop_cluster_condition{{{sel}, name="static"}}')
         assert sorted(c["metric"]["type"] for c in conditions) == sorted(
@@ -101,6 +102,17 @@ def test_prometheus_scrapes_the_series_of_a_real_ray(cluster: LocalCluster, kube
                    message="the deleted Ray's series gone")
         assert query(prom_port, f'rayop_cluster_info{{{sel}, name="static"}}')
         wait_until(lambda: not query(prom_port, mine), 60, 1.0, message="the alert's expression empty")
+
+        # A restarted operator lists the Ready Ray again and counts no second provisioning.
+        op.stop()
+        op.start()
+        port = wait_until(lambda: len(m := re.findall(r'"metrics_port": (\d+)', op.log())) == 2 and int(m[1]), 30,
+                          0.2, message="the restarted operator's metrics port")
+        ready_line = f'rayop_cluster_condition{{namespace="{namespace}",name="static",type="Ready",status="True"}} 1'
+        text = wait_until(lambda: (t := metrics_text(port)) and ready_line in t and t, 60, 0.5,
+                          message="the restarted operator's series")
+        assert "rayop_cluster_provisioned_duration_seconds_count 0.0" in text
+        assert 'rayop_cluster_launches_total{outcome="succeeded",reason="Launched"} 0.0' in text
     finally:
         if prom is not None:
             prom.terminate()
