@@ -38,8 +38,8 @@ from rayop.autoscaler import (
     REASON_WORKERS_NOT_JOINED,
 )
 from rayop.objects import HEAD_CONTAINER, parse_time
-from rayop.reconciler import CHILDREN, MANAGED_BY_SELECTOR, RAY
 from rayop.jobreconciler import RAYJOB
+from rayop.reconciler import CHILDREN, MANAGED_BY_SELECTOR, RAY
 from rayop.runtime.informer import MODIFIED, Event
 from rayop.runtime.manager import Manager
 from rayop.runtime.store import ObjectKey, Store
