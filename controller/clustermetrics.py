@@ -11,9 +11,10 @@ Guarantees:
   `rayop_workers_*`, `rayop_rayjobs`, the histogram, the counter), whose series count does not grow with the
   number of objects. Label values come from closed sets or from Kubernetes names, never from messages.
 - No double counting: a provisioning time is observed once per `Ray`, when a watched update shows its `Ready`
-  condition turning True for the first time ever (read from the status itself: `Ready` not True and unchanged since
-  `status.startTime`), by the replica that leads. A restarted operator's first list observes nothing; a transition
-  it did not see is missed, never counted twice. Launch outcomes likewise count transitions of `SuccessfulLaunch`.
+  condition turning True for the first time ever, by the replica that leads. "First" is read from the status
+  (`Ready` not True and unchanged since `status.startTime`) and, since those times are whole seconds, also from the
+  UIDs this process has seen Ready. A restarted operator's first list observes nothing; a transition it did not see
+  is missed, never counted twice. Launch outcomes likewise count transitions of `SuccessfulLaunch`.
 - Leader only: a standby (a rollout's new pod waiting for the Lease) exports none of the gauges and counts no
   transition, though its caches are warm, so summing over the operator's replicas counts every cluster once. The
   new leader's next scrape has them all again.
@@ -40,7 +41,7 @@ from rayop.autoscaler import (
 from rayop.objects import HEAD_CONTAINER, parse_time
 from rayop.jobreconciler import RAYJOB
 from rayop.reconciler import CHILDREN, MANAGED_BY_SELECTOR, RAY
-from rayop.runtime.informer import MODIFIED, Event
+from rayop.runtime.informer import DELETED, MODIFIED, Event
 from rayop.runtime.manager import Manager
 from rayop.runtime.store import ObjectKey, Store
 from rayop.status import MANAGED_CONDITIONS
@@ -176,21 +177,35 @@ class ClusterMetrics:
         )
         self.launches.labels("succeeded", REASON_LAUNCHED)
         self.launches.labels("failed", REASON_LAUNCHER_ERROR)
+        # UIDs of the Rays this process has seen Ready (or, by their status, Ready before): a regained Ready is
+        # never a provisioning, even when the status cannot tell (transitions within the second of startTime).
+        self._been_ready: set[str] = set()
 
     # -- the event handler (the Ray informer's; counts transitions) --------------------------------------------
 
     def on_ray_event(self, event: Event) -> None:
-        if event.type != MODIFIED or event.old is None or not self.is_leader():
+        new = event.obj
+        uid = str(_mapping(new.get("metadata")).get("uid") or "")
+        if event.type == DELETED:
+            self._been_ready.discard(uid)
             return
-        old, new = event.old, event.obj
+        if event.type != MODIFIED or event.old is None:
+            if not never_ready(new):
+                self._been_ready.add(uid)
+            return
+        old = event.old
         old_status, new_status = _mapping(old.get("status")), _mapping(new.get("status"))
         # Most updates (spec edits, replica counts) leave every condition as it was: nothing to count.
         if old_status.get("conditions") == new_status.get("conditions") and old_status:
             return
-        if never_ready(old) and not never_ready(new):
+        leader = self.is_leader()
+        if uid not in self._been_ready and not never_ready(new):
+            self._been_ready.add(uid)
             seconds = provisioned_seconds(new)
-            if seconds is not None:
+            if leader and never_ready(old) and seconds is not None:
                 self.provisioned.observe(seconds)
+        if not leader:
+            return
         outcome = launch_outcome(old, new)
         if outcome is not None:
             self.launches.labels(*outcome).inc()

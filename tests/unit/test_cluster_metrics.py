@@ -188,6 +188,32 @@ def test_provisioning_is_observed_once_at_the_first_ready(tmp_path: Path) -> Non
     assert provisioned(manager) == (1, 90)
 
 
+def test_a_ready_lost_and_regained_within_the_first_second_is_not_a_second_provisioning(tmp_path: Path) -> None:
+    """Status times are whole seconds: in sim mode a Ray can be Ready, and lose it, within the second of its
+    startTime, when the status alone looks never Ready again. The process remembers it was Ready."""
+    manager = operator(tmp_path)
+    rays = manager.informer(RAY)
+    rays.apply(ADDED, ray("a"))
+    rays.apply(MODIFIED, ray("a", rv="2", ready="False"))
+    rays.apply(MODIFIED, ray("a", rv="3", ready="True"))  # Ready at T0, the second of startTime
+    rays.apply(MODIFIED, ray("a", rv="4", ready="False"))  # and lost within it: lastTransitionTime == startTime
+    assert never_ready(ray("a", rv="4", ready="False"))
+    rays.apply(MODIFIED, ray("a", rv="5", ready="True", ready_at="2026-01-01T00:00:01Z"))
+    assert provisioned(manager) == (1, 0)
+    # Deleted and created again under the same name: a new Ray (a new UID), a new provisioning.
+    rays.apply(DELETED, ray("a", rv="5", ready="True"))
+    again = ray("a", rv="6")
+    again["metadata"]["uid"] = "uid-a-2"
+    rays.apply(ADDED, again)
+    ready_again = ray("a", rv="7", ready="True", ready_at="2026-01-01T00:00:30Z")
+    ready_again["metadata"]["uid"] = "uid-a-2"
+    before = ray("a", rv="6", ready="False")
+    before["metadata"]["uid"] = "uid-a-2"
+    rays.apply(MODIFIED, before)
+    rays.apply(MODIFIED, ready_again)
+    assert provisioned(manager) == (2, 30)
+
+
 def test_a_restarted_operator_counts_nothing_already_ready_and_a_standby_counts_nothing(tmp_path: Path) -> None:
     restarted = operator(tmp_path)
     rays = restarted.informer(RAY)
