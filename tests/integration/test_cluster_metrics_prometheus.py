@@ -1,6 +1,6 @@
 """A real Prometheus (Debian's `prometheus` package) scrapes a real `rayop run` on the local API server (sim mode),
 loaded with manifests/monitoring/rayop-alerts.yaml: the per-cluster series of a real `Ray` come back through its
-HTTP API, an alert rule's expression evaluated by that Prometheus names the `Ray` that is not Ready (and not the
+HTTP API (and a RayJob's), an alert rule's expression evaluated by that Prometheus names the `Ray` that is not Ready (and not the
 Ready one), its alert turns pending, and a deleted `Ray`'s series go; a restarted operator counts no second provisioning."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import yaml
 from rayop.runtime.kube import KubeClient
 from tests.integration.test_runtime_prometheus import PROMETHEUS, free_port, query
 from tests.support.cluster import REPO, LocalCluster, wait_until
-from tests.support.operator import OperatorProcess, load_sample, metrics_text, rays_path
+from tests.support.operator import OperatorProcess, install_rayjob_crd, load_sample, metrics_text, rays_path
 
 RULES = REPO / "manifests" / "monitoring" / "rayop-alerts.yaml"
 
@@ -37,6 +37,7 @@ def one(port: int, promql: str, timeout: float = 60) -> list[dict[str, Any]]:
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (hack/install-deps.sh installs it)")
 def test_prometheus_scrapes_the_series_of_a_real_ray(cluster: LocalCluster, kube: KubeClient, namespace: str,
                                                       ray_crd: None, tmp_path: Path) -> None:
+    install_rayjob_crd(kube)  # served at start-up, so the RayJob controller (and its series) runs
     op = OperatorProcess(cluster, [namespace], tmp_path / "operator.log")
     op.start()
     prom: subprocess.Popen[bytes] | None = None
@@ -49,6 +50,9 @@ def test_prometheus_scrapes_the_series_of_a_real_ray(cluster: LocalCluster, kube
         kube.create(rays_path(namespace), {"apiVersion": "ray.k8s.io/v1alpha1", "kind": "Ray",
                                            "metadata": {"name": "broken", "namespace": namespace},
                                            "spec": {"configuration": "max_workers: many\n"}})
+        # A RayJob waiting for a cluster its selector matches (no Ray carries the label).
+        kube.create(f"/apis/ray.k8s.io/v1alpha1/namespaces/{namespace}/rayjobs",
+                    load_sample("rayjob/on-existing-cluster.yaml", namespace))
         port = wait_until(lambda: (m := re.search(r'"metrics_port": (\d+)', op.log())) and int(m.group(1)), 30,
                           0.2, message="operator's metrics port")
         prom_port = free_port()
@@ -84,6 +88,12 @@ def test_prometheus_scrapes_the_series_of_a_real_ray(cluster: LocalCluster, kube
             ["ConfigurationValid", "HeadReady", "WorkersReady", "Ready", "SuccessfulLaunch", "ReplicaFailure"])
         assert {c["value"][1] for c in conditions} == {"1"}
         one(prom_port, f'rayop_cluster_condition{{{sel}, name="broken", type="ConfigurationValid", status="False"}}')
+
+        job = one(prom_port, f'rayop_rayjob_info{{{sel}, name="on-existing-cluster"}}')[0]["metric"]
+        assert (job["submission_mode"], job["cluster_source"]) == ("HTTP", "selector")
+        state = one(prom_port, f'rayop_rayjob_status{{{sel}, name="on-existing-cluster", deployment_status!="Unset"}}')
+        assert state[0]["metric"]["deployment_status"] == "Initializing", state
+        assert one(prom_port, 'sum(rayop_rayjobs{deployment_status="Initializing"}) >= 1')
 
         # The alert rule's own expression, evaluated by Prometheus: the broken Ray, not the Ready one.
         expr = alert_expr("RayClusterNotReady")
