@@ -210,6 +210,22 @@ def test_every_dashboard_expression_is_valid_promql(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_dashboard_is_importable() -> None:
+    """What Grafana needs to import it: unique panel ids, a place on the grid, each query with its own refId and
+    the dashboard's data source variable."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    assert {"datasource", "job", "namespace"} <= {v["name"] for v in dashboard["templating"]["list"]}
+    for panel in panels:
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"]) and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        refs = [t["refId"] for t in panel.get("targets") or ()]
+        assert len(refs) == len(set(refs)), panel["title"]
+        if panel["type"] != "row":
+            assert refs and panel["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
 def test_every_metric_the_rules_and_the_dashboard_use_is_exported() -> None:
     exported = exported_names()
     used = used_names()
