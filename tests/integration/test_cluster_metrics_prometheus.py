@@ -5,8 +5,12 @@ Ready one), its alert turns pending, and a deleted `Ray`'s series go; a restarte
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ import yaml
 from rayop.runtime.kube import KubeClient
 from tests.integration.test_runtime_prometheus import PROMETHEUS, free_port, query
 from tests.support.cluster import REPO, LocalCluster, wait_until
+from tests.unit.test_monitoring import dashboard_targets
 from tests.support.operator import OperatorProcess, install_rayjob_crd, load_sample, metrics_text, rays_path
 
 RULES = REPO / "manifests" / "monitoring" / "rayop-alerts.yaml"
@@ -27,6 +32,18 @@ def alert_expr(name: str) -> str:
             if rule.get("alert") == name:
                 return str(rule["expr"])
     raise AssertionError(f"no alert {name} in {RULES}")
+
+
+def evaluate(port: int, promql: str) -> list[dict[str, Any]]:
+    """The answer to an instant query, which must succeed (an error fails the test with Prometheus's message)."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            answer = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        answer = json.loads(e.read())
+    assert answer["status"] == "success", (promql, answer)
+    return list(answer["data"]["result"])
 
 
 def one(port: int, promql: str, timeout: float = 60) -> list[dict[str, Any]]:
@@ -101,6 +118,18 @@ def test_prometheus_scrapes_the_series_of_a_real_ray(cluster: LocalCluster, kube
         not_ready = wait_until(lambda: {r["metric"]["name"] for r in query(prom_port, mine)} or None, 60, 1.0,
                                message="RayClusterNotReady's expression")
         assert not_ready == {"broken"}
+        # Every dashboard query runs there without an error; once two scrapes are in (rates need two samples) the
+        # rate panels have data, and the per-cluster table names the Ray that is not Ready.
+        rates = ("Reconciles per second", "API requests per second", "CPU")
+
+        def dashboard() -> dict[str, list[dict[str, Any]]] | None:
+            answers = {title: evaluate(prom_port, expr) for title, expr in dashboard_targets()}
+            return answers if all(answers[t] for t in rates) else None
+
+        answers = wait_until(dashboard, 60, 1.0, message="the dashboard's rate panels")
+        assert {r["metric"]["name"] for r in answers["Ray clusters not Ready"]
+                if r["metric"].get("namespace") == namespace} == {"broken"}
+
         # Prometheus loaded the rules: the alert is pending (it fires after 15 minutes).
         pending = one(prom_port, f'ALERTS{{alertname="RayClusterNotReady", {sel}}}')
         assert [(a["metric"]["name"], a["metric"]["alertstate"]) for a in pending] == [("broken", "pending")]
