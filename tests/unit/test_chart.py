@@ -182,10 +182,13 @@ def test_monitors_are_off_by_default_and_select_the_operator() -> None:
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["namespace"] == NAMESPACE
     assert service["metadata"]["labels"].items() >= monitor["spec"]["selector"]["matchLabels"].items()
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    # Each Ray's series carry its own namespace label, which Prometheus would rename to exported_namespace.
+    assert [e.get("honorLabels") for e in monitor["spec"]["endpoints"]] == [True]
     podmonitor = the(objects, "PodMonitor")
     assert podmonitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert pod["metadata"]["labels"].items() >= podmonitor["spec"]["selector"]["matchLabels"].items()
     assert [e["port"] for e in podmonitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    assert [e.get("honorLabels") for e in podmonitor["spec"]["podMetricsEndpoints"]] == [True]
 
 
 def test_flags_and_pod_settings_follow_the_values() -> None:
