@@ -6,13 +6,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps check-build controlplane cluster-up cluster-down test test-unit test-integration lint run bench soak clean
+.PHONY: help venv deps check-build controlplane helm manifests cluster-up cluster-down test test-unit test-integration lint run bench soak image clean
 
 help:
 	@echo "make run      run the operator (starts the local control plane when no cluster is reachable)"
 	@echo "make test     set everything up and run lint, unit and integration tests"
+	@echo "make helm     build Helm (hack/build-helm.sh) and print its path"
+	@echo "make manifests  write the CRDs from api/ and render manifests/ from the Helm chart (docs/install.md)"
 	@echo "make bench    run the benchmarks (see docs/benchmarks.md)"
 	@echo "make soak     long reliability runs (see docs/reliability.md)"
+	@echo "make image    build the operator image with buildah and check it read-only as UID 65532 (docs/image.md)"
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +33,15 @@ deps:
 controlplane: deps
 	@hack/build-control-plane.sh >/dev/null
 
+# Helm, built from the Go module proxy into the cache (hack/build-helm.sh); prints the binary's path.
+helm: deps
+	@hack/build-helm.sh
+
+# The plain manifests under manifests/, rendered from the Helm chart (tests/unit/test_chart.py checks them).
+manifests: venv
+	$(BIN)/python -m rayop.api.crd --write
+	hack/render-manifests.sh
+
 cluster-up: controlplane venv
 	hack/local-cluster.sh up
 
@@ -45,13 +57,14 @@ check-build:
 	@hack/build-control-plane.sh --check
 
 
-test-unit: venv
+test-unit: venv helm
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: controlplane venv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-# Unit and integration tests in one lane, the real-Ray e2e tests in another, at the same time (hack/test.sh).
+# Unit and integration tests in one lane, the real-Ray e2e tests in another, at the same time (hack/test.sh, which
+# also builds Helm in the background on a cold cache: its tests wait for it).
 test: controlplane venv lint
 	hack/test.sh $(PYTEST_ARGS)
 
@@ -70,6 +83,12 @@ bench: controlplane venv
 SOAK_FUZZ_EXAMPLES ?= 10000
 soak: venv
 	RAYOP_FUZZ_EXAMPLES=$(SOAK_FUZZ_EXAMPLES) RAYOP_FUZZ_RANDOM=1 $(BIN)/pytest tests/unit/test_fuzz_pipeline.py -s -p no:cacheprovider $(PYTEST_ARGS)
+
+# The operator image without a Docker engine: a local Debian base, buildah, then a read-only run as UID 65532
+# (hack/build-image.sh, docs/image.md). Not part of `make test`: a cold run takes about 4 minutes and needs the
+# Debian mirror and the package index.
+image:
+	hack/build-image.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache build *.egg-info

@@ -5,8 +5,9 @@ Guarantees:
   field typed and documented, defaults, CEL rules whose messages name the field, the status subresource, printer
   columns, short names and categories. Pod templates are free-form objects (`x-kubernetes-preserve-unknown-fields`)
   so that the API server never rejects a pod field; every other unknown field is pruned.
-- `render_crd()` is the exact text of `manifests/crd.yaml`; `python -m rayop.api.crd > manifests/crd.yaml`
-  regenerates it and a unit test fails when the committed file differs.
+- `render_crd()` is the exact text of `manifests/crd.yaml` and of the Helm chart's copy
+  (`manifests/chart/rayop/crds/crd.yaml`); `python -m rayop.api.crd --write` regenerates both CRDs' files (as
+  `python -m rayop.api.crd > manifests/crd.yaml` the plain one) and unit tests fail when a committed file differs.
 - Pure: the same output on every run.
 """
 
@@ -414,10 +415,34 @@ def render_rayjob_crd() -> str:
     return RAYJOB_HEADER + yaml.safe_dump(build_rayjob_crd(), sort_keys=False, width=120, allow_unicode=True)
 
 
+# Where `--write` puts the generated CRDs, relative to the repository: the Helm chart's crds/ (what `helm install`
+# applies) and the plain manifests (hack/render-manifests.sh renders those again from the chart; a test compares).
+CRD_FILES: dict[str, tuple[str, ...]] = {
+    "ray": ("manifests/chart/rayop/crds/crd.yaml", "manifests/crd.yaml"),
+    "rayjob": ("manifests/chart/rayop/crds/crd-rayjob.yaml", "manifests/crd-rayjob.yaml"),
+}
+
+
+def rendered_crds() -> dict[str, str]:
+    """The text of every file in `CRD_FILES`, by path."""
+    texts = {"ray": render_crd(), "rayjob": render_rayjob_crd()}
+    return {path: texts[kind] for kind, paths in CRD_FILES.items() for path in paths}
+
+
 def main() -> None:
     import sys
+    from pathlib import Path
 
-    if sys.argv[1:] == ["rayjob"]:
+    args = sys.argv[1:]
+    if args[:1] == ["--write"]:
+        # python -m rayop.api.crd --write [REPO]: every CRD file of the repository (default: the current folder).
+        repo = Path(args[1] if len(args) > 1 else ".")
+        if not (repo / "manifests" / "chart" / "rayop").is_dir():
+            sys.exit(f"{repo}: not the repository's top folder (no manifests/chart/rayop)")
+        for path, text in rendered_crds().items():
+            (repo / path).write_text(text)
+            print(f"wrote {path}", file=sys.stderr)
+    elif args == ["rayjob"]:
         sys.stdout.write(render_rayjob_crd())
     else:
         sys.stdout.write(render_crd())

@@ -20,6 +20,7 @@ Other subcommands (e.g. `rayop render`) register themselves in `SUBCOMMANDS`.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import signal
 import sys
@@ -30,6 +31,7 @@ from types import FrameType
 
 import structlog
 
+from rayop.clustermetrics import MODE_CLUSTERS, MODES, add_cluster_metrics
 from rayop.defaults import Options, add_option_arguments, options_from_args
 from rayop.jobplan import Timing
 from rayop.jobreconciler import rayjob_crd_served, wire_rayjobs
@@ -154,6 +156,9 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--retry-period", type=float, default=2.0, help="seconds (default 2)")
     p.add_argument("--metrics-bind-address", default=":8080",
                    help="address of /metrics, /healthz, /readyz (default :8080; 0 disables)")
+    p.add_argument("--cluster-metrics", choices=MODES, default=MODE_CLUSTERS,
+                   help="per-Ray series on /metrics: clusters (default), groups (also per worker group) or off "
+                        "(aggregates only); see docs/metrics.md")
     p.add_argument("--log-format", choices=FORMATS, default="auto",
                    help="json in a cluster, console on a terminal (default auto)")
     p.add_argument("--log-level", choices=LEVELS, default="info")
@@ -210,6 +215,7 @@ def build_manager(args: argparse.Namespace, writer: WriterFactory = KubeWriter,
     if rayjobs:
         wire_rayjobs(manager, args.rayjob_workers, Timing(poll_interval=args.rayjob_poll_interval), submitter)
     log.info("rayjob controller", enabled=rayjobs, mode=args.rayjobs)
+    add_cluster_metrics(manager, getattr(args, "cluster_metrics", MODE_CLUSTERS))
     return manager
 
 
@@ -241,8 +247,17 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentPar
 SUBCOMMANDS["render"] = add_render_parser  # rayop render FILE: offline manifests (rayop.render)
 
 
+def installed_version() -> str:
+    """The version of the installed `rayop` distribution (its metadata), or "unknown" when it is not installed."""
+    try:
+        return importlib.metadata.version("rayop")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayop", description="A Kubernetes operator for Ray clusters.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS.values():
         add(sub)

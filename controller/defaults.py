@@ -86,6 +86,10 @@ class Options:
     # -- the planner ---------------------------------------------------------------------------------------------
     # Pods above the desired count a rolling update may create (per group, one group at a time).
     max_surge: int = 1
+    # At most this many pods are created in one reconcile (all groups together); the rest follow in the next
+    # reconciles, which the created pods' watch events bring. It bounds the plan's size and the time one reconcile
+    # holds a worker, whatever count a spec asks for (maxWorkers may be 2**31 - 1).
+    create_burst: int = 500
     # A Ray container waiting in CrashLoopBackOff with at least this many restarts makes its pod failed.
     crash_loop_restarts: int = 5
     # Failed pods are replaced after base * 2**n seconds (n: how often this slot was replaced already), capped.

@@ -215,6 +215,7 @@ class _Draft:
     requeue: float | None = None
     busy: Collection[str] = frozenset()
     progress: list[RollingProgress] = field(default_factory=list)
+    pod_creates: int = 0
 
     @property
     def options(self) -> Options:
@@ -226,6 +227,8 @@ class _Draft:
 
     def create(self, manifest: Body, reason: str, message: str, group: str | None = None) -> None:
         self.actions.append(Create(manifest=manifest, reason=reason, message=message, group=group))
+        if manifest.get("kind") == "Pod":
+            self.pod_creates += 1
 
     def delete(self, obj: Body, reason: str, message: str, group: str | None = None, *, kind: str = "Pod",
                propagation: str | None = None) -> None:
@@ -532,6 +535,12 @@ def _plan_group(b: _Draft, gp: GroupPods, pods: Sequence[Body], *, may_roll: boo
     if not can_create:
         b.notes.append(f"worker group {gp.group}: {missing} pod(s) wait for the head pod to run")
         return
+    room = max(b.options.create_burst - b.pod_creates, 0)
+    if missing > room:
+        b.notes.append(f"worker group {gp.group}: {missing - room} pod(s) left for the next reconciles "
+                       f"(at most {b.options.create_burst} pod creates per reconcile)")
+        b.wait(1.0)
+        missing = room
     for i in range(missing):
         if i < len(g.refills):
             b.create(with_replacements(gp.manifest, g.refills[i]), REASON_REPLACE_FAILED,

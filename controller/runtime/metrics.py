@@ -12,11 +12,14 @@ Guarantees:
 - Domain series are prefixed `rayop_`: API requests by client, verb and code; objects cached, events and lists per
   informer; leader status. They are read from plain counters at scrape time, so the hot paths pay nothing.
 - Nothing is registered in prometheus-client's global registry: several managers can live in one process.
+- Text sources (`add_text_source`) add series written directly in the text format, computed at scrape time, after
+  the registry's: for families with one series per object (rayop.clustermetrics), where prometheus-client's
+  generic path costs most of the scrape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -86,6 +89,7 @@ class Metrics:
             "workqueue_retries_total", "Total number of retries handled by workqueue", ["controller", "name"],
             registry=r,
         )
+        self._text_sources: list[Callable[[], str]] = []
         self._scraped = _ScrapeTimeCollector()
         r.register(self._scraped)
         if process:
@@ -125,10 +129,18 @@ class Metrics:
     def set_leader_source(self, lease: str, is_leader: Any) -> None:
         self._scraped.leader = (lease, is_leader)
 
+    def add_text_source(self, source: Callable[[], str]) -> None:
+        """`source()` returns whole families in the text format (HELP, TYPE and samples), names not in the
+        registry; it is called on every scrape."""
+        self._text_sources.append(source)
+
     # -- exposition ---------------------------------------------------------------------------------------------
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        text = generate_latest(self.registry)
+        for source in self._text_sources:
+            text += source().encode()
+        return text
 
 
 class _ScrapeTimeCollector:

@@ -439,15 +439,15 @@ def test_deleting_a_running_job_stops_it_first(pm: PrivateCluster, kube: KubeCli
     wait_until(lambda: not cluster_pods(kube, namespace, "own-1"), 120, 0.5, message="its pods gone")
 
 
-def operator_pods(kube: KubeClient) -> list[dict[str, Any]]:
-    return list(kube.get(f"/api/v1/namespaces/{OPERATOR_NS}/pods",
+def operator_pods(kube: KubeClient, namespace: str = OPERATOR_NS) -> list[dict[str, Any]]:
+    return list(kube.get(f"/api/v1/namespaces/{namespace}/pods",
                          labelSelector="app.kubernetes.io/name=rayop")["items"])
 
 
-def rolled_out(pm: PrivateCluster, kube: KubeClient, before: str) -> str:
-    """Wait until exactly one operator pod, not `before`, is Ready; its name."""
+def rolled_out(pm: PrivateCluster, kube: KubeClient, before: str, namespace: str = OPERATOR_NS) -> str:
+    """Wait until exactly one operator pod (in `namespace`), not `before`, is Ready; its name."""
     def one() -> str | None:
-        items = [p for p in operator_pods(kube) if not p["metadata"].get("deletionTimestamp")]
+        items = [p for p in operator_pods(kube, namespace) if not p["metadata"].get("deletionTimestamp")]
         ready = [p for p in items if is_ready(p)]
         if len(items) == 1 and len(ready) == 1 and ready[0]["metadata"]["name"] != before:
             return str(ready[0]["metadata"]["name"])

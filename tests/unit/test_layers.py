@@ -47,8 +47,10 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("rayop.jobsubmit", ()),
     ("rayop.jobreconciler", PURE + RUNTIME + ("rayop.reconciler", "rayop.jobsubmit", "rayop.jobreconciler")),
     ("rayop.render", PURE + ("rayop.render",)),
+    # The per-cluster Prometheus series: read from the manager's caches, beside the reconcilers.
+    ("rayop.clustermetrics", PURE + RUNTIME + ("rayop.reconciler", "rayop.jobreconciler", "rayop.clustermetrics")),
     ("rayop.cli", PURE + RUNTIME + ("rayop.reconciler", "rayop.jobreconciler", "rayop.jobsubmit", "rayop.render",
-                   "rayop.cli")),
+                   "rayop.clustermetrics", "rayop.cli")),
     # The kubectl plugin: a client of the API server (runtime's KubeClient) building manifests from the API.
     ("rayop.kubectl_ray", PURE + RUNTIME),
     ("rayop", PURE),  # every other module is pure: no client, no runtime

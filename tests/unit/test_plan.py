@@ -130,6 +130,22 @@ def test_scale_up(spec: dict[str, Any], want: int) -> None:
     assert {a.reason for a in plan.creates} == {REASON_SCALE_UP}
 
 
+def test_creates_per_reconcile_are_bounded_whatever_count_the_spec_asks_for() -> None:
+    """maxWorkers and initialWorkers may be 2**31 - 1: one reconcile creates at most `create_burst` pods (a plan of
+    two billion creates would take the operator's memory), says what is left, and the next reconciles go on."""
+    top = 2**31 - 1
+    d = desired_for(ray(static(top, maxWorkers=top)))
+    plan = plan_cluster(d, healthy(d, workers=0), NOW)
+    assert created(plan, "worker") == Options().create_burst == 500
+    assert f"{top - 500} pod(s) left for the next reconciles" in " ".join(plan.notes)
+    assert plan.requeue_after is not None
+    plan = plan_cluster(d, healthy(d, workers=500), NOW)
+    assert created(plan, "worker") == 500
+    small = desired_for(ray(static(7)), Options(create_burst=3))
+    assert created(plan_cluster(small, healthy(small, workers=0), NOW), "worker") == 3
+    assert created(plan_cluster(small, healthy(small, workers=6), NOW), "worker") == 1
+
+
 def _mixed(d: Any) -> list[dict[str, Any]]:
     h = d.workers[0].template_hash
     return [
