@@ -81,8 +81,13 @@ bench: controlplane venv
 
 # Long reliability runs (docs/reliability.md): for now the pure fuzz test with 10,000 generated Ray objects.
 SOAK_FUZZ_EXAMPLES ?= 10000
+# The load-and-churn soak (bench/soak.py, its own sim-mode control plane in /tmp/rayop-soak; docs/reliability.md).
+SOAK_RAYS ?= 200
+SOAK_MINUTES ?= 30
+soak: controlplane
 soak: venv
 	RAYOP_FUZZ_EXAMPLES=$(SOAK_FUZZ_EXAMPLES) RAYOP_FUZZ_RANDOM=1 $(BIN)/pytest tests/unit/test_fuzz_pipeline.py -s -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python bench/soak.py --rays $(SOAK_RAYS) --minutes $(SOAK_MINUTES)
 
 # The operator image without a Docker engine: a local Debian base, buildah, then a read-only run as UID 65532
 # (hack/build-image.sh, docs/image.md). Not part of `make test`: a cold run takes about 4 minutes and needs the

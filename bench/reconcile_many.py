@@ -315,9 +315,13 @@ class CollectionWatch:
 
     def __init__(self, kube: KubeClient, path: str, selector: str, on_object: Callable[[dict[str, Any], float],
                                                                                           None],
-                 on_deleted: Callable[[dict[str, Any]], None] | None = None):
+                 on_deleted: Callable[[dict[str, Any]], None] | None = None,
+                 on_list: Callable[[list[dict[str, Any]], float], None] | None = None):
+        # `on_list(items, now)` (optional) is called with every (re-)list before its objects go to `on_object`, so
+        # a caller can forget the objects deleted while the watch was down.
         self.kube = kube
         self.on_deleted = on_deleted
+        self.on_list = on_list
         self.path = path
         self.selector = selector
         self.on_object = on_object
@@ -331,6 +335,8 @@ class CollectionWatch:
             try:
                 listed = self.kube.get(self.path, labelSelector=self.selector)
                 now = time.monotonic()
+                if self.on_list is not None:
+                    self.on_list(listed.get("items") or [], now)
                 for obj in listed.get("items") or []:
                     self.on_object(obj, now)
                 self.synced.set()

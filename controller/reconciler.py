@@ -266,6 +266,9 @@ class RayReconciler:
         self._silent_dashboards: dict[str, float] = {}
         # Ray key -> when its first progress-only status change was held back (see write_status).
         self._held: dict[ObjectKey, float] = {}
+        # Ray key -> the UID last reconciled under it: a Ray deleted and re-created under the same name between two
+        # reconciles (its absence never seen) must not inherit the old one's expectations.
+        self._uids: dict[ObjectKey, str] = {}
 
     # -- reconcile ------------------------------------------------------------------------------------------------
 
@@ -274,6 +277,7 @@ class RayReconciler:
         if ray is None:
             # Deleted: the garbage collector removes the children through their ownerReferences.
             self.expectations.forget(lambda scope: isinstance(scope, tuple) and scope[0] == key)
+            self._uids.pop(key, None)
             self._reported.pop((key, "invalid"), None)
             self._reported.pop((key, "ignored"), None)
             self._reported.pop((key, "translated"), None)
@@ -285,7 +289,13 @@ class RayReconciler:
         wants = wants_finalizer(ray)
         if wants != has_finalizer(ray):  # two dict lookups for a Ray without gcsFaultTolerance, no write
             self.set_finalizer(key, ray, add=wants)
-        observed = self.observe(str(_meta(ray)["uid"]))
+        uid = str(_meta(ray)["uid"])
+        if self._uids.get(key, uid) != uid:
+            # The pods the old Ray's expectations wait for are owned by the old UID and never show among this
+            # one's: waiting for them would hold its groups until the expectations expire (minutes).
+            self.expectations.forget(lambda scope: isinstance(scope, tuple) and scope[0] == key)
+        self._uids[key] = uid
+        observed = self.observe(uid)
         now = self._now()
         try:
             conversion = effective_cluster(ray)

@@ -439,3 +439,21 @@ def test_a_deleted_ray_forgets_its_expectations() -> None:
     rig.rays.delete(key)
     assert rig.reconciler(key) is None
     assert rig.reconciler.expectations.pending((key, HEAD_GROUP)) == (0, 0)
+
+
+def test_a_ray_re_created_under_the_same_name_does_not_wait_for_the_old_ones_expectations() -> None:
+    # The old Ray created its head and was deleted (the garbage collector removed its children) and re-created
+    # under its name before the reconciler saw it gone: the head pod it expected never shows among the new Ray's.
+    rig, key = reconciling()
+    rig.reconciler(key)
+    assert rig.reconciler.expectations.pending((key, HEAD_GROUP)) == (1, 0)
+    rig.writer.objects.clear()
+    ray = copy.deepcopy(rig.rays.get(key))
+    assert ray is not None
+    ray["metadata"].update(uid="new-uid", resourceVersion="2")
+    rig.rays.upsert(ray)
+    rig.reconciler(key)
+    owners = [ref["uid"] for (kind, _, _), obj in rig.writer.objects.items() if kind == "Pod"
+              and obj["metadata"]["labels"].get(LABEL_ROLE) == "head" for ref in obj["metadata"]["ownerReferences"]]
+    assert owners == ["new-uid"]  # created at once, not once the old expectations expire (5 minutes)
+    assert rig.reconciler.expectations.pending((key, HEAD_GROUP)) == (1, 0)
