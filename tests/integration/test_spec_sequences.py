@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, Phase, note, settings
+from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
 
@@ -73,6 +74,15 @@ STEPS = int(os.environ.get("RAYOP_SEQ_STEPS", "4"))
 RANDOM = os.environ.get("RAYOP_SEQ_RANDOM") == "1"
 SHRINK = os.environ.get("RAYOP_SEQ_SHRINK") == "1"
 VERBOSE = os.environ.get("RAYOP_SEQ_VERBOSE") == "1"  # print every step as it is applied (with -s)
+
+
+def _note(text: str) -> None:
+    """hypothesis' note (printed with a failing sequence); a print when the steps are called by hand, as in the
+    reproducer hypothesis prints."""
+    if currently_in_test_context():
+        note(text)
+    else:
+        print(text)
 
 
 # -- strategies -------------------------------------------------------------------------------------------------
@@ -171,10 +181,10 @@ class SpecSequences(RuleBasedStateMachine):
             raise AssertionError(f"generated an invalid spec: {e.describe()}: {canonical(spec)}") from e
         key = canonical(spec)
         if self.history and key == self.history[-1][0]:
-            note(f"({what}: the same spec; not applied)")
+            _note(f"({what}: the same spec; not applied)")
             return
         n = len(self.history)
-        note(f"step {n} ({what}): {key}")
+        _note(f"step {n} ({what}): {key}")
         r.rules[what.split(":")[0]] = r.rules.get(what.split(":")[0], 0) + 1
         old = self.history[-1][1] if self.history else None
         started = time.monotonic()
@@ -204,7 +214,7 @@ class SpecSequences(RuleBasedStateMachine):
             r.kube.delete(rays_path(r.fresh_namespace, fresh))
         elif key not in r.fresh:
             r.fresh[key] = state  # the sequence's first spec: the live Ray was created with it
-        note(f"step {n} settled in {time.monotonic() - started:.1f}s")
+        _note(f"step {n} settled in {time.monotonic() - started:.1f}s")
         if VERBOSE:
             print(f"[{self.name}] step {n} ({what}) settled in {time.monotonic() - started:.1f}s"
                   f"{' with a fresh Ray' if fresh else ''}: {key}")

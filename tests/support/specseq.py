@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import threading
 import time
@@ -51,7 +52,7 @@ ENV_NAMES = ("FOO", "BAR")
 ENV_VALUES = ("1", "2")
 CPUS = (None, "1", "2")
 MAX_COUNT = 3  # per group: with two groups, live and fresh together stay well within the local nodes
-QUIET = 2.0  # seconds of no change before a cluster counts as settled
+QUIET = 2.5  # seconds of no change before a cluster counts as settled (progress-only status writes wait 2 s)
 
 JSON = dict[str, Any]
 
@@ -463,6 +464,15 @@ def converged(raw: dict[str, Any]) -> str | None:
     for p in raw["pods"]:
         if p["metadata"].get("deletionTimestamp") and _is_live_pod(p):
             return f"pod {p['metadata']['name']} terminating"
+    # The status tells the pods as they are (a progress-only status write may come up to 2 s late).
+    for role, key in (("head", "head"), ("worker", "worker")):
+        live = [p for p in raw["pods"] if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == role
+                and _is_live_pod(p)]
+        ready = sum(1 for p in live if any(c.get("type") == "Ready" and c.get("status") == "True"
+                                           for c in (p.get("status") or {}).get("conditions") or []))
+        counts = status.get(key) or {}
+        if (counts.get("replicas"), counts.get("readyReplicas")) != (len(live), ready):
+            return f"status.{key} says {counts.get('replicas')} pod(s), {counts.get('readyReplicas')} ready"
     if sum(1 for j in raw["jobs"] if not j["metadata"].get("deletionTimestamp")) != 1:
         return "not exactly one launcher Job"
     return None
@@ -475,7 +485,10 @@ def _fingerprint(raw: dict[str, Any]) -> str:
     return "|".join(parts)
 
 
-def wait_settled(kube: KubeClient, targets: list[tuple[str, str]], timeout: float = 150.0,
+SETTLE_TIMEOUT = float(os.environ.get("RAYOP_SEQ_SETTLE_TIMEOUT", "150"))
+
+
+def wait_settled(kube: KubeClient, targets: list[tuple[str, str]], timeout: float = SETTLE_TIMEOUT,
                  quiet: float = QUIET) -> None:
     """Wait until every (namespace, name) has converged and nothing of it changed for `quiet` seconds."""
     deadline = time.monotonic() + timeout
@@ -536,6 +549,7 @@ class PodWatch:
         self.pods: dict[str, JSON] = {}
         self.violations: list[str] = []
         self.events = 0
+        self.trace: list[str] = []  # the last pod events, for a violation's report
         self.lock = threading.Lock()
         self.rv = client.get(f"/api/v1/namespaces/{namespace}/pods", limit=1)["metadata"]["resourceVersion"]
         self._stop = threading.Event()
@@ -564,6 +578,10 @@ class PodWatch:
                 self.pods.pop(meta["uid"], None)
             else:
                 self.pods[meta["uid"]] = obj
+            phase = (obj.get("status") or {}).get("phase")
+            self.trace.append(f"{time.strftime('%H:%M:%S')} {event['type']} {meta.get('name')} {phase}"
+                              f"{' terminating' if meta.get('deletionTimestamp') else ''}")
+            del self.trace[:-40]
             self._check(f"{event['type']} {meta.get('name')}")
 
     def counts(self) -> dict[str, int]:
@@ -583,12 +601,15 @@ class PodWatch:
         if self.cluster is None:
             return
         counts = self.counts()
+        before = len(self.violations)
         if counts.get("head", 0) > 1:
             self.violations.append(f"{what}: {counts['head']} head pods at once")
         for group, n in counts.items():
             if group != "head" and n > self.bounds.get(group, 0):
                 self.violations.append(f"{what}: group {group} has {n} pods, more than its bound "
                                        f"{self.bounds.get(group, 0)}")
+        if len(self.violations) > before and before == 0:
+            self.violations.append("the last pod events: " + "; ".join(self.trace[-15:]))
 
     def expect(self, cluster: str, bounds: dict[str, int]) -> None:
         with self.lock:
