@@ -27,9 +27,11 @@ shrink step runs the cluster again). A failing run prints the sequence of specs 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -118,7 +120,8 @@ def spec_models(draw: st.DrawFn) -> SpecModel:
                   image=draw(st.sampled_from((None, *IMAGES))),
                   rolling=draw(st.sampled_from((None, (1, 0), (2, 0), (0, 1)))),
                   head_params=draw(st.sampled_from(({}, {"num-cpus": "0"}))))
-    if names and draw(st.booleans()):
+    with_desired: bool = draw(st.booleans())
+    if names and with_desired:
         m.desired = {draw(st.sampled_from(names)): draw(st.integers(0, MAX_COUNT + 1))}
     m.normalize()
     return m
@@ -138,7 +141,7 @@ class Run:
     steps: int = 0
     fresh_created: int = 0
     reverts: int = 0
-    names: itertools.count = field(default_factory=lambda: itertools.count(1))  # type: ignore[type-arg]
+    names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     forms: dict[str, int] = field(default_factory=dict)
     rules: dict[str, int] = field(default_factory=dict)
 
@@ -166,9 +169,8 @@ class SpecSequences(RuleBasedStateMachine):
             out[g] = max(before.get(g, 0), s.desired) + surge
         return out
 
-    def fresh_name(self, key: str) -> str:
-        import hashlib
-
+    @staticmethod
+    def fresh_name(key: str) -> str:
         return "sqfr" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
     def step(self, what: str, *, revert_to: int | None = None) -> None:
