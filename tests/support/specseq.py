@@ -612,9 +612,12 @@ class PodWatch:
             self.violations.append("the last pod events: " + "; ".join(self.trace[-15:]))
 
     def expect(self, cluster: str, bounds: dict[str, int]) -> None:
+        """The cluster and bounds of the next step; the violations of the last one are cleared (each step reports
+        its own, and a replayed sequence does not inherit them)."""
         with self.lock:
             self.cluster = cluster
             self.bounds = dict(bounds)
+            self.violations = []
 
     def sees(self, counts: dict[str, int]) -> bool:
         """Whether the watch has seen the current cluster with these pod counts (a list read after settling)."""
