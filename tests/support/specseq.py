@@ -473,6 +473,12 @@ def converged(raw: dict[str, Any]) -> str | None:
         counts = status.get(key) or {}
         if (counts.get("replicas"), counts.get("readyReplicas")) != (len(live), ready):
             return f"status.{key} says {counts.get('replicas')} pod(s), {counts.get('readyReplicas')} ready"
+    jobs = [j for j in raw["jobs"] if not j["metadata"].get("deletionTimestamp")]
+    launcher = status.get("launcher") or {}
+    for j in jobs:  # the launcher's counts are the Job's (exactly one Job, checked below)
+        js = j.get("status") or {}
+        if (launcher.get("replicas"), launcher.get("readyReplicas")) != (js.get("active", 0), js.get("ready", 0)):
+            return f"status.launcher says {launcher.get('replicas')} pod(s), the Job {js.get('active', 0)}"
     if sum(1 for j in raw["jobs"] if not j["metadata"].get("deletionTimestamp")) != 1:
         return "not exactly one launcher Job"
     return None
