@@ -79,14 +79,17 @@ bench: controlplane venv
 	$(BIN)/python bench/reconcile_many.py --rays $(BENCH_RAYS) --operator-defaults
 	$(BIN)/python bench/rayjobs_many.py --rayjobs $(BENCH_RAYJOBS)
 
-# Long reliability runs (docs/reliability.md): for now the pure fuzz test with 10,000 generated Ray objects.
+# Long reliability runs (docs/reliability.md): the pure fuzz test with 10,000 generated Ray objects, 1,000 random
+# spec sequences against a live operator (sim mode, the local control plane), then the load-and-churn soak.
 SOAK_FUZZ_EXAMPLES ?= 10000
-# The load-and-churn soak (bench/soak.py, its own sim-mode control plane in /tmp/rayop-soak; docs/reliability.md).
+SOAK_SEQ_EXAMPLES ?= 1000
+SOAK_SEQ_STEPS ?= 6
+# The load-and-churn soak (bench/soak.py, its own sim-mode control plane in /tmp/rayop-soak).
 SOAK_RAYS ?= 200
 SOAK_MINUTES ?= 30
-soak: controlplane
-soak: venv
+soak: controlplane venv
 	RAYOP_FUZZ_EXAMPLES=$(SOAK_FUZZ_EXAMPLES) RAYOP_FUZZ_RANDOM=1 $(BIN)/pytest tests/unit/test_fuzz_pipeline.py -s -p no:cacheprovider $(PYTEST_ARGS)
+	RAYOP_SEQ_EXAMPLES=$(SOAK_SEQ_EXAMPLES) RAYOP_SEQ_STEPS=$(SOAK_SEQ_STEPS) RAYOP_SEQ_RANDOM=1 $(BIN)/pytest tests/integration/test_spec_sequences.py -s -p no:cacheprovider $(PYTEST_ARGS)
 	$(BIN)/python bench/soak.py --rays $(SOAK_RAYS) --minutes $(SOAK_MINUTES)
 
 # The operator image without a Docker engine: a local Debian base, buildah, then a read-only run as UID 65532

@@ -519,8 +519,8 @@ def _plan_group(b: _Draft, gp: GroupPods, pods: Sequence[Body], *, may_roll: boo
     g = _Group(pods=gp, want=gp.desired, max_workers=group.max_workers if group is not None else gp.desired,
                autoscaling=model.autoscaling.enabled)
     _sort_live(b, g, pods, frozenset(model.workers_to_delete))
+    surge = group.max_surge if group is not None and group.max_surge is not None else b.options.max_surge
     if may_roll and g.outdated(g.live):
-        surge = group.max_surge if group is not None and group.max_surge is not None else b.options.max_surge
         unavailable = group.max_unavailable or 0 if group is not None else 0
         missing = _roll(b, g, pods, surge, unavailable)
         reason = REASON_ROLLING_UPDATE
@@ -529,6 +529,10 @@ def _plan_group(b: _Draft, gp: GroupPods, pods: Sequence[Body], *, may_roll: boo
         if excess > 0:
             _scale_down(b, g, excess)
         missing = g.want - len(g.remaining())
+        # The tail of a rolling update: old pods still draining count against the surge until they are gone.
+        draining = sum(1 for p in g.outdated(pods) if is_terminating(p) and phase(p) not in ("Succeeded", "Failed"))
+        if draining:
+            missing = min(missing, g.want + surge - len(g.remaining()) - draining)
         reason = REASON_SCALE_UP
     if missing <= 0:
         return
@@ -598,7 +602,9 @@ def _roll(b: _Draft, g: _Group, pods: Sequence[Body], surge: int, unavailable: i
     b.progress.append(RollingProgress(group=g.name, updated=updated, total=len(remaining), desired=g.want,
                                       max_surge=surge, max_unavailable=unavailable))
     target = g.want + surge if old_left else g.want
-    return target - len(remaining) - (terminating if old_left else 0)
+    # Pods this step deletes drain as long as the ones already terminating: both count against the surge.
+    going = terminating + len(g.removed)
+    return min(target - len(remaining), g.want + surge - len(remaining) - going)
 
 
 def _scale_down(b: _Draft, g: _Group, excess: int) -> None:

@@ -277,8 +277,17 @@ def test_rolling_update_surges_one_pod_then_replaces_old_ones_as_new_ones_get_re
     assert step2.actions == ()
     surge_ready = pod("n1", hash=h, age=1)
     step3 = plan_cluster(new, with_pods(observed, [*observed.pods, surge_ready]), NOW)
-    assert len(step3.deletes) == 1 and created(step3, "worker") == 1
+    # The old pod deleted now drains: with it, 3 + 1 pods exist, so the next new pod waits until it is gone.
+    assert len(step3.deletes) == 1 and created(step3, "worker") == 0
     assert {a.reason for a in step3.actions} == {REASON_ROLLING_UPDATE}
+    (victim,) = step3.deletes
+    rest = [p for p in observed.pods if p["metadata"]["name"] != victim.name]
+    gone = next(p for p in observed.pods if p["metadata"]["name"] == victim.name)
+    draining = {**gone, "metadata": {**gone["metadata"], "deletionTimestamp": "2026-01-02T03:04:05Z"}}
+    step4 = plan_cluster(new, with_pods(observed, [*rest, draining, surge_ready]), NOW)
+    assert step4.actions == ()
+    step5 = plan_cluster(new, with_pods(observed, [*rest, surge_ready]), NOW)
+    assert not step5.deletes and created(step5, "worker") == 1
 
 
 def test_rolling_update_never_deletes_the_last_ready_old_pod_first() -> None:
@@ -295,7 +304,9 @@ def test_unready_old_pods_are_replaced_without_waiting() -> None:
     pods = [observed.pods[0], *(pod(p["metadata"]["name"], hash="old", ready=False, age=100)
                                 for p in observed.pods[1:])]
     plan = plan_cluster(new, with_pods(observed, pods), NOW)
-    assert len(plan.deletes) == 2 and created(plan, "worker") == 2
+    # Both go at once; the two deleted pods still exist while they terminate, so desired 2 + maxSurge 1 leaves room
+    # for one new pod now.
+    assert len(plan.deletes) == 2 and created(plan, "worker") == 1
 
 
 def test_rolling_updates_go_one_group_at_a_time() -> None:
@@ -531,8 +542,9 @@ def test_rolling_update_bounds_per_group_and_terminating_pods_count_against_the_
     spec["rollingUpdate"] = {"maxSurge": 2, "maxUnavailable": 1}
     new, observed = _rolled(spec)
     step = plan_cluster(new, observed, NOW)
-    # maxUnavailable 1: one ready old pod may go at once; maxSurge 2: up to 3 + 2 pods, so three new ones.
-    assert len(step.deletes) == 1 and created(step, "worker") == 3
+    # maxUnavailable 1: one ready old pod may go at once; maxSurge 2: up to 3 + 2 pods, the one deleted now
+    # (terminating) included, so two new ones.
+    assert len(step.deletes) == 1 and created(step, "worker") == 2
     (progress,) = step.progress
     assert (progress.updated, progress.total, progress.max_surge, progress.max_unavailable) == (0, 2, 2, 1)
     assert "0 of 2 pod(s) updated" in progress.describe()
@@ -553,3 +565,34 @@ def test_rolling_update_bounds_must_let_it_progress() -> None:
 
     with pytest.raises(ConfigurationError):
         effective_cluster(ray({**static(2), "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}))
+
+
+def test_rolling_update_counts_the_pods_it_deletes_and_old_pods_draining_after_the_last_delete() -> None:
+    """At most desired + maxSurge pods of a group exist at once during a rolling update, terminating ones included:
+    the pods a step deletes count in that same step, and old pods still draining after the last one was deleted
+    count until they are gone."""
+    spec = static(2)
+    spec["rollingUpdate"] = {"maxSurge": 0, "maxUnavailable": 1}
+    new, observed = _rolled(spec)
+    h = new.workers[0].template_hash
+    head = [p for p in observed.pods if p["metadata"]["labels"].get("ray.k8s.io/node-kind") == "head"]
+    old = [p for p in observed.pods if p["metadata"]["labels"].get("ray.k8s.io/node-kind") == "worker"]
+
+    def terminating(p: dict[str, Any]) -> dict[str, Any]:
+        return {**p, "metadata": {**p["metadata"], "deletionTimestamp": "2026-01-02T03:04:05Z"}}
+
+    step = plan_cluster(new, observed, NOW)
+    assert len(step.deletes) == 1 and created(step, "worker") == 0  # maxSurge 0: 2 pods, the deleted one included
+    first = next(p for p in old if p["metadata"]["name"] == step.deletes[0].name)
+    second = next(p for p in old if p is not first)
+    assert created(plan_cluster(new, with_pods(observed, [*head, terminating(first), second]), NOW), "worker") == 0
+    step = plan_cluster(new, with_pods(observed, [*head, second]), NOW)
+    assert created(step, "worker") == 1
+    fresh = pod("n1", hash=h, age=1)
+    step = plan_cluster(new, with_pods(observed, [*head, second, fresh]), NOW)
+    assert deleted(step) == [second["metadata"]["name"]] and created(step, "worker") == 0
+    # The last old pod drains: no old pod is live any more, and it still counts.
+    tail = plan_cluster(new, with_pods(observed, [*head, terminating(second), fresh]), NOW)
+    assert created(tail, "worker") == 0
+    done = plan_cluster(new, with_pods(observed, [*head, fresh]), NOW)
+    assert created(done, "worker") == 1
