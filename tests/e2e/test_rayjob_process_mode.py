@@ -27,7 +27,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -116,6 +116,12 @@ def namespace(request: pytest.FixtureRequest, kube: KubeClient, operator_pod: st
                message="kube-root-ca.crt")
     yield name
     delete_namespace(kube, name)
+
+
+def _has_line(text: str, wanted: Callable[[str], bool]) -> bool:
+    """Whether a line of `text` (stripped) is one `wanted` accepts: a program's own output line, not an echo of the
+    entrypoint that merely contains the same words."""
+    return any(wanted(line.strip()) for line in text.splitlines())
 
 
 def wait_job(kube: KubeClient, ns: str, name: str, deployment: str | tuple[str, ...],
@@ -537,7 +543,9 @@ def test_k8s_job_mode_output_is_in_kubectl_logs(pm: PrivateCluster, kube: KubeCl
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["command"][:2] == ["bash", "-c"] and f"rayjob-{uid}-1" in container["command"]
     # The program's output, through the submitter's `ray job logs --follow`.
-    logs = wait_until(lambda: (lambda out: out if "program output" in out else None)(
+    # The entrypoint's text, echoed by Ray ("Running entrypoint ..."), holds "program output" too: wait for the line
+    # the program prints, not for the words.
+    logs = wait_until(lambda: (lambda out: out if _has_line(out, lambda x: x.startswith("program output:")) else None)(
         pm.kubectl("logs", "-n", namespace, f"job/{submitter}", check=False).stdout), 60, 1,
         message="the program's output in kubectl logs")
     print(logs[-1500:])
@@ -595,7 +603,7 @@ def test_k8s_job_mode_retried_submitter_follows_instead_of_resubmitting(pm: Priv
     second = retry
     done = wait_job(kube, namespace, "follow", "Complete", timeout=180)
     assert done["status"]["submissionId"] == sid and done["status"]["jobStatus"] == "SUCCEEDED"
-    logs = wait_until(lambda: (lambda out: out if "finished" in out else None)(
+    logs = wait_until(lambda: (lambda out: out if _has_line(out, lambda x: x == "finished") else None)(
         pm.kubectl("logs", "-n", namespace, second["metadata"]["name"], check=False).stdout), 60, 1,
         message="the second pod's logs")
     print(logs[-1000:])
@@ -653,7 +661,7 @@ def test_k8s_job_mode_deleted_submitter_pod_is_replaced_and_follows(pm: PrivateC
     done = wait_job(kube, namespace, "redo", "Complete", timeout=180)
     assert done["status"]["submissionId"] == sid and done["status"]["jobStatus"] == "SUCCEEDED"
     assert parse_ts(second["metadata"]["creationTimestamp"]) < parse_ts(done["status"]["endTime"]), done["status"]
-    logs = wait_until(lambda: (lambda out: out if "finished" in out else None)(
+    logs = wait_until(lambda: (lambda out: out if _has_line(out, lambda x: x == "finished") else None)(
         pm.kubectl("logs", "-n", namespace, second["metadata"]["name"], check=False).stdout), 60, 1,
         message="the second pod's logs")
     print(logs[-1000:])
