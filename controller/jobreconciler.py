@@ -62,7 +62,7 @@ from rayop.jobplan import (
     wants_job_info_deleting,
 )
 from rayop.jobsubmit import DashboardError, JobSubmissionClient, SubmissionRejected
-from rayop.reconciler import RAY, merge_patch
+from rayop.reconciler import RAY, WrittenStatus, merge_patch, resource_version_of
 from rayop.runtime.events import NORMAL, WARNING
 from rayop.runtime.handlers import generation_changed
 from rayop.runtime.informer import Event
@@ -97,6 +97,8 @@ class RayJobReconciler:
         self._now = now or (lambda: datetime.now(timezone.utc))
         self._failures: dict[ObjectKey, int] = {}
         self._lock = threading.Lock()
+        # The status last written per RayJob until the cache shows it (see rayop.reconciler.WrittenStatus).
+        self._written = WrittenStatus()
 
     # -- mapping Ray events to RayJobs ---------------------------------------------------------------------------
 
@@ -134,6 +136,7 @@ class RayJobReconciler:
         if rayjob is None:
             with self._lock:
                 self._failures.pop(key, None)
+            self._written.forget(key)
             return None
         if rayjob["metadata"].get("deletionTimestamp"):
             return self.finalize(key, rayjob)
@@ -373,26 +376,36 @@ class RayJobReconciler:
     # -- status ---------------------------------------------------------------------------------------------------
 
     def write_status(self, rayjob: Mapping[str, Any], decision: Decision) -> None:
-        old = rayjob.get("status") or {}
-        patch = merge_patch(old, decision.status)
+        key = ObjectKey.of(rayjob)
+        patch = merge_patch(self._written.base(key, rayjob), decision.status)
         if patch:
-            self._patch_status(rayjob, patch)
+            if self._written.behind(key, rayjob):
+                # The cache does not show this process's last status write yet, and the new status differs from
+                # what was written (not from what the cache holds, which may equal it: see WrittenStatus). The
+                # write would be refused (409, the guard below); retried once the cache caught up.
+                raise ReconcileError(f"RayJob {key}: the cache does not show the last status write yet")
+            made = self._patch_status(rayjob, patch)
+            self._written.wrote(key, rayjob, decision.status, made)
         for type_, reason, message in decision.events:
             self.recorder.record(rayjob, type_, reason, message)
 
-    def _patch_status(self, rayjob: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
+    def _patch_status(self, rayjob: Mapping[str, Any], patch: Mapping[str, Any]) -> str | None:
+        """The guarded status patch; the resourceVersion it made (None when the RayJob is gone)."""
         meta = rayjob["metadata"]
         # Guarded by the resourceVersion the decision was made on: a status computed from a stale cache is refused
         # (409) and the key is retried once the cache caught up, never merged over a newer status.
         body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": patch}
         try:
-            self.client.patch(RAYJOB.object(meta["namespace"], meta["name"]) + "/status", body, CONTENT_MERGE_PATCH)
+            answer = self.client.patch(RAYJOB.object(meta["namespace"], meta["name"]) + "/status", body,
+                                       CONTENT_MERGE_PATCH, metadata_only=True)
         except ApiError as e:
+            self._written.forget(ObjectKey.of(rayjob))
             if e.not_found:
-                return
+                return None
             if e.conflict:
                 raise ReconcileError(f"RayJob {meta['namespace']}/{meta['name']}: status changed meanwhile") from None
             raise
+        return resource_version_of(answer)
 
 
 def rayjob_reconciler(manager: Manager) -> Reconcile:

@@ -192,8 +192,9 @@ class Writer(Protocol):
         """A JSON merge patch of the child."""
         ...
 
-    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
-        """A JSON merge patch of the Ray's `/status` subresource with `{"status": status}`."""
+    def patch_status(self, namespace: str, name: str, status: Obj) -> str | None:
+        """A JSON merge patch of the Ray's `/status` subresource with `{"status": status}`; the resourceVersion the
+        write made, when the server said."""
         ...
 
 
@@ -234,9 +235,68 @@ class KubeWriter:
     def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> None:
         self.client.patch(WRITABLE[kind].object(namespace, name), dict(patch), CONTENT_MERGE_PATCH, metadata_only=True)
 
-    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
-        self.client.patch(RAY.object(namespace, name) + "/status", {"status": dict(status)}, CONTENT_MERGE_PATCH,
-                          metadata_only=True)
+    def patch_status(self, namespace: str, name: str, status: Obj) -> str | None:
+        answer = self.client.patch(RAY.object(namespace, name) + "/status", {"status": dict(status)},
+                                   CONTENT_MERGE_PATCH, metadata_only=True)
+        return resource_version_of(answer)
+
+
+def resource_version_of(answer: object) -> str | None:
+    """The resourceVersion in a write's answer (a whole object or its metadata), None when it has none."""
+    if not isinstance(answer, Mapping):
+        return None
+    rv = _meta(answer).get("resourceVersion")
+    return rv if isinstance(rv, str) and rv else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    on: str  # the cached resourceVersion the write was computed from
+    made: str  # the resourceVersion the write made
+    status: Obj  # the whole status as the write left it
+
+
+class WrittenStatus:
+    """The status this process last wrote per object, until its cache shows that write.
+
+    The status patch is the difference between the cached status and the new one. Right after a write the cache
+    still holds the object as it was (its watch event is on the way); a reconcile in that window that computes the
+    status as it was before the write found no difference and wrote nothing, and the object kept the written,
+    now wrong, status, since the object's own status events do not start a reconcile (a launcher pod that went
+    Ready and finished within that window was counted for minutes). `base` is what the server holds: the status
+    written, while the cached object is still the one the write was computed from; else the cached status."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[ObjectKey, _Written] = {}
+
+    def base(self, key: ObjectKey, obj: Obj) -> Obj:
+        cached = _field(obj, "status")
+        written = self._by_key.get(key)
+        if written is None:
+            return cached
+        if _meta(obj).get("resourceVersion") == written.on:
+            return written.status
+        # The cache shows the write, or a later change of the object: it is the base from now on.
+        del self._by_key[key]
+        return cached
+
+    def behind(self, key: ObjectKey, obj: Obj) -> bool:
+        """Whether the cached `obj` is still the version the last write was computed from."""
+        written = self._by_key.get(key)
+        return written is not None and _meta(obj).get("resourceVersion") == written.on
+
+    def wrote(self, key: ObjectKey, obj: Obj, status: Obj, made: str | None) -> None:
+        on = _meta(obj).get("resourceVersion")
+        if isinstance(on, str) and on and made and made != on:
+            self._by_key[key] = _Written(on, made, status)
+        else:
+            self._by_key.pop(key, None)
+
+    def forget(self, key: ObjectKey) -> None:
+        self._by_key.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._by_key)
 
 
 class RayReconciler:
@@ -266,6 +326,8 @@ class RayReconciler:
         self._silent_dashboards: dict[str, float] = {}
         # Ray key -> when its first progress-only status change was held back (see write_status).
         self._held: dict[ObjectKey, float] = {}
+        # The status last written per Ray until the cache shows it (see WrittenStatus).
+        self._written = WrittenStatus()
         # Ray key -> the UID last reconciled under it: a Ray deleted and re-created under the same name between two
         # reconciles (its absence never seen) must not inherit the old one's expectations.
         self._uids: dict[ObjectKey, str] = {}
@@ -283,6 +345,7 @@ class RayReconciler:
             self._reported.pop((key, "translated"), None)
             self._clamped.pop(key, None)
             self._held.pop(key, None)
+            self._written.forget(key)
             return None
         if _meta(ray).get("deletionTimestamp"):
             return self.finalize(key, ray) if has_finalizer(ray) else None
@@ -506,9 +569,9 @@ class RayReconciler:
         """Writes the status when it differs from the stored one. A change that is only progress is held back up to
         `Options.status_batch_seconds` from the first one held (the reconcile's events usually bring the next
         change first, and one write carries both); returns the seconds until a held change is due, else None."""
-        old = _field(ray, "status")
-        patch = merge_patch(old, status)
         key = ObjectKey.of(ray)
+        old = self._written.base(key, ray)
+        patch = merge_patch(old, status)
         if not patch:
             self._held.pop(key, None)
             return None
@@ -523,11 +586,13 @@ class RayReconciler:
             self.recorder.record(ray, WARNING, str(condition["reason"]), str(condition.get("message", "")))
         meta = _meta(ray)
         try:
-            self.writer.patch_status(str(meta["namespace"]), str(meta["name"]), patch)
+            made = self.writer.patch_status(str(meta["namespace"]), str(meta["name"]), patch)
         except ApiError as e:
+            self._written.forget(key)
             if e.not_found:
                 return None
             raise
+        self._written.wrote(key, ray, status, made)
         return None
 
     # -- GCS fault tolerance: the finalizer and the clean-up of a deleted Ray ------------------------------------

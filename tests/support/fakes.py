@@ -129,9 +129,11 @@ class FakeWriter:
             raise ApiError(404, "NotFound", f'{kind.lower()}s "{name}" not found')
         _merge(obj, patch)
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str:
+        """Records the patch; the resourceVersion it made (a new one per write, as the server gives)."""
         self._check("patch_status", "Ray", name)
         self.statuses.setdefault((namespace, name), []).append(copy.deepcopy(dict(status)))
+        return f"status-{next(self._serial)}"
 
 
 def _merge(target: dict[str, Any], patch: Mapping[str, Any]) -> None:

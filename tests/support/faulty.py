@@ -67,9 +67,10 @@ class ExitAfterWrites:
         self.inner.patch(kind, namespace, name, patch)
         self._wrote()
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.inner.patch_status(namespace, name, status)
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str | None:
+        made = self.inner.patch_status(namespace, name, status)
         self._wrote()
+        return made
 
 
 class ExitAfterSubmit(JobSubmissionClient):

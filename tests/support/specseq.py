@@ -14,8 +14,7 @@ step, the state they converge to read back and normalized, and the invariants wa
   remove running, ready workers to follow a lowered count there (the autoscaler drains idle ones and names them;
   docs/api.md), and no autoscaler runs in sim mode, so such a group may keep pods from an earlier, larger count.
   Likewise the launcher Job's `--expect-workers` (the desired count when that launch started: a later change of
-  counts is no new launch) is masked, and `status.launcher` is left out (an open finding: it can stay stale).
-  Everything else is compared exactly.
+  counts is no new launch) is masked. Everything else is compared exactly.
 - `settled()`: observedGeneration caught up, Ready, launched, no failure, no pod terminating, and nothing of the
   cluster changed during a quiet period.
 - `PodWatch`: every pod event of a namespace; counts head pods (never more than one) and each group's pods
@@ -320,9 +319,6 @@ def _status(ray: JSON, scaling: dict[str, Scaling]) -> JSON:
     for c in status.pop("conditions", None) or []:
         conditions.append({k: c.get(k) for k in ("type", "status", "reason", "message")})
     status["conditions"] = sorted(conditions, key=lambda c: str(c["type"]))
-    # Not compared (an open finding, docs/reliability.md): status.launcher can keep counting the finished launcher
-    # pod (replicas 1) while the Job says active 0, for minutes, so the count depends on timing, not on the spec.
-    status.pop("launcher", None)
     if any(s.autoscaled for s in scaling.values()):
         status.pop("worker", None)  # the sum over groups: see the groups
     for g in status.get("workerGroups") or []:
@@ -477,8 +473,15 @@ def converged(raw: dict[str, Any]) -> str | None:
         counts = status.get(key) or {}
         if (counts.get("replicas"), counts.get("readyReplicas")) != (len(live), ready):
             return f"status.{key} says {counts.get('replicas')} pod(s), {counts.get('readyReplicas')} ready"
-    if sum(1 for j in raw["jobs"] if not j["metadata"].get("deletionTimestamp")) != 1:
+    jobs = [j for j in raw["jobs"] if not j["metadata"].get("deletionTimestamp")]
+    if len(jobs) != 1:
         return "not exactly one launcher Job"
+    # The launcher's counts are the Job's (they stayed stale for minutes when a launcher pod went Ready and finished
+    # before the Ray's watch event brought the status write that counted it: docs/reliability.md).
+    launcher, js = status.get("launcher") or {}, jobs[0].get("status") or {}
+    if (launcher.get("replicas"), launcher.get("readyReplicas")) != (js.get("active", 0), js.get("ready", 0)):
+        return (f"status.launcher says {launcher.get('replicas')} pod(s), {launcher.get('readyReplicas')} ready, "
+                f"the Job {js.get('active', 0)}, {js.get('ready', 0)}")
     return None
 
 

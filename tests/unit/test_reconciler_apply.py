@@ -365,6 +365,51 @@ def test_a_change_a_watcher_acts_on_is_written_at_once_and_carries_what_was_held
     assert rig.reconciler.write_status({**RAY, "status": {**held, **change}}, {**held, **change, "x": 1}) == 2.0
 
 
+LAUNCHING = {**PENDING, "launcher": {"replicas": 1, "readyReplicas": 0}}
+LAUNCHER_READY = {**PENDING, "launcher": {"replicas": 1, "readyReplicas": 1}}
+
+
+def test_a_change_undone_before_the_cache_shows_its_write_is_written_back() -> None:
+    """The launcher pod went Ready (written), then finished before the Ray's watch event brought that write: the
+    cache still holds the status from before, which equals the new one. The server holds the written status, so
+    the change back is written too (without the memo of the write nothing was, and the status said 1 ready for
+    minutes: a Ray's own status events start no reconcile)."""
+    rig = Rig(options=Options(status_batch_seconds=0))
+    cached = {**RAY, "metadata": {**RAY["metadata"], "resourceVersion": "7"}, "status": LAUNCHING}
+    assert rig.reconciler.write_status(cached, LAUNCHER_READY) is None
+    assert rig.reconciler.write_status(cached, LAUNCHING) is None
+    assert rig.writer.statuses[(NS, "r")] == [{"launcher": {"readyReplicas": 1}}, {"launcher": {"readyReplicas": 0}}]
+    # Written once: the same status again, with the cache still behind, is no write.
+    assert rig.reconciler.write_status(cached, LAUNCHING) is None
+    assert len(rig.writer.statuses[(NS, "r")]) == 2
+
+
+def test_the_cache_is_the_base_again_once_it_shows_the_write_or_a_later_change() -> None:
+    rig = Rig(options=Options(status_batch_seconds=0))
+    meta = {**RAY["metadata"], "resourceVersion": "7"}
+    assert rig.reconciler.write_status({**RAY, "metadata": meta, "status": LAUNCHING}, LAUNCHER_READY) is None
+    assert len(rig.reconciler._written) == 1
+    # The cache shows some later version of the Ray (here: with the status as written): nothing to write, the
+    # memo is gone.
+    later = {**RAY, "metadata": {**meta, "resourceVersion": "9"}, "status": LAUNCHER_READY}
+    assert rig.reconciler.write_status(later, LAUNCHER_READY) is None
+    assert len(rig.writer.statuses[(NS, "r")]) == 1 and len(rig.reconciler._written) == 0
+    # A write the server refused leaves no memo: the cache stays the base.
+    rig.writer.refuse("patch_status", "Ray", forbidden(), times=1)
+    with pytest.raises(ApiError):
+        rig.reconciler.write_status(later, LAUNCHING)
+    assert len(rig.reconciler._written) == 0
+
+
+def test_the_memo_of_a_write_goes_with_the_ray() -> None:
+    rig, key = reconciling()
+    rig.reconciler(key)
+    assert len(rig.reconciler._written) == 1
+    rig.rays.delete(key)
+    rig.reconciler(key)
+    assert len(rig.reconciler._written) == 0
+
+
 def test_the_first_status_of_a_ray_is_written_at_once() -> None:
     rig = Rig()
     assert rig.reconciler.write_status(RAY, PENDING) is None
