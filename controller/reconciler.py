@@ -252,7 +252,6 @@ def resource_version_of(answer: object) -> str | None:
 @dataclass(frozen=True, slots=True)
 class _Written:
     on: str  # the cached resourceVersion the write was computed from
-    made: str  # the resourceVersion the write made
     status: Obj  # the whole status as the write left it
 
 
@@ -286,9 +285,11 @@ class WrittenStatus:
         return written is not None and _meta(obj).get("resourceVersion") == written.on
 
     def wrote(self, key: ObjectKey, obj: Obj, status: Obj, made: str | None) -> None:
+        """After a write computed from the cached `obj` left `status`; `made` is the resourceVersion it made (no
+        memo when the server did not say, or nothing changed)."""
         on = _meta(obj).get("resourceVersion")
         if isinstance(on, str) and on and made and made != on:
-            self._by_key[key] = _Written(on, made, status)
+            self._by_key[key] = _Written(on, status)
         else:
             self._by_key.pop(key, None)
 
