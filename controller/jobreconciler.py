@@ -62,13 +62,13 @@ from rayop.jobplan import (
     wants_job_info_deleting,
 )
 from rayop.jobsubmit import DashboardError, JobSubmissionClient, SubmissionRejected
-from rayop.reconciler import RAY, WrittenStatus, merge_patch, resource_version_of
+from rayop.reconciler import RAY, WrittenStatus, merge_patch
 from rayop.runtime.events import NORMAL, WARNING
 from rayop.runtime.handlers import generation_changed
 from rayop.runtime.informer import Event
 from rayop.runtime.kube import CONTENT_MERGE_PATCH, ApiError, KubeClient, Resource
 from rayop.runtime.manager import Manager, Reconcile, ReconcileError, Result
-from rayop.runtime.store import INDEX_NAMESPACE, ObjectKey, controller_owner
+from rayop.runtime.store import INDEX_NAMESPACE, ObjectKey, controller_owner, resource_version
 
 log = structlog.get_logger("rayop.jobreconciler")
 
@@ -377,9 +377,10 @@ class RayJobReconciler:
 
     def write_status(self, rayjob: Mapping[str, Any], decision: Decision) -> None:
         key = ObjectKey.of(rayjob)
-        patch = merge_patch(self._written.base(key, rayjob), decision.status)
+        written = self._written.pending(key, rayjob)
+        patch = merge_patch((rayjob.get("status") or {}) if written is None else written, decision.status)
         if patch:
-            if self._written.behind(key, rayjob):
+            if written is not None:
                 # The cache does not show this process's last status write yet, and the new status differs from
                 # what was written (not from what the cache holds, which may equal it: see WrittenStatus). The
                 # write would be refused (409, the guard below); retried once the cache caught up.
@@ -389,8 +390,8 @@ class RayJobReconciler:
         for type_, reason, message in decision.events:
             self.recorder.record(rayjob, type_, reason, message)
 
-    def _patch_status(self, rayjob: Mapping[str, Any], patch: Mapping[str, Any]) -> str | None:
-        """The guarded status patch; the resourceVersion it made (None when the RayJob is gone)."""
+    def _patch_status(self, rayjob: Mapping[str, Any], patch: Mapping[str, Any]) -> str:
+        """The guarded status patch; the resourceVersion it made ("" when the RayJob is gone)."""
         meta = rayjob["metadata"]
         # Guarded by the resourceVersion the decision was made on: a status computed from a stale cache is refused
         # (409) and the key is retried once the cache caught up, never merged over a newer status.
@@ -401,11 +402,11 @@ class RayJobReconciler:
         except ApiError as e:
             self._written.forget(ObjectKey.of(rayjob))
             if e.not_found:
-                return None
+                return ""
             if e.conflict:
                 raise ReconcileError(f"RayJob {meta['namespace']}/{meta['name']}: status changed meanwhile") from None
             raise
-        return resource_version_of(answer)
+        return resource_version(answer)
 
 
 def rayjob_reconciler(manager: Manager) -> Reconcile:

@@ -76,7 +76,7 @@ from rayop.runtime.events import NORMAL, WARNING
 from rayop.runtime.informer import Event
 from rayop.runtime.kube import CONTENT_MERGE_PATCH, ApiError, KubeClient, Resource
 from rayop.runtime.manager import ReconcileError, Result
-from rayop.runtime.store import INDEX_OWNER_UID, ObjectKey, make_trimmer, trim_object
+from rayop.runtime.store import INDEX_OWNER_UID, ObjectKey, make_trimmer, resource_version, trim_object
 from rayop.status import WriteFailure, clamp_notices, compute_status
 
 log = structlog.get_logger("rayop.reconciler")
@@ -192,9 +192,9 @@ class Writer(Protocol):
         """A JSON merge patch of the child."""
         ...
 
-    def patch_status(self, namespace: str, name: str, status: Obj) -> str | None:
+    def patch_status(self, namespace: str, name: str, status: Obj) -> str:
         """A JSON merge patch of the Ray's `/status` subresource with `{"status": status}`; the resourceVersion the
-        write made, when the server said."""
+        write made ("" when the server did not say)."""
         ...
 
 
@@ -235,18 +235,9 @@ class KubeWriter:
     def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> None:
         self.client.patch(WRITABLE[kind].object(namespace, name), dict(patch), CONTENT_MERGE_PATCH, metadata_only=True)
 
-    def patch_status(self, namespace: str, name: str, status: Obj) -> str | None:
-        answer = self.client.patch(RAY.object(namespace, name) + "/status", {"status": dict(status)},
-                                   CONTENT_MERGE_PATCH, metadata_only=True)
-        return resource_version_of(answer)
-
-
-def resource_version_of(answer: object) -> str | None:
-    """The resourceVersion in a write's answer (a whole object or its metadata), None when it has none."""
-    if not isinstance(answer, Mapping):
-        return None
-    rv = _meta(answer).get("resourceVersion")
-    return rv if isinstance(rv, str) and rv else None
+    def patch_status(self, namespace: str, name: str, status: Obj) -> str:
+        return resource_version(self.client.patch(RAY.object(namespace, name) + "/status", {"status": dict(status)},
+                                                  CONTENT_MERGE_PATCH, metadata_only=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,32 +254,33 @@ class WrittenStatus:
     status as it was before the write found no difference and wrote nothing, and the object kept the written,
     now wrong, status, since the object's own status events do not start a reconcile (a launcher pod that went
     Ready and finished within that window was counted for minutes). `base` is what the server holds: the status
-    written, while the cached object is still the one the write was computed from; else the cached status."""
+    written (`pending`), while the cached object is still the one the write was computed from; else the cached
+    status."""
 
     def __init__(self) -> None:
         self._by_key: dict[ObjectKey, _Written] = {}
 
-    def base(self, key: ObjectKey, obj: Obj) -> Obj:
-        cached = _field(obj, "status")
+    def pending(self, key: ObjectKey, obj: Obj) -> Obj | None:
+        """The status last written while the cached `obj` does not show it yet, else None (and the memo goes: the
+        cache shows the write, or a later change of the object, and is the base from now on)."""
         written = self._by_key.get(key)
         if written is None:
-            return cached
-        if _meta(obj).get("resourceVersion") == written.on:
+            return None
+        if resource_version(obj) == written.on:
             return written.status
-        # The cache shows the write, or a later change of the object: it is the base from now on.
         del self._by_key[key]
-        return cached
+        return None
 
-    def behind(self, key: ObjectKey, obj: Obj) -> bool:
-        """Whether the cached `obj` is still the version the last write was computed from."""
-        written = self._by_key.get(key)
-        return written is not None and _meta(obj).get("resourceVersion") == written.on
+    def base(self, key: ObjectKey, obj: Obj) -> Obj:
+        """What the server holds as far as this process knows: `pending`, else the cached status."""
+        written = self.pending(key, obj)
+        return _field(obj, "status") if written is None else written
 
-    def wrote(self, key: ObjectKey, obj: Obj, status: Obj, made: str | None) -> None:
+    def wrote(self, key: ObjectKey, obj: Obj, status: Obj, made: str) -> None:
         """After a write computed from the cached `obj` left `status`; `made` is the resourceVersion it made (no
         memo when the server did not say, or nothing changed)."""
-        on = _meta(obj).get("resourceVersion")
-        if isinstance(on, str) and on and made and made != on:
+        on = resource_version(obj)
+        if on and made and made != on:
             self._by_key[key] = _Written(on, status)
         else:
             self._by_key.pop(key, None)

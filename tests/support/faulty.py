@@ -67,7 +67,7 @@ class ExitAfterWrites:
         self.inner.patch(kind, namespace, name, patch)
         self._wrote()
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str | None:
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str:
         made = self.inner.patch_status(namespace, name, status)
         self._wrote()
         return made
