@@ -80,16 +80,18 @@ bench: controlplane venv
 	$(BIN)/python bench/rayjobs_many.py --rayjobs $(BENCH_RAYJOBS)
 
 # Long reliability runs (docs/reliability.md): the pure fuzz test with 10,000 generated Ray objects, 1,000 random
-# spec sequences against a live operator (sim mode, the local control plane), then the load-and-churn soak.
+# spec sequences against a live operator (sim mode, the local control plane; bench/spec_sequences.py splits them
+# over SOAK_SEQ_WORKERS pytest processes side by side), then the load-and-churn soak.
 SOAK_FUZZ_EXAMPLES ?= 10000
 SOAK_SEQ_EXAMPLES ?= 1000
 SOAK_SEQ_STEPS ?= 6
+SOAK_SEQ_WORKERS ?= 8
 # The load-and-churn soak (bench/soak.py, its own sim-mode control plane in /tmp/rayop-soak).
 SOAK_RAYS ?= 200
 SOAK_MINUTES ?= 30
 soak: controlplane venv
 	RAYOP_FUZZ_EXAMPLES=$(SOAK_FUZZ_EXAMPLES) RAYOP_FUZZ_RANDOM=1 $(BIN)/pytest tests/unit/test_fuzz_pipeline.py -s -p no:cacheprovider $(PYTEST_ARGS)
-	RAYOP_SEQ_EXAMPLES=$(SOAK_SEQ_EXAMPLES) RAYOP_SEQ_STEPS=$(SOAK_SEQ_STEPS) RAYOP_SEQ_RANDOM=1 $(BIN)/pytest tests/integration/test_spec_sequences.py -s -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python bench/spec_sequences.py --sequences $(SOAK_SEQ_EXAMPLES) --steps $(SOAK_SEQ_STEPS) --workers $(SOAK_SEQ_WORKERS)
 	$(BIN)/python bench/soak.py --rays $(SOAK_RAYS) --minutes $(SOAK_MINUTES)
 
 # The operator image without a Docker engine: a local Debian base, buildah, then a read-only run as UID 65532

@@ -105,6 +105,33 @@ def owner_uid(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def fit_rss(samples: list[tuple[float, float, int]]) -> dict[str, float] | None:
+    """Least squares of RSS = a + b * pods + c * t over (t, rss MiB, pods) samples: b is the RSS that goes with each
+    pod in the cluster (the operator caches every pod it manages), c (per hour) the growth the pod count does not
+    explain -- what a leak would show. None when the samples cannot tell the two apart (too few, or the pod count
+    or the time does not vary)."""
+    if len(samples) < 5:
+        return None
+    t0 = samples[0][0]
+    xs = [((t - t0) / 3600, float(n)) for t, _, n in samples]
+    ys = [v for _, v, _ in samples]
+    k = len(xs)
+    mt, mp, my = sum(x[0] for x in xs) / k, sum(x[1] for x in xs) / k, sum(ys) / k
+    stt = sum((x[0] - mt) ** 2 for x in xs)
+    spp = sum((x[1] - mp) ** 2 for x in xs)
+    stp = sum((x[0] - mt) * (x[1] - mp) for x in xs)
+    sty = sum((x[0] - mt) * (y - my) for x, y in zip(xs, ys))
+    spy = sum((x[1] - mp) * (y - my) for x, y in zip(xs, ys))
+    det = stt * spp - stp * stp
+    if stt <= 0 or spp <= 0 or det <= 1e-12 * stt * spp:
+        return None
+    per_hour = (spp * sty - stp * spy) / det
+    per_pod = (stt * spy - stp * sty) / det
+    return {"mib_per_pod": per_pod, "mib_per_hour_beyond_pods": per_hour,
+            "pods_first": samples[0][2], "pods_last": samples[-1][2],
+            "pods_min": min(n for _, _, n in samples), "pods_max": max(n for _, _, n in samples)}
+
+
 def slope_per_hour(samples: list[tuple[float, float]]) -> float | None:
     if len(samples) < 3:
         return None
@@ -544,13 +571,17 @@ def run_soak(args: argparse.Namespace, plane: rm.ControlPlane, kube: KubeClient,
                            entry=[sys.executable, str(rm.WRAPPER)])
     log(f"operator pid {operator.pid}, metrics on 127.0.0.1:{operator.port}, log {operator.log_path}")
     rss: list[tuple[float, float]] = []
+    pods: list[int] = []  # the pods that exist (terminating ones too) at each RSS sample, from the pod watch
     stop_sampling = threading.Event()
 
     def sample() -> None:
         while not stop_sampling.is_set():
             kib = rm.status_kib(operator.pid, "VmRSS")
             if kib is not None and operator.proc.poll() is None:
+                with soak.book.lock:
+                    existing = len(soak.book.pods)
                 rss.append((time.monotonic(), kib / 1024))
+                pods.append(existing)
             stop_sampling.wait(args.rss_every)
 
     sampler = threading.Thread(target=sample, name="rss", daemon=True)
@@ -626,6 +657,7 @@ def run_soak(args: argparse.Namespace, plane: rm.ControlPlane, kube: KubeClient,
             soak.churn(operator, t_churn + 60 * args.minutes, t_churn)
         t_churned = time.monotonic()
         rss_churn = [(t, v) for t, v in rss if t_churn <= t <= t_churned]
+        rss_pods_churn = [(t, v, n) for (t, v), n in zip(rss, pods) if t_churn <= t <= t_churned]
         result["churn"] = {"seconds": t_churned - t_churn, "injected": dict(soak.counts),
                            "errors": soak.errors[:20]}
         failures.extend(soak.errors[:20])
@@ -689,9 +721,10 @@ def run_soak(args: argparse.Namespace, plane: rm.ControlPlane, kube: KubeClient,
                         "at_churn_end": rss_churn[-1][1] if rss_churn else None},
             "rss_slope_mib_per_hour_churn": slope_per_hour(rss_churn),
             "rss_slope_mib_per_hour_all": slope_per_hour(rss),
+            "rss_fit_churn": fit_rss(rss_pods_churn),
             "cpu_seconds_total": operator.cpu(),
         }
-        (out_dir / "rss.json").write_text(json.dumps(rss))
+        (out_dir / "rss.json").write_text(json.dumps([[t, v, n] for (t, v), n in zip(rss, pods)]))
     finally:
         stop_sampling.set()
         stop_sweeping.set()
@@ -760,6 +793,10 @@ def report(results: dict[str, Any]) -> str:
         f"{num(op.get('rss_slope_mib_per_hour_churn'))} MiB/h ({rss.get('samples')} samples every "
         f"{rss.get('every_seconds')} s); " + ("still running before the clean-up" if op.get("exit_code") is None
                                                 else f"EXITED with {op.get('exit_code')}"),
+        "operator RSS against the pods that exist (least squares over the churn): " + (
+            f"{fit['mib_per_pod'] * 1024:.1f} KiB per pod, {fit['mib_per_hour_beyond_pods']:.1f} MiB/h beyond "
+            f"that (pods {fit['pods_first']} -> {fit['pods_last']}, {fit['pods_min']} to {fit['pods_max']})"
+            if (fit := op.get("rss_fit_churn")) else "not enough variation to fit"),
         f"cleanup: namespaces gone after {num(soak.get('cleanup_seconds'), '.0f')} s",
     ]
     failures = soak.get("failures") or []

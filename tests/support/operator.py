@@ -27,14 +27,26 @@ def install_crd(kube: KubeClient, path: Path = CRD_PATH, plural: str = PLURAL) -
     crd = yaml.safe_load(path.read_text())
     name = crd["metadata"]["name"]
     path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
-    try:
-        current = kube.get(path)
-        crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        kube.replace(path, crd)
-    except ApiError as e:
-        if not e.not_found:
-            raise
-        kube.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    # Test processes side by side (the CI's two lanes, bench/spec_sequences.py) install the same CRD at once: a
+    # conflict or an already-exists means another one wrote it in between, so read it again and write once more.
+    for attempt in range(10):
+        try:
+            current = kube.get(path)
+            crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            kube.replace(path, crd)
+            break
+        except ApiError as e:
+            if e.status == 409 and not e.already_exists and attempt < 9:
+                continue
+            if not e.not_found:
+                raise
+        try:
+            crd["metadata"].pop("resourceVersion", None)
+            kube.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+            break
+        except ApiError as e:
+            if not e.already_exists or attempt == 9:
+                raise
 
     def established() -> bool:
         conditions = kube.get(path).get("status", {}).get("conditions") or []
