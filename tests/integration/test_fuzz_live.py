@@ -34,6 +34,7 @@ from rayop.runtime.kube import ApiError, KubeClient
 from tests.support.cluster import LocalCluster, wait_until
 from tests.support.operator import OperatorProcess, load_sample, rays_path
 from tests.support.raygen import rays
+from tests.support.specseq import replace_spec
 
 EXAMPLES = int(os.environ.get("RAYOP_LIVE_FUZZ_EXAMPLES", "40"))
 MAX_PODS = 6            # a generated cluster asking for more is left out of the live run
@@ -72,16 +73,7 @@ def anchor_pods(kube: KubeClient, namespace: str) -> dict[str, str]:
 
 def set_spec(kube: KubeClient, namespace: str, spec: Any) -> None:
     """Replace the anchor's spec (again when the operator's status write got in between)."""
-    for _ in range(10):
-        current = kube.get(rays_path(namespace, "anchor"))
-        current["spec"] = spec
-        try:
-            kube.replace(rays_path(namespace, "anchor"), current)
-            return
-        except ApiError as e:
-            if e.status != 409 or e.already_exists:
-                raise
-    raise AssertionError("10 conflicts in a row replacing the anchor's spec")
+    replace_spec(kube, namespace, "anchor", spec)
 
 
 def pods_asked(ray: dict[str, Any]) -> int | None:

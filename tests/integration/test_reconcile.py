@@ -14,6 +14,7 @@ from rayop.objects import LABEL_CLUSTER, LABEL_GROUP, LABEL_ROLE
 from rayop.runtime.kube import ApiError, KubeClient
 from tests.support.cluster import LocalCluster, wait_until
 from tests.support.operator import OperatorProcess, load_sample, rays_path
+from tests.support.specseq import replace_spec
 
 CHILD_KINDS = [
     ("/api/v1", "pods"), ("/api/v1", "services"), ("/api/v1", "configmaps"), ("/api/v1", "serviceaccounts"),
@@ -236,9 +237,7 @@ def test_bad_inputs_give_conditions_not_crashes(kube: KubeClient, namespace: str
     assert ray_pods() == running
 
     # Restoring the previous spec restores the previous state.
-    previous = kube.get(rays_path(namespace, "static"))
-    previous["spec"] = good["spec"]
-    kube.replace(rays_path(namespace, "static"), previous)
+    replace_spec(kube, namespace, "static", good["spec"])  # again when a status write got in between
     wait_ready(kube, namespace, "static")
     assert worker_count(kube, namespace, "static") == 3
 
@@ -340,8 +339,6 @@ def test_unsatisfiable_template_is_reported_and_recovers(kube: KubeClient, names
     assert operator.log().count('"reconciled"') - before < 20, "a hot loop on an unschedulable head"
     assert worker_count(kube, namespace, "static") == 0  # workers wait for a running head
 
-    current = kube.get(rays_path(namespace, "static"))
-    current["spec"]["head"] = good_head
-    kube.replace(rays_path(namespace, "static"), current)
+    replace_spec(kube, namespace, "static", {**kube.get(rays_path(namespace, "static"))["spec"], "head": good_head})
     wait_ready(kube, namespace, "static")
     assert worker_count(kube, namespace, "static") == 3

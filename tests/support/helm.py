@@ -51,6 +51,7 @@ def template(values: dict[str, str] | None = None, *extra: str, chart: Path = CH
 
 def render_manifests() -> dict[str, str]:
     """What hack/render-manifests.sh would write, by path relative to the repository."""
+    helm_binary()  # the script builds Helm when the cache is cold: do that under the build's own time limit
     out = subprocess.run([str(RENDER), "--stdout"], check=True, capture_output=True, text=True, timeout=300)
     files: dict[str, str] = {}
     path = None
