@@ -721,6 +721,11 @@ def run_soak(args: argparse.Namespace, plane: rm.ControlPlane, kube: KubeClient,
                         "at_churn_end": rss_churn[-1][1] if rss_churn else None},
             "rss_slope_mib_per_hour_churn": slope_per_hour(rss_churn),
             "rss_slope_mib_per_hour_all": slope_per_hour(rss),
+            # A leak grows with the operations, which go on at one pace through the churn: the slope of each half
+            # (and of the last third) tells a curve that levels off from a line.
+            "rss_slope_mib_per_hour_churn_halves": [slope_per_hour(rss_churn[:len(rss_churn) // 2]),
+                                                    slope_per_hour(rss_churn[len(rss_churn) // 2:])],
+            "rss_slope_mib_per_hour_churn_last_third": slope_per_hour(rss_churn[2 * len(rss_churn) // 3:]),
             "rss_fit_churn": fit_rss(rss_pods_churn),
             "cpu_seconds_total": operator.cpu(),
         }
@@ -790,7 +795,10 @@ def report(results: dict[str, Any]) -> str:
         f"operator RSS: first {num(rss.get('first'))}, churn start {num(rss.get('at_churn_start'))}, churn end "
         f"{num(rss.get('at_churn_end'))}, last {num(rss.get('last'))}, peak {num(rss.get('peak_sampled'))} MiB "
         f"(VmHWM {num(op.get('peak_rss_mib'))}); slope over the churn "
-        f"{num(op.get('rss_slope_mib_per_hour_churn'))} MiB/h ({rss.get('samples')} samples every "
+        f"{num(op.get('rss_slope_mib_per_hour_churn'))} MiB/h (first half "
+        f"{num((op.get('rss_slope_mib_per_hour_churn_halves') or [None, None])[0])}, second half "
+        f"{num((op.get('rss_slope_mib_per_hour_churn_halves') or [None, None])[1])}, last third "
+        f"{num(op.get('rss_slope_mib_per_hour_churn_last_third'))}; {rss.get('samples')} samples every "
         f"{rss.get('every_seconds')} s); " + ("still running before the clean-up" if op.get("exit_code") is None
                                                 else f"EXITED with {op.get('exit_code')}"),
         "operator RSS against the pods that exist (least squares over the churn): " + (
