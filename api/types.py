@@ -437,7 +437,8 @@ class RayStatus:
     """The observed state of a Ray cluster, written by the operator through the /status subresource."""
 
     launcher: ReplicaStatus | None = prop(
-        "launcher", "Pod counts of the launcher Job, which validates the configuration and waits for the cluster."
+        "launcher", "Pod counts of the current launch's launcher pod, which validates the configuration and waits for "
+        "the cluster."
     )
     head: ReplicaStatus | None = prop("head", "Pod counts of the head.")
     worker: ReplicaStatus | None = prop("worker", "Pod counts of all worker pods, over every group.")

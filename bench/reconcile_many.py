@@ -18,13 +18,13 @@ Phases, in order:
    Ready, operator CPU seconds (utime+stime from /proc/<pid>/stat), API requests by verb (the operator's
    `rayop_api_requests_total`), reconciles (`controller_runtime_reconcile_total`), and the CPU seconds of the
    control-plane processes (when their pids are known from the state dir).
-4. Settle: until every `Ray` also has SuccessfulLaunch=True (the launcher Jobs completed); then an idle window of
+4. Settle: until every `Ray` also has SuccessfulLaunch=True (the launcher pods completed); then an idle window of
    `--idle-seconds` (default 60) in which the operator's writes (every verb but GET and WATCH) are counted: an
    unchanged cluster should cost none.
    Peak RSS is the operator's VmHWM (/proc/<pid>/status) at the end of the idle window.
 5. The operator is stopped and the namespaces deleted (the time until they are gone is reported).
 6. Baseline (the API server's limit): in K other fresh namespaces, the same pods (`--baseline-pods-per-ray`, default
-   4 = head + 3 workers; 5 adds the launcher Job's pod as a bare pod) rendered by the operator's own builders
+   4 = head + 3 workers; 5 adds the launcher pod, kept running) rendered by the operator's own builders
    (`rayop render`, ownerReferences removed) are created by a bare loop of `--baseline-threads` threads (default 4,
    the operator's worker count) sharing one `KubeClient` with no rate limit. A watch on pods records when each is
    Ready (the scheduler binds it, the node agent runs it). Reported: wall time from the first create to all Ready,
@@ -411,14 +411,13 @@ def ray_object(name: str, namespace: str, run: str) -> dict[str, Any]:
 def baseline_pods(name: str, namespace: str, run: str, per_ray: int) -> list[dict[str, Any]]:
     """The pods the operator would create for the same `Ray`, as bare pods (no owner), from its own builders."""
     manifests = render_ray(ray_object(name, namespace, run), Options())
-    pods = [m for m in manifests if m["kind"] == "Pod"]
+    pods = [m for m in manifests if m["kind"] == "Pod" and m["metadata"]["labels"].get(LABEL_ROLE) != "launcher"]
     if per_ray >= 5:
-        job = next(m for m in manifests if m["kind"] == "Job")
-        template = job["spec"]["template"]
-        pods.append({"apiVersion": "v1", "kind": "Pod",
-                     "metadata": {**template.get("metadata", {}), "generateName": f"{name}-launcher-",
-                                  "namespace": namespace},
-                     "spec": {**template["spec"], "restartPolicy": "Always"}})
+        # The launcher pod, kept running (the baseline times pods to Ready).
+        launcher = next(m for m in manifests if m["metadata"]["labels"].get(LABEL_ROLE) == "launcher")
+        meta = {k: v for k, v in launcher["metadata"].items() if k not in ("name", "annotations")}
+        pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": {**meta, "generateName": f"{name}-launcher-"},
+                     "spec": {**launcher["spec"], "restartPolicy": "Always"}})
     out = []
     for pod in pods[:per_ray]:
         metadata = dict(pod["metadata"])
@@ -619,12 +618,12 @@ def operator_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
         }
         result["create_to_ready"]["writes_per_ray"] = caused_writes(
             result["create_to_ready"]["apiserver_writes_by_resource"]) / max(args.rays, 1)
-        # Settle: the launcher Jobs complete (SuccessfulLaunch) after Ready; then the idle window.
+        # Settle: the launcher pods complete (SuccessfulLaunch) after Ready; then the idle window.
         settled = wait_for(lambda: len(launched) >= args.rays, args.settle_timeout,
                            lambda: f"{len(launched)}/{args.rays} SuccessfulLaunch",
                            count=lambda: len(launched), stall=args.stall_seconds)
         t_settled = time.monotonic()
-        m2 = operator.metrics()
+        m2, a2 = operator.metrics(), apiserver_metrics(kube)
         cpu2 = operator.cpu()
         log(f"settled ({len(launched)}/{args.rays} launched) {t_settled - t_ready:.1f} s after all Ready; "
             f"idle window of {args.idle_seconds:.0f} s")
@@ -639,7 +638,12 @@ def operator_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
             "reconciles": int(metric_sum(m2, "controller_runtime_reconcile_total")
                               - metric_sum(m1, "controller_runtime_reconcile_total")),
             "operator_cpu_seconds": cpu2 - cpu1,
+            # Every write caused from the first create until all launched (the launchers included).
+            "apiserver_writes_by_resource_from_create": writes_of(diff(by_resource(a2, "apiserver_request_total"),
+                                                                      by_resource(a0, "apiserver_request_total"))),
         }
+        result["settle"]["writes_per_ray_from_create"] = caused_writes(
+            result["settle"]["apiserver_writes_by_resource_from_create"]) / max(args.rays, 1)
         result["idle"] = {
             "seconds": args.idle_seconds,
             "requests_by_verb": idle,
@@ -810,6 +814,9 @@ def report(results: dict[str, Any]) -> str:
         *fmt_writes(ready.get("apiserver_writes_by_resource") or {}, n),
         f"settle (all SuccessfulLaunch) {op['settle']['seconds_after_ready']:.1f} s later: "
         f"{fmt_verbs(op['settle']['requests_by_verb'])}, {op['settle']['reconciles']} reconciles",
+        f"  API writes caused from the first create to all launched, all clients: "
+        f"{op['settle'].get('writes_per_ray_from_create', float('nan')):.1f} per Ray",
+        *fmt_writes(op["settle"].get("apiserver_writes_by_resource_from_create") or {}, n),
         f"idle {op['idle']['seconds']:.0f} s: writes {op['idle']['writes']} ({fmt_verbs(op['idle']['requests_by_verb'])}), "
         f"{op['idle']['reconciles']} reconciles, operator CPU {op['idle']['operator_cpu_seconds']:.2f} s "
         f"({100 * op['idle']['operator_cpu_seconds'] / max(op['idle']['seconds'], 1e-9):.2f}% of one core)",

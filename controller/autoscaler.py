@@ -59,7 +59,7 @@ __all__ = [
     "parse_launch_summary",
 ]
 
-# Where the ConfigMap `<name>-ray` is mounted in the autoscaler sidecar and the launcher Job, and what it holds.
+# Where the ConfigMap `<name>-ray` is mounted in the autoscaler sidecar and the launcher pod, and what it holds.
 INPOD_DIR = "/etc/rayop"
 CONFIG_FILE = "autoscaler.yaml"
 CONFIG_PATH = f"{INPOD_DIR}/{CONFIG_FILE}"
@@ -264,7 +264,7 @@ def monitor_env(name: str) -> list[JSON]:
 def launcher_command(
     model: ClusterModel, head_address: str, timeout_seconds: int = DEFAULT_LAUNCH_TIMEOUT_SECONDS
 ) -> list[str]:
-    """The launcher Job's command: validate the config, wait for the head's GCS at `head_address` (host or host:port)
+    """The launcher pod's command: validate the config, wait for the head's GCS at `head_address` (host or host:port)
     and for the initial workers (the groups' current desired counts) to join Ray."""
     address = head_address if ":" in head_address.rsplit("]", 1)[-1] else f"{head_address}:{GCS_PORT}"
     return [

@@ -7,10 +7,11 @@ Guarantees:
 - Declared Services (`provider.services`) keep their names; their selector is the configuration's plus the
   cluster's labels.
 - Names and labels follow one contract: head Service `<name>-head`, ConfigMap `<name>-ray`, ServiceAccount/Role/
-  RoleBinding `<name>-autoscaler`, pods `<name>-head-*` and `<name>-<group>-*` (generateName), launcher Job
-  `<name>-launcher-<8 hex>`. Every child carries `ray.k8s.io/cluster`, `ray.k8s.io/node-kind`, `ray.k8s.io/group`,
-  `app.kubernetes.io/managed-by=rayop` and a controller ownerReference to the `Ray`; a user's template cannot
-  override these labels. Pods also carry `ray.k8s.io/template-hash`.
+  RoleBinding `<name>-autoscaler`, pods `<name>-head-*` and `<name>-<group>-*` (generateName), launcher pods
+  `<name>-launcher-<8 hex>` (one per launch and attempt). Every child carries `ray.k8s.io/cluster`,
+  `ray.k8s.io/node-kind`, `ray.k8s.io/group`, `app.kubernetes.io/managed-by=rayop` and a controller
+  ownerReference to the `Ray`; a user's template cannot override these labels. Pods also carry
+  `ray.k8s.io/template-hash`.
 - The template hash is a stable hash (sorted JSON) of what the user and the operator's options asked for — the
   group's template, image, ray start parameters, resources, setup commands and the options that shape its pods —
   not of the generated manifest: upgrading the operator's code never rolls running Ray pods by itself, and a change
@@ -50,6 +51,7 @@ from rayop.objects import (
     AGENT_PORT,
     ANNOTATION_CONFIG_HASH,
     ANNOTATION_HEAD_UID,
+    ANNOTATION_LAUNCH_ATTEMPT,
     ANNOTATION_REPLACEMENTS,
     AUTOSCALER_CONTAINER,
     CLIENT_PORT,
@@ -171,13 +173,14 @@ def pod_prefix(name: str, group: str) -> str:
     return f"{name}-{group}-"
 
 
-def launcher_job_name(name: str, head_uid: str, config_hash: str) -> str:
-    """`<name>-launcher-<8 hex>`: a new name (a new launch) per head pod and per effective configuration.
+def launcher_pod_name(name: str, head_uid: str, config_hash: str, attempt: int = 0) -> str:
+    """`<name>-launcher-<8 hex>`: one name per launch (head pod and effective configuration) and attempt, so a
+    create repeated from a stale cache meets the pod it made (AlreadyExists) instead of making a second one.
 
-    Names longer than 63 characters are not valid Job names (the Job's pods carry it as a label value), so a long
-    Ray name is shortened in front of the suffix; find launcher Jobs by label, not by parsing this name.
+    A long Ray name is shortened in front of the suffix (the name stays a valid label value and hostname); find
+    launcher pods by label and annotations, not by parsing this name.
     """
-    digest = hashlib.sha256(f"{head_uid}/{config_hash}".encode()).hexdigest()[:8]
+    digest = hashlib.sha256(f"{head_uid}/{config_hash}/{attempt}".encode()).hexdigest()[:8]
     prefix = name[:_LAUNCHER_PREFIX_LIMIT].rstrip("-")
     return f"{prefix}-launcher-{digest}"
 
@@ -748,11 +751,12 @@ def build_autoscaler_rbac(owner: Owner, model: ClusterModel, head: GroupPods) ->
     return sa, role, binding
 
 
-def build_launcher_job(owner: Owner, model: ClusterModel, options: Options, head: GroupPods, *, head_uid: str,
-                       config_hash: str) -> JSON:
-    """The launcher Job of one launch (one head pod, one effective config): validates the config with Ray's own
-    validator, waits for the GCS and the initial workers, completes. One pod, never restarted in place."""
-    name = launcher_job_name(model.name, head_uid, config_hash)
+def build_launcher_pod(owner: Owner, model: ClusterModel, options: Options, head: GroupPods, *, head_uid: str,
+                       config_hash: str, attempt: int = 0) -> JSON:
+    """One attempt of the launch of one head pod with one effective config (see `rayop.launch`): a bare pod,
+    owned by the Ray, that validates the config with Ray's own validator, waits for the GCS and the initial
+    workers, and exits. Never restarted in place; the operator starts the next attempt."""
+    name = launcher_pod_name(model.name, head_uid, config_hash, attempt)
     head_spec = head.manifest["spec"]
     image = next((c["image"] for c in head_spec["containers"] if c.get("name") != AUTOSCALER_CONTAINER),
                  options.image)
@@ -761,7 +765,7 @@ def build_launcher_job(owner: Owner, model: ClusterModel, options: Options, head
         "name": LAUNCHER_CONTAINER,
         "image": image,
         "imagePullPolicy": options.image_pull_policy,
-        # The launcher gives up a minute before the Job's deadline, so its own summary says why.
+        # The launcher gives up a minute before the pod's deadline, so its own summary says why.
         "command": launcher_command(model, head_address(model, options),
                                     timeout_seconds=max(60, options.launcher_deadline_seconds - 60)),
         "env": [_env_var("PYTHONPATH", INPOD_DIR), _env_var("RAY_CLUSTER_NAME", model.name)],
@@ -772,22 +776,20 @@ def build_launcher_job(owner: Owner, model: ClusterModel, options: Options, head
     }
     pod_spec: JSON = {
         "restartPolicy": "Never",
+        "activeDeadlineSeconds": options.launcher_deadline_seconds,
         "automountServiceAccountToken": False,
         "containers": [container],
         "volumes": [{"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(model.name)}}],
     }
     if head_spec.get("imagePullSecrets"):
         pod_spec["imagePullSecrets"] = _clone(head_spec["imagePullSecrets"])
+    annotations = {ANNOTATION_HEAD_UID: head_uid, ANNOTATION_CONFIG_HASH: config_hash,
+                   ANNOTATION_LAUNCH_ATTEMPT: str(attempt)}
     return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": _metadata(owner, name, labels,
-                              annotations={ANNOTATION_HEAD_UID: head_uid, ANNOTATION_CONFIG_HASH: config_hash}),
-        "spec": {
-            "backoffLimit": options.launcher_backoff_limit,
-            "activeDeadlineSeconds": options.launcher_deadline_seconds,
-            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
-        },
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(owner, name, labels, annotations=annotations),
+        "spec": pod_spec,
     }
 
 
@@ -846,8 +848,8 @@ def build_gcs_cleanup_job(owner: Owner, model: ClusterModel, options: Options, h
 
 @dataclass(frozen=True)
 class Desired:
-    """Every child the cluster should have, built once per reconcile. The launcher Job is built by
-    `launcher_job(head_uid)` because its name depends on the live head pod."""
+    """Every child the cluster should have, built once per reconcile. The launcher pod is built by
+    `launcher_pod(head_uid, attempt)` because its name depends on the live head pod."""
 
     model: ClusterModel
     owner: Owner
@@ -866,12 +868,12 @@ class Desired:
         """Group name -> template hash, the head included (as `head`)."""
         return {self.head.group: self.head.template_hash, **{w.group: w.template_hash for w in self.workers}}
 
-    def launcher_job(self, head_uid: str) -> JSON:
-        return build_launcher_job(self.owner, self.model, self.options, self.head, head_uid=head_uid,
-                                  config_hash=self.config_hash)
+    def launcher_pod(self, head_uid: str, attempt: int = 0) -> JSON:
+        return build_launcher_pod(self.owner, self.model, self.options, self.head, head_uid=head_uid,
+                                  config_hash=self.config_hash, attempt=attempt)
 
-    def launcher_name(self, head_uid: str) -> str:
-        return launcher_job_name(self.model.name, head_uid, self.config_hash)
+    def launcher_name(self, head_uid: str, attempt: int = 0) -> str:
+        return launcher_pod_name(self.model.name, head_uid, self.config_hash, attempt)
 
     def singletons(self) -> tuple[Body, ...]:
         """The named children in creation order: RBAC, ConfigMap, head Service, declared Services."""

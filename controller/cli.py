@@ -45,7 +45,6 @@ from rayop.reconciler import (
     KubeWriter,
     RayReconciler,
     Writer,
-    launcher_pod_owner,
 )
 from rayop.render import add_render_parser
 from rayop.runtime.handlers import controller_owner_key, generation_changed
@@ -123,7 +122,6 @@ def wire(manager: Manager, reconcile: Reconcile, workers: int,
     informers = child_informers(manager)
     for informer in informers.values():
         controller.watch(informer, to_owner)
-    controller.watch(informers["Pod"], launcher_pod_owner)
 
 
 def default_lease_namespace() -> str:

@@ -52,7 +52,7 @@ class Options:
     # memory (`--num-cpus`, `--memory`), so the autoscaler can plan with them.
     head_resources: Resources = field(default_factory=lambda: _resources("1", "2Gi"))
     worker_resources: Resources = field(default_factory=lambda: _resources("1", "2Gi"))
-    # The autoscaler sidecar (Ray's monitor) in the head pod and the launcher Job's container.
+    # The autoscaler sidecar (Ray's monitor) in the head pod and the launcher pod's container.
     autoscaler_resources: Resources = field(
         default_factory=lambda: _frozen(
             requests=_quantities(cpu="200m", memory="256Mi"), limits=_quantities(cpu="500m", memory="512Mi")
@@ -67,7 +67,7 @@ class Options:
     # Kubernetes' cluster DNS domain, for the head's address `<name>-head.<namespace>.svc.<domain>:6379`.
     cluster_domain: str = "cluster.local"
 
-    # -- the launcher Job ----------------------------------------------------------------------------------------
+    # -- the launcher --------------------------------------------------------------------------------------------
     launcher_backoff_limit: int = 2
     launcher_deadline_seconds: int = 900
 
@@ -142,8 +142,9 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a progress-only status change is written at most this long after the first one held "
                              f"back (0: at once; default {d.status_batch_seconds:g})")
     parser.add_argument("--launcher-deadline", type=int, default=d.launcher_deadline_seconds, metavar="SECONDS",
-                        help="activeDeadlineSeconds of the launcher Job; the launcher gives up a minute earlier "
-                             f"(default {d.launcher_deadline_seconds})")
+                        help="deadline of a launch, from its first attempt: no attempt starts after it, and each "
+                             "launcher pod carries it as activeDeadlineSeconds; the launcher gives up a minute "
+                             f"earlier (default {d.launcher_deadline_seconds})")
     parser.add_argument("--gcs-cleanup-deadline", type=int, default=d.gcs_cleanup_deadline_seconds,
                         metavar="SECONDS",
                         help="activeDeadlineSeconds of the Redis clean-up Job of a deleted Ray with "

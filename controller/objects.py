@@ -44,6 +44,8 @@ LABEL_TEMPLATE_HASH = f"{GROUP}/template-hash"
 ANNOTATION_REPLACEMENTS = f"{GROUP}/replacements"
 ANNOTATION_HEAD_UID = f"{GROUP}/head-uid"
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+# Launcher pods only: which attempt of its launch (head UID + config hash) the pod is, from 0.
+ANNOTATION_LAUNCH_ATTEMPT = f"{GROUP}/launch-attempt"
 
 # Values of LABEL_ROLE.
 ROLE_HEAD = "head"
@@ -276,8 +278,6 @@ class Observed:
     service_accounts: Sequence[Body] = ()
     roles: Sequence[Body] = ()  # RBAC Roles (the kind), not the pods' roles
     role_bindings: Sequence[Body] = ()
-    # The pods of the launcher Jobs (owned by the Jobs, not the `Ray`): read for the launcher's summary only.
-    launcher_pods: Sequence[Body] = ()
 
     def of_kind(self, kind: str) -> Sequence[Body]:
         return {

@@ -29,7 +29,10 @@ Guarantees:
   one the status reports.
 - Named children (RBAC, ConfigMap, Service) are created when missing, patched (JSON merge patch of the fields the
   operator owns) when they drifted, deleted when no longer wanted; immutable fields that drifted mean delete and
-  re-create. One launcher Job exists per (head pod UID, config hash); older launcher Jobs are deleted.
+  re-create.
+- The launcher: one launch per (head pod UID, config hash), started once that head pod is Ready, run by bare
+  launcher pods one attempt at a time with a Job's retry policy (`rayop.launch`); the pods of earlier launches are
+  deleted, and so are launcher Jobs (how earlier versions of the operator ran launches).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import Union
 from rayop.api.types import HEAD_GROUP
 from rayop.build import Desired, GroupPods, with_replacements
 from rayop.defaults import Options
+from rayop.launch import assess, attempts_of, is_launcher, launch_key
 from rayop.objects import (
     ANNOTATION_REPLACEMENTS,
     LABEL_GROUP,
@@ -258,23 +262,27 @@ def plan_cluster(desired: Desired, observed: Observed, now: datetime, *,
     """Everything to do for one cluster. `paused`: group names (`head` for the head) whose expectations are not
     yet satisfied — their pods are left alone this time. `busy`: pod IPs of workers whose Ray node runs tasks or
     actors; among running ready workers, idle ones are removed first. `suspended` (spec.suspend): no pod is
-    created; worker pods are deleted, idle first, and the head once no worker pod is left, launcher Jobs too; the
+    created; worker pods are deleted, idle first, and the head once no worker pod is left, launcher pods too; the
     named children stay."""
     b = _Draft(desired=desired, now=now, busy=busy)
     owner_uid = desired.owner.uid
     pods = classify(observed.pods, owner_uid)
-    launches = [j for j in observed.jobs if not owned_by_other(j, owner_uid) and label(j, LABEL_ROLE) == ROLE_LAUNCHER]
+    launchers = [p for p in observed.pods if is_launcher(p) and not owned_by_other(p, owner_uid)]
+    old_jobs = [j for j in observed.jobs if not owned_by_other(j, owner_uid) and label(j, LABEL_ROLE) == ROLE_LAUNCHER]
+    for j in old_jobs:
+        if not is_terminating(j):
+            b.delete(j, REASON_STALE_LAUNCH, f"launcher Job {name_of(j)}: launches run as pods now", kind="Job",
+                     propagation="Background")
     _plan_singletons(b, observed, owner_uid)
     if suspended:
         _plan_suspended(b, pods, paused)
-        for j in launches:
-            if not is_terminating(j):
-                b.delete(j, REASON_SUSPENDED, f"launcher Job {name_of(j)}: the cluster is suspended", kind="Job",
-                         propagation="Background")
+        for p in launchers:
+            if not is_terminating(p):
+                b.delete(p, REASON_SUSPENDED, f"launcher pod {name_of(p)}: the cluster is suspended")
         return b.plan()
     head, head_running = _plan_head(b, pods.heads, paused=HEAD_GROUP in paused)
     _plan_workers(b, pods, paused, head_running)
-    _plan_launcher(b, head, launches)
+    _plan_launcher(b, head, launchers)
     return b.plan()
 
 
@@ -631,15 +639,25 @@ def _scale_down(b: _Draft, g: _Group, excess: int) -> None:
 # -- the launcher -------------------------------------------------------------------------------------------------
 
 
-def _plan_launcher(b: _Draft, head: Body | None, jobs: Sequence[Body]) -> None:
+def _plan_launcher(b: _Draft, head: Body | None, launchers: Sequence[Body]) -> None:
     if head is None or not uid_of(head):
         return  # no launch without a head; the last launch stays visible meanwhile
-    name = b.desired.launcher_name(uid_of(head))
-    # Created once the head is Ready: before, the launcher could only wait for the GCS (and its pod would compete
+    key = (uid_of(head), b.desired.config_hash)
+    for p in launchers:
+        if launch_key(p) != key and not is_terminating(p):
+            b.delete(p, REASON_STALE_LAUNCH, f"launcher pod {name_of(p)} belongs to an earlier launch")
+    # Started once the head is Ready: before, the launcher could only wait for the GCS (and its pod would compete
     # with the cluster's own pods for the scheduler and the API server).
-    if is_ready(head) and not any(name_of(j) == name for j in jobs):
-        b.create(b.desired.launcher_job(uid_of(head)), REASON_LAUNCH, f"launch for head pod {name_of(head)}")
-    for j in jobs:
-        if name_of(j) != name and not is_terminating(j):
-            b.delete(j, REASON_STALE_LAUNCH, f"launcher Job {name_of(j)} belongs to an earlier launch", kind="Job",
-                     propagation="Background")
+    if not is_ready(head):
+        return
+    launch = assess(attempts_of(launchers, key), b.now, b.options)
+    if launch.next_attempt is None:
+        return
+    if launch.retry_at is not None and launch.retry_at > b.now:
+        b.wait((launch.retry_at - b.now).total_seconds())
+        b.notes.append(f"launcher attempt {launch.next_attempt} starts after a back-off")
+        return
+    attempt = launch.next_attempt
+    suffix = f", attempt {attempt + 1}" if attempt else ""
+    b.create(b.desired.launcher_pod(uid_of(head), attempt), REASON_LAUNCH,
+             f"launch for head pod {name_of(head)}{suffix}")

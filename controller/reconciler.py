@@ -26,7 +26,7 @@ Guarantees:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol, TypedDict
@@ -44,12 +44,10 @@ from rayop.defaults import Options
 from rayop.expectations import Expectations
 from rayop.objects import (
     DASHBOARD_PORT,
-    LABEL_CLUSTER,
     LABEL_MANAGED_BY,
     LABEL_ROLE,
     MANAGED_BY,
     ROLE_HEAD,
-    ROLE_LAUNCHER,
     ROLE_WORKER,
     Observed,
     classify,
@@ -405,13 +403,9 @@ class RayReconciler:
         def owned(kind: str) -> Sequence[Obj]:
             return self.children[kind].by_index(INDEX_OWNER_UID, uid)
 
-        jobs = owned("Job")
-        pods = self.children["Pod"]
-        launcher_pods = [p for j in jobs for p in pods.by_index(INDEX_OWNER_UID, str(_meta(j)["uid"]))]
         return Observed(
-            pods=owned("Pod"), services=owned("Service"), config_maps=owned("ConfigMap"), jobs=jobs,
+            pods=owned("Pod"), services=owned("Service"), config_maps=owned("ConfigMap"), jobs=owned("Job"),
             service_accounts=owned("ServiceAccount"), roles=owned("Role"), role_bindings=owned("RoleBinding"),
-            launcher_pods=launcher_pods,
         )
 
     @staticmethod
@@ -771,13 +765,4 @@ def _meta(obj: Obj) -> Obj:
 def _items(value: object) -> list[Obj]:
     """The objects of a JSON list (conditions, ownerReferences); empty when it is missing or null."""
     return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
-
-
-def launcher_pod_owner(event: Event) -> Iterable[ObjectKey]:
-    """A launcher pod (owned by its Job) maps to its `Ray`, by label: its termination message is the launcher's
-    summary, which the status reports."""
-    cluster = label(event.obj, LABEL_CLUSTER)
-    if label(event.obj, LABEL_ROLE) != ROLE_LAUNCHER or not cluster:
-        return ()
-    return (ObjectKey(event.key.namespace, cluster),)
 

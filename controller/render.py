@@ -5,8 +5,8 @@ Guarantees:
   (`rayop.build.build_children`), with the same `Options` flags as `rayop run`.
 - One document per object the operator would create, in creation order: autoscaler ServiceAccount/Role/RoleBinding
   (when autoscaling is on), ConfigMap, head Service, head pod, each worker group's pods (one document per desired
-  pod), launcher Job. Objects that were never stored have no UID, so ownerReferences are left out and the launcher
-  Job's name is computed for an unknown head pod; `kubectl create -f -` accepts the stream as it is.
+  pod), launcher pod. Objects that were never stored have no UID, so ownerReferences are left out and the launcher
+  pod's name is computed for an unknown head pod; `kubectl create -f -` accepts the stream as it is.
 - A `RayJob` with `rayClusterSpec` renders as the `Ray` its first attempt creates (`<name>-1`, labelled with the
   job's name) followed by that Ray's manifests; a `RayJob` with `clusterSelector` creates nothing and is named on
   stderr. The Ray job's submission itself is not rendered (it is a request to Ray's dashboard, not a manifest).
@@ -57,7 +57,7 @@ def render_ray(ray: Mapping[str, Any], options: Options, *,
     out.append(dict(desired.head.manifest))
     for group in desired.workers:
         out += [dict(group.manifest) for _ in range(group.desired)]
-    out.append(desired.launcher_job(head_uid=""))
+    out.append(desired.launcher_pod(head_uid=""))
     return out
 
 

@@ -16,10 +16,10 @@ Guarantees:
 - Replica counts follow the proposal's ReplicaStatus: replicas (pods not terminated and not terminating),
   updatedReplicas (those with the group's current template hash), readyReplicas, availableReplicas (ready; the
   operator uses minReadySeconds 0) and unavailableReplicas (desired - available, never negative). The launcher's
-  counts come from its Job (desired 1 until the Job finished).
+  counts come from the current launch's attempts (`rayop.launch`; desired 1 until the launch finished).
 - SuccessfulLaunch carries the launcher's own reason and message (its one-line JSON summary, read from the
-  termination message of the launcher container of the Job's last finished pod) when the Job failed; the Job's
-  reason (e.g. BackoffLimitExceeded) only when no attempt left a summary.
+  termination message of the launcher container of the launch's last finished attempt) when the launch failed;
+  the launch's reason (BackoffLimitExceeded, DeadlineExceeded) only when no attempt left a summary.
 - Conditions: ConfigurationValid, HeadReady, WorkersReady, Ready, SuccessfulLaunch, ReplicaFailure, each with
   type/status/reason (CamelCase)/message/observedGeneration/lastTransitionTime. Conditions of other types that
   someone else set are kept as they are.
@@ -34,6 +34,7 @@ from typing import Union, cast
 
 from rayop.api.model import ClusterModel, ConfigurationError, Conversion, ConfigWarning
 from rayop.autoscaler import REASON_NO_SUMMARY, LaunchSummary, parse_launch_summary
+from rayop.launch import FAILED, SUCCEEDED, assess, attempts_of, is_launcher, newest_key
 from rayop.api.types import (
     CONDITION_CONFIGURATION_VALID,
     CONDITION_HEAD_READY,
@@ -45,26 +46,21 @@ from rayop.api.types import (
 from rayop.build import Desired
 from rayop.defaults import Options
 from rayop.objects import (
-    ANNOTATION_HEAD_UID,
     CLIENT_PORT,
     DASHBOARD_PORT,
     GCS_PORT,
-    LABEL_ROLE,
     LAUNCHER_CONTAINER,
     METRICS_PORT,
-    ROLE_LAUNCHER,
     JSON,
     Body,
     Condition,
     Observed,
     RayPods,
-    annotations_of,
     choose_head,
     classify,
     condition,
     conditions,
     container_statuses,
-    controller_uid,
     created,
     head_service_host,
     head_service_name,
@@ -72,9 +68,9 @@ from rayop.objects import (
     is_ready,
     is_scheduled,
     is_terminating,
-    label,
     meta,
     name_of,
+    owned_by_other,
     parse_time,
     phase,
     pod_failure,
@@ -159,7 +155,10 @@ def pod_problem(pod: Body, options: Options, now: datetime | None = None) -> tup
         return "Failed", f"{name} failed: {failure.reason}: {failure.message}"
     if not is_scheduled(pod):
         c = condition(pod, "PodScheduled") or {}
-        why = c.get("message") or c.get("reason") or "waiting for a node"
+        if c.get("status") != "False":
+            # The scheduler has not looked at it yet: pending, not a problem (no Warning for every new pod).
+            return "Pending", f"{name} is waiting for the scheduler"
+        why = c.get("message") or c.get("reason") or "no node fits"
         return "Unschedulable", f"{name} is not scheduled: {why}"
     for cs in container_statuses(pod, init=True):
         wait = waiting(cs.get("state"))
@@ -238,16 +237,13 @@ def _workers_condition(groups: Sequence[_GroupView], options: Options, valid: bo
     return _condition(CONDITION_WORKERS_READY, "True", "AllWorkersReady", f"{desired}/{desired} workers ready"), True
 
 
-def launch_summary(job: Body, pods: Sequence[Body]) -> LaunchSummary | None:
-    """The summary of the launcher Job's last finished attempt that left one (its launcher container's termination
+def launch_summary(attempts: Sequence[Body]) -> LaunchSummary | None:
+    """The summary of the launch's last finished attempt that left one (its launcher container's termination
     message: the launcher writes one line of JSON there), else what the last finished attempt's exit code says;
-    None while no attempt has finished. An attempt killed at the Job's deadline leaves no summary; the one before
-    it says why the launch did not succeed."""
-    uid = uid_of(job)
+    None while no attempt has finished. An attempt killed at the deadline leaves no summary; the one before it
+    says why the launch did not succeed."""
     finished = []
-    for pod in pods:
-        if controller_uid(pod) != uid:
-            continue
+    for pod in attempts:
         for cs in container_statuses(pod):
             if cs.get("name") != LAUNCHER_CONTAINER:
                 continue
@@ -267,44 +263,42 @@ def launch_summary(job: Body, pods: Sequence[Body]) -> LaunchSummary | None:
     return summaries[0]
 
 
-def _is_true(c: Condition | None) -> bool:
-    return c is not None and c.get("status") == "True"
+_NO_LAUNCHER = {"replicas": 0, "updatedReplicas": 0, "readyReplicas": 0, "availableReplicas": 0,
+                "unavailableReplicas": 0}
 
 
-def _launch(job: Body | None, pods: Sequence[Body] = ()) -> tuple[Condition, dict[str, int]]:
-    if job is None:
+def _launch(current: tuple[list[Body], str] | None, head_ready: bool, now: datetime,
+            options: Options) -> tuple[Condition, dict[str, int]]:
+    """SuccessfulLaunch and the launcher's counts from the current launch: its attempts and the name of the
+    attempt to report when none exists yet."""
+    if current is None or (not current[0] and not head_ready):
         return (_condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "WaitingForHead",
-                           "the launcher starts once the head pod is Ready"),
-                {"replicas": 0, "updatedReplicas": 0, "readyReplicas": 0, "availableReplicas": 0,
-                 "unavailableReplicas": 0})
-    status = status_of(job)
-    complete = condition(job, "Complete") or condition(job, "SuccessCriteriaMet")
-    failed = condition(job, "Failed") or condition(job, "FailureTarget")
-    active = int(status.get("active") or 0)
-    ready = int(status.get("ready") or 0)
-    finished = _is_true(complete) or _is_true(failed)
-    counts = {"replicas": active, "updatedReplicas": active, "readyReplicas": ready, "availableReplicas": ready,
-              "unavailableReplicas": 0 if finished else max(0, 1 - ready)}
-    return _launch_condition(name_of(job), complete, failed, launch_summary(job, pods)), counts
-
-
-def _launch_condition(name: str, complete: Condition | None, failed: Condition | None,
-                      summary: LaunchSummary | None) -> Condition:
-    if _is_true(complete):
+                           "the launcher starts once the head pod is Ready"), dict(_NO_LAUNCHER))
+    attempts, first_name = current
+    launch = assess(attempts, now, options)
+    live = launch.live
+    ready = sum(1 for p in live if is_ready(p))
+    counts = {"replicas": len(live), "updatedReplicas": len(live), "readyReplicas": ready,
+              "availableReplicas": ready, "unavailableReplicas": 0 if launch.finished else max(0, 1 - ready)}
+    shown = launch.current
+    name = name_of(shown) if shown is not None else first_name
+    summary = launch_summary(launch.attempts)
+    if launch.outcome == SUCCEEDED:
         detail = f": {summary.message}" if summary is not None and summary.succeeded and summary.message else ""
-        return _condition(CONDITION_SUCCESSFUL_LAUNCH, "True", "Launched", f"launcher Job {name} completed{detail}")
-    if failed is not None and _is_true(failed):
-        job_reason = str(failed.get("reason") or "LaunchFailed")
-        job_message = str(failed.get("message") or "the launcher failed")
+        return _condition(CONDITION_SUCCESSFUL_LAUNCH, "True", "Launched", f"launcher pod {name} completed{detail}"), \
+            counts
+    if launch.outcome == FAILED:
         if summary is not None and not summary.succeeded:
             # The launcher's own reason (InvalidConfig, HeadUnreachable, WorkersNotJoined, ...) and message.
             return _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", summary.reason,
-                              f"{summary.message} (launcher Job {name}: {job_reason})")
-        return _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", job_reason, f"launcher Job {name}: {job_message}")
+                              f"{summary.message} (launcher pod {name}: {launch.reason})"), counts
+        return _condition(CONDITION_SUCCESSFUL_LAUNCH, "False", launch.reason,
+                          f"launcher pod {name}: {launch.message}"), counts
     detail = ""
     if summary is not None and not summary.succeeded:
         detail = f"; the last attempt failed: {summary.reason}: {summary.message}"
-    return _condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "Launching", f"launcher Job {name} is running{detail}")
+    return _condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "Launching", f"launcher pod {name} is running{detail}"), \
+        counts
 
 
 def _replica_failure(failures: Sequence[WriteFailure] | None, previous: Condition | None) -> Condition:
@@ -381,7 +375,8 @@ def compute_status(ray: Body, model_or_error: ModelOrError, observed: Observed, 
     pods = classify(observed.pods, uid_of(ray))
     groups = _group_views(model, pods, old, hashes)
     head = choose_head(pods.heads, hashes.get(HEAD_GROUP))
-    launch_condition, launcher_counts = _launch(_current_launch(observed.jobs, head, desired), observed.launcher_pods)
+    launch_condition, launcher_counts = _launch(_current_launch(_launchers(observed.pods, uid_of(ray)), head, desired),
+                                                head is not None and is_ready(head), now, opts)
     head_updated = int(_mapping(old.get("head")).get("updatedReplicas") or 0)
     status: JSON = {
         "launcher": launcher_counts,
@@ -489,22 +484,23 @@ def _addresses(ray: Body, model: ClusterModel | None) -> JSON:
     }
 
 
-def _current_launch(jobs: Sequence[Body], head: Body | None, desired: Desired | None) -> Body | None:
-    """The launch of the current head (and config, when `desired` is known), else the newest launcher Job."""
-    launches = [j for j in jobs if label(j, LABEL_ROLE) == ROLE_LAUNCHER and not is_terminating(j)]
-    if not launches:
+def _launchers(pods: Sequence[Body], owner_uid: str) -> list[Body]:
+    """The launcher pods of this `Ray` (the plan reads the same ones)."""
+    return [p for p in pods if is_launcher(p) and not owned_by_other(p, owner_uid)]
+
+
+def _current_launch(pods: Sequence[Body], head: Body | None,
+                    desired: Desired | None) -> tuple[list[Body], str] | None:
+    """The attempts of the current head's launch (with the current config, when `desired` is known), with the
+    name its first attempt has; else those of the newest launch (the last launch stays visible while there is no
+    head). None when there is nothing to report."""
+    if head is not None and desired is not None and uid_of(head):
+        return attempts_of(pods, (uid_of(head), desired.config_hash)), desired.launcher_name(uid_of(head))
+    newest = newest_key(pods, uid_of(head) if head is not None else None)
+    if newest is None:
         return None
-    if head is not None:
-        head_uid = uid_of(head)
-        if desired is not None:
-            wanted = desired.launcher_name(head_uid)
-            match = next((j for j in launches if name_of(j) == wanted), None)
-            if match is not None:
-                return match
-        mine = [j for j in launches if annotations_of(j).get(ANNOTATION_HEAD_UID) == head_uid]
-        if mine:
-            launches = mine
-    return max(launches, key=lambda j: (created(j), name_of(j)))
+    attempts = attempts_of(pods, newest)
+    return attempts, name_of(attempts[0])
 
 
 def _reconcile_time(old: Body, new: Body, now: datetime, now_text: str, options: Options) -> str:

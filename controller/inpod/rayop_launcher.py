@@ -3,7 +3,7 @@
     python /etc/rayop/rayop_launcher.py --config /etc/rayop/autoscaler.yaml --address <head>:6379 \
         --expect-workers N [--timeout S]
 
-Runs in the cluster's own Ray image (the launcher Job); standalone: Python's standard library and `ray` only.
+Runs in the cluster's own Ray image (the launcher pod); standalone: Python's standard library and `ray` only.
 
 Guarantees:
 - Steps, each bounded by the one deadline (--timeout, default 600 s): read the config and check it with Ray's own

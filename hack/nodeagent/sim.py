@@ -8,7 +8,8 @@ Guarantees:
     start-delay-seconds   seconds from first sight to containers running (default 0)
     ready-delay-seconds   seconds from running to ready (default 0)
     ready                 "false": containers run but never become ready
-    run-seconds           containers exit after this long (default: 1 for pods owned by a Job, else never)
+    run-seconds           containers exit after this long (default: 1 for pods owned by a Job and for rayop's
+                          launcher pods, which run to completion; else never)
     exit-code             the exit code when they do (default 0)
     restart-backoff-seconds  first crash-loop back-off (default 10, doubled per restart, capped at 300)
   and an image whose name contains `does-not-exist` never pulls (ErrImagePull / ImagePullBackOff).
@@ -42,6 +43,12 @@ def number(pod: dict[str, Any], name: str, default: float | None) -> float | Non
 
 def owned_by_job(pod: dict[str, Any]) -> bool:
     return any(ref.get("kind") == "Job" for ref in (pod.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def runs_to_completion(pod: dict[str, Any]) -> bool:
+    """A Job's pod, or a launcher pod of rayop (a bare pod that exits once the launch is done)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return owned_by_job(pod) or labels.get("ray.k8s.io/node-kind") == "launcher"
 
 
 @dataclass
@@ -141,7 +148,7 @@ class SimRuntime:
         start_delay = number(pod, "start-delay-seconds", 0.0) or 0.0
         ready_delay = number(pod, "ready-delay-seconds", 0.0) or 0.0
         never_ready = annotation(pod, "ready") == "false"
-        run = number(pod, "run-seconds", JOB_RUN_SECONDS if owned_by_job(pod) else None)
+        run = number(pod, "run-seconds", JOB_RUN_SECONDS if runs_to_completion(pod) else None)
         exit_code = int(number(pod, "exit-code", 0.0) or 0)
         backoff_base = number(pod, "restart-backoff-seconds", 10.0) or 10.0
         changes: list[float] = []

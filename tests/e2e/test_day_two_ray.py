@@ -7,7 +7,7 @@ Proves:
   which drains first (its preStop hook asks Ray's GCS), so the driver's task result is delivered; a watch-recorded
   history never shows more than desired + surge worker pods;
 - a launcher whose workers never join fails with its own reason: `SuccessfulLaunch=False`, reason
-  `WorkersNotJoined` and the launcher's message (not the Job's `BackoffLimitExceeded`/`DeadlineExceeded`), and a
+  `WorkersNotJoined` and the launcher's message (not the launch's `BackoffLimitExceeded`/`DeadlineExceeded`), and a
   Warning Event with the same reason;
 - a worker drained from outside the operator (`ray drain-node` as an idle termination; the v1 autoscaler's own
   `drain_nodes` call) loses its raylet; when its container restarts in the same pod (the kubelet's liveness restart,
@@ -78,7 +78,8 @@ def condition(ray: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def test_a_launcher_whose_workers_never_join_reports_workers_not_joined(pm: PrivateCluster, kube: KubeClient,
                                                                         namespace: str, tmp_path: Path) -> None:
-    # The launcher Job's deadline is 130 s, so the launcher itself gives up after 70 s.
+    # The launch's deadline is 130 s, so the launcher itself gives up after 70 s; a second attempt starts after a
+    # 10 s back-off, and none after that (the deadline has passed when it fails).
     op = OperatorProcess(pm, [namespace], tmp_path / "operator.log", extra_args=["--launcher-deadline", "130"])
     op.start()
     try:
@@ -100,6 +101,11 @@ def test_a_launcher_whose_workers_never_join_reports_workers_not_joined(pm: Priv
               f"{failed['message']}")
         assert failed["reason"] == "WorkersNotJoined", failed
         assert "0 of 1 worker(s) joined Ray within 70 s" in failed["message"], failed
+        # Two attempts ran, each a pod of its own that failed; no third one (the deadline had passed).
+        attempts = kube.get(f"/api/v1/namespaces/{namespace}/pods",
+                            labelSelector="ray.k8s.io/cluster=nojoin,ray.k8s.io/node-kind=launcher")["items"]
+        assert sorted((p["metadata"]["annotations"]["ray.k8s.io/launch-attempt"], p["status"]["phase"])
+                      for p in attempts) == [("0", "Failed"), ("1", "Failed")], attempts
         warnings = wait_until(lambda: [e for e in kube.get(f"/api/v1/namespaces/{namespace}/events",
                                                            fieldSelector="involvedObject.name=nojoin,type=Warning")[
             "items"] if e["reason"] == "WorkersNotJoined"], 30, message="a WorkersNotJoined Warning Event")

@@ -1,13 +1,13 @@
 """End to end with real Ray: the operator deployed from manifests/ into a process-mode control plane of the test's
 own (`hack/local-cluster.sh up --process` in a temporary state folder), running real Ray heads, workers, the
-autoscaler sidecar and the launcher Job as processes in their own network namespaces.
+autoscaler sidecar and the launcher pod as processes in their own network namespaces.
 
 Proves (issue 7's acceptance):
 - the operator runs in the cluster from manifests/ (namespace, CRD, RBAC, Deployment): the Deployment's `rayop run`
   is the repository's, it talks to the API server with its in-cluster config as its ServiceAccount (and is denied
   what its ClusterRole does not grant), holds the leader-election Lease, and its probes pass;
 - each form of the `Ray` (Kubernetes style and `configuration`) brings up a real Ray head and workers; a driver in
-  the head pod runs a task on every node; the launcher Job completes and `SuccessfulLaunch` is True;
+  the head pod runs a task on every node; the launcher pod completes and `SuccessfulLaunch` is True;
 - work beyond capacity makes Ray's autoscaler ask for a worker, the operator creates it, it joins and the work
   completes; after the idle timeout the autoscaler names idle workers and the operator removes exactly those;
 - a killed worker process restarts and its Ray node rejoins; a killed head comes back, and the status shows the
@@ -376,19 +376,17 @@ def create_and_wait_ready(pm: PrivateCluster, kube: KubeClient, ray: dict[str, A
     kube.create(rays_path(ns), ray)
     ready = wait_ready(kube, ns, name)
     record(f"{name}: apply -> Ready", time.monotonic() - t0)
-    # The launcher Job completes (it waited for the head's GCS and the initial workers in Ray) -> SuccessfulLaunch.
+    # The launcher pod completes (it waited for the head's GCS and the initial workers in Ray) -> SuccessfulLaunch.
     launched = wait_until(lambda: (r := _get(kube, rays_path(ns, name))) and
                           condition(r, "SuccessfulLaunch").get("status") == "True" and r, 300, 0.5,
                           message="SuccessfulLaunch True")
     record(f"{name}: apply -> SuccessfulLaunch", time.monotonic() - t0)
     assert condition(launched, "SuccessfulLaunch")["reason"] == "Launched"
-    # The operator reads the launcher's outcome from its pod; the Job controller counts it a moment later.
-    jobs = wait_until(lambda: (items := kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs",
-                                                 labelSelector=f"{LABEL_CLUSTER}={name}")["items"])
-                      and all(j["status"].get("succeeded") == 1 for j in items) and items, 60, 0.5,
-                      message="launcher Job succeeded")
-    assert len(jobs) == 1
-    assert any(c["type"] == "Complete" and c["status"] == "True" for c in jobs[0]["status"]["conditions"])
+    launchers = kube.get(f"/api/v1/namespaces/{ns}/pods",
+                         labelSelector=f"{LABEL_CLUSTER}={name},ray.k8s.io/node-kind=launcher")["items"]
+    assert [p["status"]["phase"] for p in launchers] == ["Succeeded"], launchers
+    assert launchers[0]["metadata"]["name"] in condition(launched, "SuccessfulLaunch")["message"]
+    assert not kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs", labelSelector=f"{LABEL_CLUSTER}={name}")["items"]
     return ready
 
 

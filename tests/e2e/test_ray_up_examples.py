@@ -70,8 +70,7 @@ def pasted(file: str) -> str:
 
 
 def create_and_wait_ready(pm: PrivateCluster, kube: KubeClient, ray: dict[str, Any]) -> dict[str, Any]:
-    """Create the Ray; wait until it is Ready, `SuccessfulLaunch` is True and its launcher Job counts the success
-    (the Job controller may count the launcher's pod a moment after the operator read its summary)."""
+    """Create the Ray; wait until it is Ready and `SuccessfulLaunch` is True, its one launcher pod Succeeded."""
     ns, name = ray["metadata"]["namespace"], ray["metadata"]["name"]
     t0 = time.monotonic()
     kube.create(f"/apis/ray.k8s.io/v1alpha1/namespaces/{ns}/rays", ray)
@@ -83,11 +82,9 @@ def create_and_wait_ready(pm: PrivateCluster, kube: KubeClient, ray: dict[str, A
     record(f"{name}: apply -> SuccessfulLaunch", time.monotonic() - t0)
     assert condition(launched, "SuccessfulLaunch")["reason"] == "Launched"
 
-    def job_succeeded() -> bool:
-        jobs = kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs", labelSelector=f"{LABEL_CLUSTER}={name}")["items"]
-        return len(jobs) == 1 and jobs[0]["status"].get("succeeded") == 1
-
-    wait_until(job_succeeded, 60, 0.5, message="the launcher Job succeeded")
+    launchers = kube.get(f"/api/v1/namespaces/{ns}/pods",
+                         labelSelector=f"{LABEL_CLUSTER}={name},ray.k8s.io/node-kind=launcher")["items"]
+    assert [p["status"]["phase"] for p in launchers] == ["Succeeded"], launchers
     return ready
 
 

@@ -120,16 +120,20 @@ def test_out_of_band_deletions_are_repaired(kube: KubeClient, namespace: str, op
                and worker_count(kube, namespace, "static") == 3, 60, message="worker replaced")
 
     head = live(pods(kube, namespace, "static", "head"))[0]
-    launched_for = {j["metadata"]["name"] for j in kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]}
+    launched_for = {p["metadata"]["name"] for p in pods(kube, namespace, "static", "launcher")}
     kube.delete(f"/api/v1/namespaces/{namespace}/pods/{head['metadata']['name']}")
     wait_until(lambda: (h := live(pods(kube, namespace, "static", "head"))) and
                h[0]["metadata"]["uid"] != head["metadata"]["uid"], 60, message="head recreated")
     wait_ready(kube, namespace, "static")
-    # A new head is a new launch: a new launcher Job runs and succeeds.
-    wait_until(lambda: {j["metadata"]["name"] for j in kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")[
-        "items"]} - launched_for, 60, message="a new launcher Job")
+    # A new head is a new launch: a new launcher pod runs and succeeds, the earlier launch's pod goes.
+    wait_until(lambda: {p["metadata"]["name"] for p in pods(kube, namespace, "static", "launcher")
+                        if p["metadata"]["annotations"]["ray.k8s.io/head-uid"] != head["metadata"]["uid"]}
+               - launched_for, 60, message="a new launcher pod")
     wait_until(lambda: is_true(kube.get(rays_path(namespace, "static")), "SuccessfulLaunch"), 60,
                message="relaunched")
+    wait_until(lambda: not {p["metadata"]["name"] for p in pods(kube, namespace, "static", "launcher")} & launched_for,
+               60, message="the earlier launch's pod deleted")
+    assert not kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]  # launches run as pods
 
 
 def test_deleting_the_ray_leaves_no_children(kube: KubeClient, namespace: str, operator: OperatorProcess) -> None:

@@ -8,12 +8,12 @@ step, the state they converge to read back and normalized, and the invariants wa
   rendered spec is valid on create (initialWorkers within the bounds), so a fresh `Ray` can be made of it.
 - `normalized_state()`: the cluster a `Ray` runs, with names, random suffixes, UIDs, timestamps, IPs and the
   cluster's own name and namespace masked: the pods per group (distinct normalized pod manifests and their count),
-  the Services, the ConfigMap's data, the launcher Job, the autoscaler's RBAC and the status.
+  the Services, the ConfigMap's data, the launcher pod, the autoscaler's RBAC and the status.
 - `differences()`: how two normalized states differ. For a group the autoscaler owns (autoscaling on, the group
   able to change size) the pod count may lie anywhere in [desired, maxWorkers]: by design the operator does not
   remove running, ready workers to follow a lowered count there (the autoscaler drains idle ones and names them;
   docs/api.md), and no autoscaler runs in sim mode, so such a group may keep pods from an earlier, larger count.
-  Likewise the launcher Job's `--expect-workers` (the desired count when that launch started: a later change of
+  Likewise the launcher pod's `--expect-workers` (the desired count when that launch started: a later change of
   counts is no new launch) is masked. Everything else is compared exactly.
 - `settled()`: observedGeneration caught up, Ready, launched, no failure, no pod terminating, and nothing of the
   cluster changed during a quiet period.
@@ -283,23 +283,24 @@ def _pod(p: JSON) -> JSON:
 
 
 def _job(j: JSON) -> JSON:
-    spec = copy.deepcopy(j.get("spec") or {})
-    spec.pop("selector", None)
-    tmeta = spec.get("template", {}).get("metadata", {})
-    tlabels = {k: v for k, v in (tmeta.get("labels") or {}).items()
-               if k not in ("controller-uid", "batch.kubernetes.io/controller-uid", "job-name",
-                            "batch.kubernetes.io/job-name")}
-    spec.setdefault("template", {})["metadata"] = {"labels": tlabels}
-    for c in spec["template"].get("spec", {}).get("containers") or []:
+    """A Job of the cluster, normalized (the operator makes none for a `Ray`; any one is a difference)."""
+    return {"metadata": _strip_metadata(j), "spec": j.get("spec") or {}}
+
+
+def _launcher(p: JSON) -> JSON:
+    spec = copy.deepcopy(p.get("spec") or {})
+    spec.pop("nodeName", None)
+    for c in spec.get("containers") or []:
         command = c.get("command") or []
         if "--expect-workers" in command[:-1]:
             # What this launch waited for: the desired count when it started. A later change of counts is not a
-            # new launch (one launcher Job per head pod and autoscaler config), so this records history.
+            # new launch (one launch per head pod and autoscaler config), so this records history.
             command[command.index("--expect-workers") + 1] = "<count at launch>"
-    meta = _strip_metadata(j)
-    meta["annotations"] = {k: "<masked>" for k in (meta.get("annotations") or {})}  # head UID, config hash
-    status = j.get("status") or {}
-    return {"metadata": meta, "spec": spec, "succeeded": status.get("succeeded"), "failed": status.get("failed")}
+    meta = _strip_metadata(p)
+    # Head UID and config hash are masked; the attempt stays.
+    meta["annotations"] = {k: (v if k == "ray.k8s.io/launch-attempt" else "<masked>")
+                           for k, v in (meta.get("annotations") or {}).items()}
+    return {"metadata": meta, "spec": spec, "phase": (p.get("status") or {}).get("phase")}
 
 
 def _service(s: JSON) -> JSON:
@@ -353,7 +354,7 @@ def normalized_state(kube: KubeClient, namespace: str, name: str) -> JSON:
         for obj in raw[kind]:
             masks.setdefault(obj["metadata"]["uid"], "<uid>")
     for j in raw["jobs"]:
-        masks[j["metadata"]["name"]] = "<launcher-job>"
+        masks[j["metadata"]["name"]] = "<job>"
     masks[str(ray["metadata"]["uid"])] = "<uid>"
     state: JSON = {
         "pods": {g: {"specs": sorted(set(items)), "count": len(items)} for g, items in sorted(pods.items())},
@@ -362,6 +363,9 @@ def normalized_state(kube: KubeClient, namespace: str, name: str) -> JSON:
                                         sort_keys=True) for c in raw["configmaps"]),
         "jobs": sorted(json.dumps(_job(j), sort_keys=True) for j in raw["jobs"]
                        if not j["metadata"].get("deletionTimestamp")),
+        "launchers": sorted(json.dumps(_launcher(p), sort_keys=True) for p in raw["pods"]
+                            if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == "launcher"
+                            and not p["metadata"].get("deletionTimestamp")),
         "rbac": sorted(json.dumps({"kind": k, "metadata": _strip_metadata(o),
                                    "rest": {x: o.get(x) for x in ("rules", "roleRef", "subjects")}}, sort_keys=True)
                        for k in ("serviceaccounts", "roles", "rolebindings") for o in raw[k]),
@@ -380,7 +384,7 @@ def normalized_state(kube: KubeClient, namespace: str, name: str) -> JSON:
     # Pod manifests were JSON strings inside the JSON: decode them for readable diffs.
     for g in out["pods"].values():
         g["specs"] = [json.loads(s) for s in g["specs"]]
-    for key in ("services", "configmaps", "jobs", "rbac"):
+    for key in ("services", "configmaps", "jobs", "launchers", "rbac"):
         out[key] = [json.loads(s) for s in out[key]]
     return out
 
@@ -431,7 +435,7 @@ def differences(got: JSON, want: JSON) -> list[str]:
                     out.append(f"pods of autoscaled group {g} ({side}): {n} outside [{s['desired']}, {s['max']}]")
         elif a["count"] != b["count"]:
             out.append(f"pods of group {g}: {a['count']} != {b['count']}")
-    for key in ("services", "configmaps", "jobs", "rbac"):
+    for key in ("services", "configmaps", "jobs", "launchers", "rbac"):
         if len(got[key]) != len(want[key]):
             out.append(f"{key}: {len(got[key])} object(s) != {len(want[key])}")
         for i, (x, y) in enumerate(zip(got[key], want[key])):
@@ -473,15 +477,20 @@ def converged(raw: dict[str, Any]) -> str | None:
         counts = status.get(key) or {}
         if (counts.get("replicas"), counts.get("readyReplicas")) != (len(live), ready):
             return f"status.{key} says {counts.get('replicas')} pod(s), {counts.get('readyReplicas')} ready"
-    jobs = [j for j in raw["jobs"] if not j["metadata"].get("deletionTimestamp")]
-    if len(jobs) != 1:
-        return "not exactly one launcher Job"
-    # The launcher's counts are the Job's (they stayed stale for minutes when a launcher pod went Ready and finished
+    if raw["jobs"]:
+        return f"{len(raw['jobs'])} Job(s): launches run as pods"
+    launchers = [p for p in raw["pods"] if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == "launcher"]
+    if len(launchers) != 1 or launchers[0]["metadata"].get("deletionTimestamp"):
+        return f"{len(launchers)} launcher pod(s), not exactly one that stays"
+    # The launcher's counts are the pod's (they stayed stale for minutes when a launcher pod went Ready and finished
     # before the Ray's watch event brought the status write that counted it: docs/reliability.md).
-    launcher, js = status.get("launcher") or {}, jobs[0].get("status") or {}
-    if (launcher.get("replicas"), launcher.get("readyReplicas")) != (js.get("active", 0), js.get("ready", 0)):
+    launcher, lp = status.get("launcher") or {}, launchers[0]
+    live = int(_is_live_pod(lp))
+    ready = int(live and any(c.get("type") == "Ready" and c.get("status") == "True"
+                             for c in (lp.get("status") or {}).get("conditions") or []))
+    if (launcher.get("replicas"), launcher.get("readyReplicas")) != (live, ready):
         return (f"status.launcher says {launcher.get('replicas')} pod(s), {launcher.get('readyReplicas')} ready, "
-                f"the Job {js.get('active', 0)}, {js.get('ready', 0)}")
+                f"the launcher pod {live}, {ready}")
     return None
 
 

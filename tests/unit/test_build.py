@@ -17,7 +17,7 @@ from rayop.build import (
     Owner,
     build_children,
     image_ray_version,
-    launcher_job_name,
+    launcher_pod_name,
     ray_start_args,
     stable_hash,
     with_replacements,
@@ -39,7 +39,7 @@ def sample(path: Path) -> dict[str, Any]:
 def all_children(obj: dict[str, Any], options: Options | None = None) -> list[dict[str, Any]]:
     d = desired_for(obj, options)
     return [*map(dict, d.singletons()), dict(d.head.manifest), *(dict(w.manifest) for w in d.workers),
-            d.launcher_job("head-uid")]
+            d.launcher_pod("head-uid")]
 
 
 def ray_container(pod: Any) -> dict[str, Any]:
@@ -81,8 +81,8 @@ def test_child_names_follow_the_contract(path: Path) -> None:
     assert d.head.manifest["metadata"]["generateName"] == f"{name}-head-"
     for w in d.workers:
         assert w.manifest["metadata"]["generateName"] == f"{name}-{w.group}-"
-    job = d.launcher_job("uid-1")
-    assert job["metadata"]["name"].startswith(f"{name}-launcher-") and len(job["metadata"]["name"]) <= 63
+    launcher = d.launcher_pod("uid-1")
+    assert launcher["metadata"]["name"].startswith(f"{name}-launcher-") and len(launcher["metadata"]["name"]) <= 63
 
 
 @pytest.mark.parametrize("path", [p for p in SAMPLES if p.stem.startswith("seed")], ids=lambda p: p.stem)
@@ -285,27 +285,33 @@ def test_config_map_data(configuration: str | None) -> None:
         assert data["configuration.yaml"] == configuration
 
 
-def test_launcher_job() -> None:
+def test_launcher_pod() -> None:
     d = desired_for(ray(autoscaling(initial=3)))
-    job = d.launcher_job("head-1")
-    spec = job["spec"]
-    pod = spec["template"]["spec"]
-    assert spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] == 900
-    assert pod["restartPolicy"] == "Never"
-    c = pod["containers"][0]
+    pod = d.launcher_pod("head-1", attempt=2)
+    assert pod["kind"] == "Pod" and pod["apiVersion"] == "v1"
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never" and spec["activeDeadlineSeconds"] == 900
+    assert spec["automountServiceAccountToken"] is False
+    c = spec["containers"][0]
     assert c["image"] == DEFAULT_RAY_IMAGE
     assert c["command"][:6] == ["python", "/etc/rayop/rayop_launcher.py", "--config", "/etc/rayop/autoscaler.yaml",
                                 "--address", "demo-head.ray.svc.cluster.local:6379"]
     assert c["command"][c["command"].index("--expect-workers") + 1] == "3"
     assert {"name": "rayop-config", "mountPath": "/etc/rayop", "readOnly": True} in c["volumeMounts"]
-    assert spec["template"]["metadata"]["labels"]["ray.k8s.io/node-kind"] == "launcher"
+    meta = pod["metadata"]
+    assert meta["labels"]["ray.k8s.io/node-kind"] == "launcher"
+    assert meta["annotations"] == {"ray.k8s.io/head-uid": "head-1", "ray.k8s.io/config-hash": d.config_hash,
+                                   "ray.k8s.io/launch-attempt": "2"}
+    assert meta["ownerReferences"][0]["kind"] == "Ray" and meta["ownerReferences"][0]["controller"] is True
+    assert meta["name"] == d.launcher_name("head-1", 2) != d.launcher_name("head-1", 1)
 
 
-def test_launcher_name_changes_per_head_and_config_and_fits_63_characters() -> None:
-    a = launcher_job_name("x", "head-1", "cfg-1")
-    assert a != launcher_job_name("x", "head-2", "cfg-1") != launcher_job_name("x", "head-1", "cfg-2")
-    assert a == launcher_job_name("x", "head-1", "cfg-1")
-    long = launcher_job_name("a" * 52, "h", "c")
+def test_launcher_name_changes_per_head_config_and_attempt_and_fits_63_characters() -> None:
+    a = launcher_pod_name("x", "head-1", "cfg-1")
+    assert a != launcher_pod_name("x", "head-2", "cfg-1") != launcher_pod_name("x", "head-1", "cfg-2")
+    assert a != launcher_pod_name("x", "head-1", "cfg-1", 1)
+    assert a == launcher_pod_name("x", "head-1", "cfg-1", 0)
+    long = launcher_pod_name("a" * 52, "h", "c")
     assert len(long) == 63 and long.startswith("a" * 45 + "-launcher-")
 
 
@@ -330,7 +336,7 @@ def test_builders_never_modify_the_model_or_the_ray() -> None:
     model = effective_cluster(obj).cluster
     model_before = copy.deepcopy(model)
     d = build_children(obj, model, Options(), autoscaler_config={"a": 1}, programs=PROGRAMS)
-    d.launcher_job("x")
+    d.launcher_pod("x")
     assert obj == before and model == model_before
     assert model.worker_groups[0].template is not None
     assert model.worker_groups[0].template["spec"]["containers"][0]["env"] == [{"name": "A", "value": "1"}]

@@ -1,11 +1,12 @@
 """The import layering contract (docs/architecture.md draws it), lowest layer first:
 
-    api  <-  defaults, objects  <-  builders (autoscaler, build)  <-  plan, status  <-  reconciler  <-  cli
+    api  <-  defaults, objects, launch  <-  builders (autoscaler, build)  <-  plan, status  <-  reconciler  <-  cli
 
 with the runtime a library of its own and the in-pod programs standalone. `rayop.objects` (typed reads, pod
-classification, the head choice, the shared names and ports) needs only the API and the defaults; the builders
-never reach up to the plan, the status or the reconciler; the status never imports the plan (both read pods
-through `rayop.objects`, so they agree on which pod is the head).
+classification, the head choice, the shared names and ports) needs only the API and the defaults, and
+`rayop.launch` (a launch's state from its launcher pods, read by the plan and the status alike) only those; the
+builders never reach up to the plan, the status or the reconciler; the status never imports the plan (both read
+pods through `rayop.objects` and `rayop.launch`, so they agree on which pod is the head and how a launch stands).
 
 Checked by reading every module's imports (ast), so a violation fails here before it shows up as a cycle.
 """
@@ -24,7 +25,7 @@ ROOTS = {"rayop": REPO / "controller", "rayop.api": REPO / "api"}
 # Which rayop modules each layer may import (prefix match; a module may always import itself).
 API = ("rayop.api",)
 RUNTIME = ("rayop.runtime",)
-OBJECTS = API + ("rayop.defaults", "rayop.objects")
+OBJECTS = API + ("rayop.defaults", "rayop.objects", "rayop.launch")
 BUILDERS = OBJECTS + ("rayop.autoscaler", "rayop.build")
 PURE = BUILDERS + ("rayop.plan", "rayop.status", "rayop.expectations", "rayop.jobplan", "rayop.gcscleanup")
 RULES: list[tuple[str, tuple[str, ...]]] = [
@@ -33,6 +34,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("rayop.inpod", ()),
     ("rayop.defaults", ()),
     ("rayop.objects", OBJECTS),
+    ("rayop.launch", OBJECTS),
     ("rayop.autoscaler", OBJECTS),
     ("rayop.build", BUILDERS),
     ("rayop.plan", BUILDERS),

@@ -53,6 +53,18 @@ def test_job_pods_exit(code: int, restart: str, phase: str) -> None:
     assert view.containers[0].state["terminated"]["exitCode"] == code
 
 
+def test_launcher_pods_run_to_completion_other_bare_pods_run_on() -> None:
+    rt = SimRuntime()
+    launcher = make_pod(restart="Never")
+    launcher["metadata"]["labels"] = {"ray.k8s.io/node-kind": "launcher"}
+    assert rt.observe(launcher, T0).phase == "Running"
+    assert rt.observe(launcher, T0 + 1).phase == "Succeeded"
+    other = make_pod(restart="Never")
+    other["metadata"]["uid"] = "u2"
+    other["metadata"]["labels"] = {"ray.k8s.io/node-kind": "worker"}
+    assert rt.observe(other, T0).phase == rt.observe(other, T0 + 3600).phase == "Running"
+
+
 def test_crash_backs_off_then_restarts() -> None:
     rt = SimRuntime()
     pod = make_pod({"sim.rayop.dev/restart-backoff-seconds": "10"})

@@ -33,6 +33,8 @@ from tests.unit.test_plan_fixtures import (
     autoscaling,
     desired_for,
     healthy,
+    is_launcher_pod,
+    launched,
     pod,
     ray,
     static,
@@ -89,9 +91,9 @@ def test_workers_are_created_once_the_head_runs_and_the_launch_once_it_is_ready(
                                     service_accounts=full.service_accounts, roles=full.roles,
                                     role_bindings=full.role_bindings), NOW)
     assert created(plan, "worker") == workers
-    jobs = [a for a in plan.creates if a.kind == "Job"]
-    assert [a.reason for a in jobs] == [REASON_LAUNCH] * launches
-    assert [a.manifest["metadata"]["name"] for a in jobs] == [d.launcher_name("uid-demo-head-abcde")] * launches
+    launchers = [a for a in plan.creates if a.reason == REASON_LAUNCH]
+    assert [a.kind for a in launchers] == ["Pod"] * launches
+    assert [a.manifest["metadata"]["name"] for a in launchers] == [d.launcher_name("uid-demo-head-abcde")] * launches
 
 
 def test_an_unchanged_cluster_needs_nothing() -> None:
@@ -302,11 +304,11 @@ def test_rolling_update_never_deletes_the_last_ready_old_pod_first() -> None:
 def test_unready_old_pods_are_replaced_without_waiting() -> None:
     new, observed = _rolled(static(2))
     pods = [observed.pods[0], *(pod(p["metadata"]["name"], hash="old", ready=False, age=100)
-                                for p in observed.pods[1:])]
+                                for p in observed.pods[1:] if not is_launcher_pod(p))]
     plan = plan_cluster(new, with_pods(observed, pods), NOW)
     # Both go at once; the two deleted pods still exist while they terminate, so desired 2 + maxSurge 1 leaves room
     # for one new pod now.
-    assert len(plan.deletes) == 2 and created(plan, "worker") == 1
+    assert len([a for a in plan.deletes if a.group == "worker"]) == 2 and created(plan, "worker") == 1
 
 
 def test_rolling_updates_go_one_group_at_a_time() -> None:
@@ -357,8 +359,9 @@ def test_extra_heads_are_deleted_keeping_the_ready_current_one() -> None:
     keep = pod("demo-head-aaaaa", role="head", group="head", hash=d.head.template_hash, age=100)
     extra = pod("demo-head-bbbbb", role="head", group="head", hash=d.head.template_hash, ready=False, age=10)
     plan = plan_cluster(d, with_pods(healthy(d), [extra, keep]), NOW)
-    assert [(a.name, a.reason) for a in plan.deletes if a.kind == "Pod"] == [("demo-head-bbbbb",
-                                                                              REASON_DUPLICATE_HEAD)]
+    # (The launch of the healthy cluster's head, demo-head-abcde, is stale now: its pod goes too.)
+    assert [(a.name, a.reason) for a in plan.deletes if a.kind == "Pod" and a.reason != REASON_STALE_LAUNCH] == [
+        ("demo-head-bbbbb", REASON_DUPLICATE_HEAD)]
 
 
 def test_paused_groups_are_left_alone() -> None:
@@ -388,11 +391,12 @@ def test_config_change_patches_the_config_map_with_removed_keys_as_null() -> Non
     assert [(p.kind, p.name) for p in patches] == [("ConfigMap", "demo-ray")]
     assert set(patches[0].patch["data"]) == {"autoscaler.yaml", "stale.py"} and patches[0].patch["data"][
         "stale.py"] is None
-    # A new config is a new launch; the earlier launcher Job goes.
+    # A new config is a new launch; the earlier launch's pod goes.
     assert [a.reason for a in plan.creates] == [REASON_LAUNCH]
-    assert [(a.reason, a.propagation) for a in plan.deletes] == [(REASON_STALE_LAUNCH, "Background")]
+    assert [(a.kind, a.reason) for a in plan.deletes] == [("Pod", REASON_STALE_LAUNCH)]
     # Scaling knobs do not roll pods.
-    assert not [a for a in plan.actions if getattr(a, "kind", "") == "Pod"]
+    assert not [a for a in plan.actions if getattr(a, "kind", "") == "Pod"
+                and a.reason not in (REASON_LAUNCH, REASON_STALE_LAUNCH)]
 
 
 def test_drifted_labels_service_and_role_are_patched() -> None:
@@ -461,6 +465,74 @@ def test_a_new_head_starts_a_new_launch() -> None:
     assert [a.reason for a in plan.deletes] == [REASON_STALE_LAUNCH]
 
 
+def _launch_plan(d: Any, attempts: list[dict[str, Any]], now: Any = NOW) -> Plan:
+    observed = healthy(d)
+    pods = [p for p in observed.pods if not is_launcher_pod(p)] + attempts
+    return plan_cluster(d, Observed(**{**observed.__dict__, "pods": pods}), now)
+
+
+def test_a_failed_launch_attempt_is_retried_after_a_back_off_up_to_the_backoff_limit() -> None:
+    d = desired_for(ray(static(1)))
+    head = healthy(d).pods[0]
+    # Attempt 0 failed 7 s ago: the next one waits out the rest of the 10 s back-off.
+    first = launched(d, head, phase="Failed", exit_code=1, age=12)  # it finished 5 s after its creation
+    plan = _launch_plan(d, [first])
+    assert not plan.creates and plan.requeue_after == pytest.approx(3)
+    plan = _launch_plan(d, [launched(d, head, phase="Failed", exit_code=1, age=40)])
+    assert [(a.kind, a.manifest["metadata"]["name"]) for a in plan.creates] == [("Pod", d.launcher_name(
+        head["metadata"]["uid"], 1))]
+    assert plan.creates[0].manifest["metadata"]["annotations"]["ray.k8s.io/launch-attempt"] == "1"
+    # Attempts 0 and 1 failed long ago: the back-off doubles (20 s after the last failure), then attempt 2.
+    two = [launched(d, head, attempt=0, phase="Failed", exit_code=1, age=300),
+           launched(d, head, attempt=1, phase="Failed", exit_code=1, age=20)]
+    assert not _launch_plan(d, two).creates
+    two[1] = launched(d, head, attempt=1, phase="Failed", exit_code=1, age=30)
+    assert [a.manifest["metadata"]["name"] for a in _launch_plan(d, two).creates] == [
+        d.launcher_name(head["metadata"]["uid"], 2)]
+    # Three failed (backoffLimit 2): the launch failed, nothing more is created and nothing is deleted.
+    three = [launched(d, head, attempt=k, phase="Failed", exit_code=1, age=400 - k * 100) for k in range(3)]
+    plan = _launch_plan(d, three)
+    assert plan.actions == () and plan.requeue_after is None
+    # A running attempt, or one that succeeded: nothing to do.
+    assert _launch_plan(d, [launched(d, head, phase="Running")]).actions == ()
+    assert _launch_plan(d, [first, launched(d, head, attempt=1)]).actions == ()
+
+
+def test_no_launch_attempt_after_the_deadline_or_a_deadline_kill() -> None:
+    d = desired_for(ray(static(1)), Options(launcher_deadline_seconds=120))
+    head = healthy(d).pods[0]
+    late = launched(d, head, phase="Failed", exit_code=1, age=200)
+    assert _launch_plan(d, [late]).actions == ()
+    killed = launched(d, head, phase="Failed", exit_code=137, age=60)
+    killed["status"]["reason"] = "DeadlineExceeded"
+    assert _launch_plan(d, [killed]).actions == ()
+
+
+def test_an_attempt_deleted_by_someone_else_is_started_again_under_the_same_name() -> None:
+    d = desired_for(ray(static(1)))
+    head = healthy(d).pods[0]
+    gone = launched(d, head, phase="Running")
+    gone["metadata"]["deletionTimestamp"] = "2026-01-02T03:04:05Z"
+    assert _launch_plan(d, [gone]).actions == ()  # it ends first
+    # Vanished: the same attempt again, by name (a create from a stale cache meets the pod that exists).
+    assert [a.manifest["metadata"]["name"] for a in _launch_plan(d, []).creates] == [
+        d.launcher_name(head["metadata"]["uid"])]
+
+
+def test_launcher_jobs_of_earlier_versions_go_and_the_launch_runs_as_a_pod() -> None:
+    d = desired_for(ray(static(1)))
+    observed = healthy(d)
+    job = stored({"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+        "name": "demo-launcher-0badc0de", "namespace": "ray",
+        "labels": {"ray.k8s.io/node-kind": "launcher", "ray.k8s.io/cluster": "demo",
+                   "app.kubernetes.io/managed-by": "rayop"},
+        "ownerReferences": [{"kind": "Ray", "uid": observed.pods[0]["metadata"]["ownerReferences"][0]["uid"],
+                             "controller": True}]}})
+    plan = plan_cluster(d, Observed(**{**observed.__dict__, "jobs": [job]}), NOW)
+    assert [(a.kind, a.name, a.reason, a.propagation) for a in plan.actions] == [
+        ("Job", "demo-launcher-0badc0de", REASON_STALE_LAUNCH, "Background")]
+
+
 def test_options_steer_the_planner() -> None:
     d = desired_for(ray(static(1)), Options(replace_backoff_seconds=1, crash_loop_restarts=1))
     looping = pod("w", hash=d.workers[0].template_hash, ready=False, restarts=1, waiting="CrashLoopBackOff",
@@ -523,17 +595,19 @@ def test_suspending_deletes_workers_then_the_head_and_creates_nothing() -> None:
     head = [p for p in observed.pods if p["metadata"]["labels"]["ray.k8s.io/node-kind"] == "head"]
     pod_deletes = sorted(a.name for a in step1.deletes if a.kind == "Pod")
     assert pod_deletes == sorted(p["metadata"]["name"] for p in observed.pods if p not in head)
-    assert [a.kind for a in step1.deletes if a.kind != "Pod"] == ["Job"] * len(observed.jobs)
+    assert not [a for a in step1.deletes if a.kind != "Pod"]
     assert {a.reason for a in step1.deletes} == {"Suspended"}
-    observed = Observed(**{**observed.__dict__, "jobs": []})
+    # The launcher pod goes with the workers.
+    assert any(a.name.startswith("demo-launcher-") for a in step1.deletes)
+    observed = Observed(**{**observed.__dict__, "pods": [p for p in observed.pods if not is_launcher_pod(p)]})
     # Workers still terminating: the head stays (their drains need its GCS); gone: the head goes.
     draining = [{**p, "metadata": {**p["metadata"], "deletionTimestamp": "2026-01-02T03:04:05Z"}}
                 for p in observed.pods if p not in head]
     assert plan_cluster(d, with_pods(observed, [*head, *draining]), NOW, suspended=True).actions == ()
     step3 = plan_cluster(d, with_pods(observed, head), NOW, suspended=True)
     assert deleted(step3) == [head[0]["metadata"]["name"]] and not step3.creates
-    # Nothing left: no launcher is created, the named children stay, earlier launcher Jobs go.
-    empty = Observed(**{**with_pods(observed, []).__dict__, "jobs": []})
+    # Nothing left: no launcher is created, the named children stay.
+    empty = with_pods(observed, [])
     assert plan_cluster(d, empty, NOW, suspended=True).actions == ()
 
 

@@ -114,20 +114,39 @@ def healthy(desired: Desired, workers: int | None = None, *, head_name: str = "d
         count = gp.desired if workers is None else workers
         pods += [pod(f"demo-{gp.group}-{i:05d}", group=gp.group, hash=gp.template_hash, age=3000 - i)
                  for i in range(count)]
-    job = stored(desired.launcher_job(head["metadata"]["uid"]))
-    job["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    pods.append(launched(desired, head))
     return Observed(
         pods=pods,
         services=[stored(desired.service)],
         config_maps=[stored(desired.config_map)],
-        jobs=[job],
         service_accounts=[stored(m) for m in desired.autoscaler if m["kind"] == "ServiceAccount"],
         roles=[stored(m) for m in desired.autoscaler if m["kind"] == "Role"],
         role_bindings=[stored(m) for m in desired.autoscaler if m["kind"] == "RoleBinding"],
     )
 
 
+def launched(desired: Desired, head: dict[str, Any], *, attempt: int = 0, phase: str = "Succeeded",
+             exit_code: int = 0, message: str = "", age: float = 3000) -> dict[str, Any]:
+    """A launcher pod of `head`'s launch (its attempt `attempt`) as the cache holds it, finished by default."""
+    launcher = stored(desired.launcher_pod(head["metadata"]["uid"], attempt), age=age)
+    status: dict[str, Any] = {"phase": phase}
+    if phase in ("Succeeded", "Failed"):
+        status["containerStatuses"] = [{"name": "launcher", "ready": False, "state": {"terminated": {
+            "exitCode": exit_code, "message": message, "finishedAt": ts(age - 5)}}}]
+    elif phase == "Running":
+        status["conditions"] = [{"type": "Ready", "status": "True"}]
+    launcher["status"] = status
+    return launcher
+
+
+def is_launcher_pod(p: Any) -> bool:
+    return p["metadata"].get("labels", {}).get("ray.k8s.io/node-kind") == "launcher"
+
+
 def with_pods(observed: Observed, pods: list[dict[str, Any]]) -> Observed:
+    """`observed` with these pods; its launcher pods stay unless `pods` brings launcher pods of its own."""
+    if not any(is_launcher_pod(p) for p in pods):
+        pods = [*pods, *(p for p in observed.pods if is_launcher_pod(p))]
     return Observed(pods=pods, services=observed.services, config_maps=observed.config_maps, jobs=observed.jobs,
                     service_accounts=observed.service_accounts, roles=observed.roles,
                     role_bindings=observed.role_bindings)

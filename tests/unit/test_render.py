@@ -26,8 +26,12 @@ def test_every_sample_renders(path: Path, capsys: pytest.CaptureFixture[str]) ->
     code, docs, err = run(capsys, str(path))
     assert code == 0, err
     kinds = [d["kind"] for d in docs]
-    assert kinds.count("Pod") >= 1 and kinds.count("ConfigMap") == kinds.count("Service") == kinds.count("Job") == 1
-    assert kinds.index("ConfigMap") < kinds.index("Pod") < kinds.index("Job")
+    roles = [d["metadata"]["labels"]["ray.k8s.io/node-kind"] for d in docs]
+    assert kinds.count("Pod") >= 2 and kinds.count("ConfigMap") == kinds.count("Service") == 1
+    assert "Job" not in kinds
+    # The launcher pod comes last, after the head and the workers.
+    assert (kinds[-1], roles[-1], roles.count("launcher")) == ("Pod", "launcher", 1)
+    assert kinds.index("ConfigMap") < kinds.index("Pod") and roles.index("head") < roles.index("launcher")
     assert all("ownerReferences" not in d["metadata"] for d in docs)
 
 
@@ -38,7 +42,9 @@ def test_one_document_per_desired_pod_and_options_apply(tmp_path: Path, capsys: 
     code, docs, _ = run(capsys, str(f), "-n", "team", "--ray-image", "me/ray:2.60.0")
     assert code == 0
     pods = [d for d in docs if d["kind"] == "Pod"]
-    assert [p["metadata"]["generateName"] for p in pods] == ["r-head-", "r-worker-", "r-worker-", "r-worker-"]
+    assert [p["metadata"].get("generateName") for p in pods] == ["r-head-", "r-worker-", "r-worker-", "r-worker-",
+                                                                None]
+    assert pods[-1]["metadata"]["name"].startswith("r-launcher-")
     assert {p["spec"]["containers"][0]["image"] for p in pods} == {"me/ray:2.60.0"}
     assert {d["metadata"]["namespace"] for d in docs} == {"team"}
 
@@ -82,7 +88,7 @@ def test_rayjob_renders_as_its_cluster(capsys: pytest.CaptureFixture[str]) -> No
     assert ray["metadata"]["labels"]["ray.k8s.io/rayjob"] == "every-node"
     assert "ownerReferences" not in ray["metadata"]
     assert ray["spec"]["initialWorkers"] == 1
-    assert [d["kind"] for d in children].count("Pod") == 2  # head and one worker
+    assert [d["kind"] for d in children].count("Pod") == 3  # head, one worker, the launcher
     assert all(d["metadata"]["labels"]["ray.k8s.io/cluster"] == "every-node-1" for d in children)
 
 

@@ -14,7 +14,19 @@ from rayop.api.model import ConfigurationError
 from rayop.defaults import Options
 from rayop.objects import Observed
 from rayop.status import WriteFailure, compute_status, format_time
-from tests.unit.test_plan_fixtures import NOW, autoscaling, desired_for, healthy, pod, ray, static, stored, with_pods
+from tests.unit.test_plan_fixtures import (
+    NOW,
+    autoscaling,
+    desired_for,
+    healthy,
+    is_launcher_pod,
+    launched,
+    pod,
+    ray,
+    static,
+    stored,
+    with_pods,
+)
 
 
 def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -114,16 +126,20 @@ def test_ready_is_false_while_a_desired_worker_is_not_ready(make: Any, reason: s
     [
         (None, "HeadPodMissing"),
         (dict(phase="Pending", node=None), "HeadPodUnschedulable"),
+        (dict(phase="Pending", node=None, scheduled=None), "HeadPodPending"),
         (dict(ready=False), "HeadPodNotReady"),
         (dict(phase="Failed"), "HeadPodFailed"),
     ],
-    ids=["missing", "unschedulable", "not-ready", "failed"],
+    ids=["missing", "unschedulable", "not-seen-by-the-scheduler-yet", "not-ready", "failed"],
 )
 def test_head_ready(head: dict[str, Any] | None, reason: str) -> None:
     obj = ray(static(0))
     d = desired_for(obj)
     pods = [] if head is None else [pod("demo-head-x", role="head", group="head", hash=d.head.template_hash,
-                                        **head)]
+                                        **{k: v for k, v in head.items() if k != "scheduled"})]
+    if head is not None and "scheduled" in head:
+        # A pod the scheduler has not looked at yet: no PodScheduled condition at all.
+        pods[0]["status"]["conditions"] = [c for c in pods[0]["status"]["conditions"] if c["type"] != "PodScheduled"]
     status = compute(obj, with_pods(healthy(d), pods))
     c = conditions(status)
     assert (c["HeadReady"]["status"], c["HeadReady"]["reason"]) == ("False", reason)
@@ -134,7 +150,8 @@ def test_updated_replicas_count_the_current_template_only() -> None:
     obj = ray(static(3))
     d = desired_for(obj)
     observed = healthy(d)
-    pods = [*observed.pods[:2], *(pod(p["metadata"]["name"], hash="old") for p in observed.pods[2:])]
+    pods = [*observed.pods[:2], *(pod(p["metadata"]["name"], hash="old") for p in observed.pods[2:]
+                                  if not is_launcher_pod(p))]
     status = compute(obj, with_pods(observed, pods))
     assert status["worker"]["replicas"] == 3 and status["worker"]["updatedReplicas"] == 1
     assert conditions(status)["Ready"]["status"] == "True"  # old pods that are ready still serve
@@ -164,32 +181,65 @@ def test_ignored_keys_are_listed() -> None:
     assert (c["status"], c["reason"]) == ("True", "KeysIgnored") and "provider.type" in c["message"]
 
 
+def _with_launchers(observed: Observed, launchers: list[dict[str, Any]]) -> Observed:
+    pods = [p for p in observed.pods if not is_launcher_pod(p)] + launchers
+    return Observed(**{**observed.__dict__, "pods": pods})
+
+
 @pytest.mark.parametrize(
-    "job_status, expected",
+    "attempts, expected, live",
     [
-        ({"active": 1, "ready": 1}, ("Unknown", "Launching")),
-        ({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}, ("True", "Launched")),
-        ({"failed": 3, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                       "message": "Job has reached the specified backoff limit"}]},
-         ("False", "BackoffLimitExceeded")),
+        ([("Pending", 0)], ("Unknown", "Launching"), 1),
+        ([("Running", 0)], ("Unknown", "Launching"), 1),
+        ([("Failed", 1), ("Running", 0)], ("Unknown", "Launching"), 1),
+        ([("Failed", 1)], ("Unknown", "Launching"), 0),  # the next attempt waits for its back-off
+        ([("Failed", 1), ("Succeeded", 0)], ("True", "Launched"), 0),
+        # No attempt left a summary (they exited 1 with an empty log): the reason says so, the message names the
+        # exit code and why the launch ended.
+        ([("Failed", 1), ("Failed", 1), ("Failed", 1)], ("False", "NoSummary"), 0),
+        ([], ("Unknown", "Launching"), 0),  # the head is Ready, the first attempt not in the cache yet
     ],
-    ids=["running", "complete", "failed"],
+    ids=["pending", "running", "retrying", "back-off", "complete", "failed", "not-yet-seen"],
 )
-def test_successful_launch_follows_the_current_launcher_job(job_status: dict[str, Any],
-                                                            expected: tuple[str, str]) -> None:
+def test_successful_launch_follows_the_current_launch(attempts: list[tuple[str, int]], expected: tuple[str, str],
+                                                     live: int) -> None:
     obj = ray(static(1))
     d = desired_for(obj)
     observed = healthy(d)
-    job = stored(d.launcher_job("uid-demo-head-abcde"))
-    job["status"] = job_status
-    stale = stored(d.launcher_job("an-old-head"), age=9999)
-    stale["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
-    status = compute(obj, Observed(**{**observed.__dict__, "jobs": [stale, job]}))
+    head = observed.pods[0]
+    pods = [launched(d, head, attempt=k, phase=ph, exit_code=code, age=300 - 50 * k)
+            for k, (ph, code) in enumerate(attempts)]
+    # A launch of an earlier head that succeeded changes nothing.
+    stale = launched(d, pod("demo-head-old00", role="head", group="head"), age=9999)
+    status = compute(obj, _with_launchers(observed, [stale, *pods]))
     c = conditions(status)["SuccessfulLaunch"]
     assert (c["status"], c["reason"]) == expected
+    shown = d.launcher_name(head["metadata"]["uid"], len(attempts) - 1 if attempts else 0)
+    if expected[0] == "True":
+        shown = d.launcher_name(head["metadata"]["uid"], 1)
     if expected[0] == "False":
-        assert "backoff limit" in c["message"]
-    assert status["launcher"]["replicas"] == job_status.get("active", 0)
+        assert "BackoffLimitExceeded" in c["message"]
+    assert f"launcher pod {shown}" in c["message"]
+    assert status["launcher"]["replicas"] == live
+    ready = any(ph == "Running" for ph, _ in attempts)
+    assert status["launcher"]["unavailableReplicas"] == (0 if expected[0] != "Unknown" or ready else 1)
+
+
+def test_a_launch_past_its_deadline_failed() -> None:
+    obj = ray(static(1))
+    d = desired_for(obj, Options(launcher_deadline_seconds=120))
+    observed = healthy(d)
+    head = observed.pods[0]
+    late = launched(d, head, phase="Failed", exit_code=1, age=200)
+    status = compute_status(obj, effective_cluster(obj), _with_launchers(observed, [late]), NOW, desired=d)
+    c = conditions(status)["SuccessfulLaunch"]
+    assert (c["status"], c["reason"]) == ("False", "NoSummary") and "DeadlineExceeded" in c["message"]
+    # An attempt that never ran (its container never started) leaves nothing to read: the launch's own reason.
+    unstarted = launched(d, head, phase="Failed", age=200)
+    del unstarted["status"]["containerStatuses"]
+    status = compute_status(obj, effective_cluster(obj), _with_launchers(observed, [unstarted]), NOW, desired=d)
+    c = conditions(status)["SuccessfulLaunch"]
+    assert (c["status"], c["reason"]) == ("False", "DeadlineExceeded") and "120s" in c["message"]
 
 
 def test_no_launch_before_the_head() -> None:
@@ -239,50 +289,39 @@ def test_clamp_notices_name_what_was_asked_and_what_runs() -> None:
     assert clamp_notices(obj, effective_cluster(obj).cluster) == []
 
 
-def _launcher_pod(job: dict[str, Any], name: str, message: str, exit_code: int, finished: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "namespace": "ray", "uid": f"uid-{name}",
-                     "labels": {"ray.k8s.io/node-kind": "launcher"},
-                     "ownerReferences": [{"kind": "Job", "name": job["metadata"]["name"],
-                                          "uid": job["metadata"]["uid"], "controller": True}]},
-        "status": {"phase": "Failed", "containerStatuses": [{"name": "launcher", "state": {"terminated": {
-            "exitCode": exit_code, "reason": "Error", "message": message, "finishedAt": finished}}}]},
-    }
-
-
 def test_a_failed_launch_reports_the_launchers_own_reason_and_message() -> None:
     import json as _json
 
     obj = ray(static(1))
     d = desired_for(obj)
     observed = healthy(d)
-    job = stored(d.launcher_job("uid-demo-head-abcde"))
+    head = observed.pods[0]
     summary = {"succeeded": False, "reason": "WorkersNotJoined", "message": "0 of 1 worker(s) joined Ray within 60 s",
                "workersExpected": 1, "workersJoined": 0}
-    older = _launcher_pod(job, "l-1", _json.dumps({**summary, "reason": "HeadUnreachable", "message": "no GCS"}), 3,
-                          "2026-01-02T03:00:00Z")
-    newer = _launcher_pod(job, "l-2", _json.dumps(summary), 4, "2026-01-02T03:02:00Z")
-    other_job = _launcher_pod({"metadata": {"name": "x", "uid": "another-job"}}, "l-9",
-                              _json.dumps({**summary, "reason": "InvalidConfig"}), 2, "2026-01-02T03:03:00Z")
-    job["status"] = {"active": 1}
-    running = compute(obj, Observed(**{**observed.__dict__, "jobs": [job], "launcher_pods": [older, newer, other_job]}))
+
+    def attempt(k: int, message: str, code: int, age: float) -> dict[str, Any]:
+        return launched(d, head, attempt=k, phase="Failed", exit_code=code, message=message, age=age)
+
+    older = attempt(0, _json.dumps({**summary, "reason": "HeadUnreachable", "message": "no GCS"}), 3, 300)
+    newer = attempt(1, _json.dumps(summary), 4, 200)
+    other_head = launched(d, pod("demo-head-old00", role="head", group="head"), phase="Failed", exit_code=2,
+                          message=_json.dumps({**summary, "reason": "InvalidConfig"}), age=100)
+    running = compute(obj, _with_launchers(observed, [older, newer, other_head,
+                                                      launched(d, head, attempt=2, phase="Running", age=50)]))
     c = conditions(running)["SuccessfulLaunch"]
     assert (c["status"], c["reason"]) == ("Unknown", "Launching") and "WorkersNotJoined" in c["message"]
-    job["status"] = {"failed": 3, "conditions": [{"type": "Failed", "status": "True",
-                                                  "reason": "BackoffLimitExceeded", "message": "backoff limit"}]}
-    failed = compute(obj, Observed(**{**observed.__dict__, "jobs": [job], "launcher_pods": [older, newer, other_job]}))
-    c = conditions(failed)["SuccessfulLaunch"]
+    last = attempt(2, _json.dumps(summary), 4, 50)
+    c = conditions(compute(obj, _with_launchers(observed, [older, newer, other_head, last])))["SuccessfulLaunch"]
     assert (c["status"], c["reason"]) == ("False", "WorkersNotJoined")
     assert "0 of 1 worker(s) joined Ray within 60 s" in c["message"] and "BackoffLimitExceeded" in c["message"]
-    # The last attempt killed at the Job's deadline without a summary: the attempt before it says why.
-    killed = _launcher_pod(job, "l-4", "INFO waiting for 1 worker(s)", 143, "2026-01-02T03:05:00Z")
-    c = conditions(compute(obj, Observed(**{**observed.__dict__, "jobs": [job], "launcher_pods": [newer, killed]})))[
-        "SuccessfulLaunch"]
-    assert (c["status"], c["reason"]) == ("False", "WorkersNotJoined")
-    # No summary (a pod killed before it wrote one, with an empty log): the exit code and the Job say why.
-    bare = _launcher_pod(job, "l-3", "", 137, "2026-01-02T03:04:00Z")
-    c = conditions(compute(obj, Observed(**{**observed.__dict__, "jobs": [job], "launcher_pods": [bare]})))[
-        "SuccessfulLaunch"]
+    # The last attempt killed at the deadline without a summary: the attempt before it says why.
+    killed = attempt(2, "INFO waiting for 1 worker(s)", 143, 50)
+    killed["status"]["reason"] = "DeadlineExceeded"
+    c = conditions(compute(obj, _with_launchers(observed, [newer, killed])))["SuccessfulLaunch"]
+    assert (c["status"], c["reason"]) == ("False", "WorkersNotJoined") and "DeadlineExceeded" in c["message"]
+    # No summary (pods killed before they wrote one, with an empty log): the exit code and the launch say why.
+    bare = [attempt(k, "", 137, 300 - 100 * k) for k in range(3)]
+    c = conditions(compute(obj, _with_launchers(observed, bare)))["SuccessfulLaunch"]
     assert (c["status"], c["reason"]) == ("False", "NoSummary") and "137" in c["message"]
 
 
