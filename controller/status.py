@@ -297,6 +297,10 @@ def _launch(current: tuple[list[Body], str] | None, head_ready: bool, now: datet
     detail = ""
     if summary is not None and not summary.succeeded:
         detail = f"; the last attempt failed: {summary.reason}: {summary.message}"
+    if attempts and not live:
+        # Between two attempts: the next one waits for its back-off (or for a deleted one to be gone).
+        return _condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "Launching",
+                          f"launcher pod {name} ended; the next attempt starts after a back-off{detail}"), counts
     return _condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "Launching", f"launcher pod {name} is running{detail}"), \
         counts
 

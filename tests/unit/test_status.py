@@ -220,6 +220,9 @@ def test_successful_launch_follows_the_current_launch(attempts: list[tuple[str, 
     if expected[0] == "False":
         assert "BackoffLimitExceeded" in c["message"]
     assert f"launcher pod {shown}" in c["message"]
+    if expected[0] == "Unknown" and attempts:
+        between = "the next attempt starts after a back-off" in c["message"]
+        assert between == (live == 0) and ("is running" in c["message"]) == (live == 1)
     assert status["launcher"]["replicas"] == live
     ready = any(ph == "Running" for ph, _ in attempts)
     assert status["launcher"]["unavailableReplicas"] == (0 if expected[0] != "Unknown" or ready else 1)
