@@ -32,13 +32,16 @@ from rayop.objects import (
     ROLE_LAUNCHER,
     Body,
     annotations_of,
+    container_statuses,
     created,
-    is_terminating,
+    is_active,
     label,
     name_of,
     parse_time,
     phase,
+    start_time,
     status_of,
+    terminated,
 )
 
 RETRY_BASE_SECONDS = 10.0
@@ -71,16 +74,9 @@ def attempt_of(pod: Body) -> int:
 
 def _finished_at(pod: Body) -> datetime | None:
     """When a finished attempt ended: the latest container finish, else its start, else its creation."""
-    ends = []
-    for cs in status_of(pod).get("containerStatuses") or ():
-        if isinstance(cs, dict):
-            ended = (cs.get("state") or {}).get("terminated") or {}
-            at = parse_time(ended.get("finishedAt")) if isinstance(ended, dict) else None
-            if at is not None:
-                ends.append(at)
-    if ends:
-        return max(ends)
-    return parse_time(status_of(pod).get("startTime")) or parse_time(created(pod))
+    ends = [t for t in (parse_time(terminated(cs.get("state")).get("finishedAt")) for cs in container_statuses(pod))
+            if t is not None]
+    return max(ends) if ends else (start_time(pod) or parse_time(created(pod)))
 
 
 @dataclass(frozen=True)
@@ -100,8 +96,7 @@ class Launch:
     @property
     def live(self) -> tuple[Body, ...]:
         """Attempts neither finished nor terminating."""
-        return tuple(p for p in self.attempts
-                     if not is_terminating(p) and phase(p) not in ("Succeeded", "Failed"))
+        return tuple(p for p in self.attempts if is_active(p))
 
     @property
     def finished(self) -> bool:
@@ -134,10 +129,8 @@ def assess(attempts: Sequence[Body], now: datetime, options: Options) -> Launch:
     if len(failed) > limit:
         return Launch(pods, FAILED, REASON_BACKOFF_LIMIT,
                       f"{len(failed)} attempts failed (backoffLimit {limit})")
-    if any(not is_terminating(p) and phase(p) not in ("Succeeded", "Failed") for p in pods):
-        return Launch(pods, RUNNING)
-    if any(is_terminating(p) for p in pods if phase(p) not in ("Succeeded", "Failed")):
-        # An attempt being deleted (by someone else) ends first; the next event brings the next reconcile.
+    if any(phase(p) not in ("Succeeded", "Failed") for p in pods):
+        # An attempt runs (one being deleted by someone else ends first; the next event brings a reconcile).
         return Launch(pods, RUNNING)
     first = min((t for t in (parse_time(created(p)) for p in pods) if t is not None), default=None)
     if first is not None and (now - first).total_seconds() >= deadline:
