@@ -2,8 +2,10 @@
 
 Guarantees:
 - Configuration (kubeconfig, in-cluster service account) is loaded by the official `kubernetes` package; requests
-  go straight through one urllib3 pool and return plain `dict`s decoded by `json.loads`. No model objects are
-  built, so a 2,000-pod list costs what its JSON costs.
+  go straight through one urllib3 pool and return plain `dict`s decoded by `loads` (msgspec's JSON decoder, about
+  twice as fast as `json.loads`, which hands out one shared copy of each short dict key; `json.loads` for what it
+  refuses, e.g. a number beyond 64 bits). No model objects are built, so a 2,000-pod list costs what its JSON
+  costs.
 - Every non-2xx answer raises `ApiError` carrying the HTTP status, the Status reason and the server's message.
 - Requests are paced by a token bucket (`qps`, `burst`) shared by all threads using the client, like client-go's
   default rate limiter; `qps <= 0` turns pacing off. A 429 (the server's priority and fairness, or its in-flight
@@ -30,9 +32,31 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import msgspec
 import urllib3
 
 JSON = dict[str, Any]
+
+_decoder = msgspec.json.Decoder()
+
+
+def loads(raw: bytes | str) -> Any:
+    """Decoded JSON, as `json.loads` gives it; raises ValueError on malformed input."""
+    try:
+        return _decoder.decode(raw)
+    except msgspec.DecodeError:
+        return json.loads(raw)  # e.g. an integer beyond 64 bits or 1e400, which msgspec refuses and json does not
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def dumps(body: Any) -> bytes:
+    """Compact JSON bytes of `body`, keys in their order."""
+    try:
+        return _encoder.encode(body)
+    except (TypeError, OverflowError):
+        return json.dumps(body, separators=(",", ":")).encode()  # e.g. an integer beyond 64 bits
 
 CONTENT_JSON = "application/json"
 # Asks the API server to answer a write with the object's metadata only (the server's own PartialObjectMetadata
@@ -140,7 +164,7 @@ def _retry_after_seconds(value: str | None) -> float:
 
 def _message_of(status: int, raw: bytes) -> tuple[str, str, JSON]:
     try:
-        body = json.loads(raw)
+        body = loads(raw)
     except ValueError:
         return "", raw.decode("utf-8", "replace")[:500], {}
     if isinstance(body, dict):
@@ -252,7 +276,7 @@ class KubeClient:
             raise WritesForbidden(f"{method} {path}: writes are not allowed (not the leader)")
         data = None
         if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+            data = body if isinstance(body, bytes) else dumps(body)
             content_type = content_type or CONTENT_JSON
         for attempt in range(self.throttle_retries + 1):
             self.bucket.take()
@@ -281,7 +305,7 @@ class KubeClient:
             raise ApiError(response.status, reason or response.reason or "", message, decoded)
         if not response.data:
             return None
-        return json.loads(response.data)
+        return loads(response.data)
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)
@@ -366,7 +390,7 @@ def abort_response(response: Any) -> None:
 
 
 def _decode_event(line: bytes) -> JSON:
-    event = json.loads(line)
+    event = loads(line)
     if event.get("type") == "ERROR":
         status = event.get("object") or {}
         code = int(status.get("code") or 500)

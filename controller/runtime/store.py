@@ -12,8 +12,9 @@ Guarantees:
 - Indexes map an index value to the set of keys whose object produced it; `by_index` answers in O(matches).
   Built-in index functions: namespace, controller owner UID, labels (`key=value`).
 - Transforms (`trim_object`, `make_trimmer`) reduce what is cached: managedFields and the last-applied
-  annotation are dropped, fields a controller never reads can be dropped by dotted path, and dict keys plus short
-  string values are interned so thousands of cached objects share one copy of each.
+  annotation are dropped, fields a controller never reads can be dropped by dotted path, and short string values
+  are interned so thousands of cached objects share one copy of each (dict keys are shared by the client's decoder,
+  `kube.loads`). A transform edits the object it is given, which the reflector decoded for it alone.
 """
 
 from __future__ import annotations
@@ -98,14 +99,29 @@ DEFAULT_INDEXERS: Mapping[str, IndexFunc] = {
 _INTERN_MAX = 24  # string values up to this length are interned (enum-like values, short names)
 
 
-def _intern(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {sys.intern(k): _intern(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_intern(v) for v in value]
-    if isinstance(value, str) and len(value) <= _INTERN_MAX:
-        return sys.intern(value)
-    return value
+def _intern_values(value: Any) -> None:
+    """Intern short string values in place, all the way down. Keys are left as they are: the client's decoder
+    (`kube.loads`) already hands out one shared copy of each short key, and rebuilding every dict to intern them
+    again cost more than decoding the object."""
+    if type(value) is dict:
+        for k, v in value.items():
+            t = type(v)
+            if t is str:
+                if len(v) <= _INTERN_MAX:
+                    value[k] = _intern(v)  # replacing the value of a key keeps the dict's size: safe while iterating
+            elif t is dict or t is list:
+                _intern_values(v)
+    elif type(value) is list:
+        for i, v in enumerate(value):
+            t = type(v)
+            if t is str:
+                if len(v) <= _INTERN_MAX:
+                    value[i] = _intern(v)
+            elif t is dict or t is list:
+                _intern_values(v)
+
+
+_intern = sys.intern
 
 
 def _drop_path(obj: Any, path: Sequence[str]) -> None:
@@ -128,7 +144,8 @@ def _drop_path(obj: Any, path: Sequence[str]) -> None:
 
 def make_trimmer(drop: Iterable[str] = (), *, intern: bool = True) -> Callable[[JSON], JSON]:
     """A transform that drops managedFields, the last-applied annotation and the given dotted paths
-    (e.g. "spec.volumes", "spec.containers.*.env"), then interns keys and short strings."""
+    (e.g. "spec.volumes", "spec.containers.*.env"), then interns short string values, in place: it returns the
+    object it was given."""
     paths = [tuple(p.split(".")) for p in drop]
 
     def trim(obj: JSON) -> JSON:
@@ -142,7 +159,9 @@ def make_trimmer(drop: Iterable[str] = (), *, intern: bool = True) -> Callable[[
                     del meta["annotations"]
         for path in paths:
             _drop_path(obj, path)
-        return _intern(obj) if intern else obj
+        if intern:
+            _intern_values(obj)
+        return obj
 
     return trim
 

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from kubernetes import client as k8s_client
 
-from rayop.runtime.kube import THROTTLE_RETRIES, ApiError, KubeClient
+from rayop.runtime.kube import THROTTLE_RETRIES, ApiError, KubeClient, dumps, loads
 
 
 class Throttling(ThreadingHTTPServer):
@@ -92,3 +92,14 @@ def test_a_huge_retry_after_is_capped() -> None:
     for _, kube, slept in serve(1, retry_after="3600"):
         kube.create("/api/v1/namespaces/a/pods", {})
         assert slept == [10.0]
+
+
+def test_loads_and_dumps_round_trip_what_json_does() -> None:
+    doc = {"a": [1, 2.5, None, True, "é"], "b": {"c": {}}, "big": 123456789012345678901234567890}
+    assert loads(dumps(doc)) == doc
+    assert dumps({"z": 1, "a": 2}) == b'{"z":1,"a":2}', "compact, keys in their order"
+    assert loads(b'{"x": 1e400}') == {"x": float("inf")}, "what msgspec refuses, json.loads decodes"
+    with pytest.raises(ValueError):
+        loads(b'{"truncated": ')
+    with pytest.raises(TypeError):
+        dumps({"x": object()})
