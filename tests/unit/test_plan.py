@@ -71,11 +71,38 @@ def test_a_new_cluster_gets_named_children_then_the_head() -> None:
         ("create", "Role", "demo-autoscaler"),
         ("create", "RoleBinding", "demo-autoscaler"),
         ("create", "ConfigMap", "demo-ray"),
-        ("create", "Service", "demo-head"),
         ("create", "Pod", "head"),
     ]
     assert "wait for the head pod" in " ".join(plan.notes)
+    assert "Service demo-head: created once the head pod has an IP" in plan.notes
     assert plan.requeue_after is None
+
+
+@pytest.mark.parametrize("phase, ip, creates", [("Pending", None, False), ("Running", None, False),
+                                                 ("Running", "10.0.0.9", True)],
+                         ids=["pending", "running-without-ip", "with-ip"])
+def test_the_head_service_is_created_once_the_head_pod_has_an_ip(phase: str, ip: str | None, creates: bool) -> None:
+    d = desired_for(ray(autoscaling()))
+    full = healthy(d, workers=0)
+    head = pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash, phase=phase,
+               ready=False, node="n1", ip=ip)
+    plan = plan_cluster(d, Observed(pods=[head], config_maps=full.config_maps,
+                                    service_accounts=full.service_accounts, roles=full.roles,
+                                    role_bindings=full.role_bindings), NOW)
+    assert (("create", "Service", "demo-head") in kinds(plan)) is creates
+    assert not [a for a in plan.creates if a.kind == "Pod" and a.group == "head"], "the head is not created twice"
+
+
+def test_an_existing_head_service_stays_while_the_head_has_no_ip() -> None:
+    d = desired_for(ray(autoscaling()))
+    full = healthy(d, workers=0)
+    head = pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash, phase="Pending",
+               ready=False, node=None, ip=None)
+    plan = plan_cluster(d, Observed(pods=[head], services=full.services, config_maps=full.config_maps,
+                                    service_accounts=full.service_accounts, roles=full.roles,
+                                    role_bindings=full.role_bindings), NOW)
+    assert not [a for a in plan.actions if a.kind == "Service"]
+    assert not [n for n in plan.notes if n.startswith("Service")]
 
 
 @pytest.mark.parametrize("head_phase, ready, workers, launches", [
