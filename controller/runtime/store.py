@@ -13,8 +13,9 @@ Guarantees:
   Built-in index functions: namespace, controller owner UID, labels (`key=value`).
 - Transforms (`trim_object`, `make_trimmer`) reduce what is cached: managedFields and the last-applied
   annotation are dropped, fields a controller never reads can be dropped by dotted path, and short string values
-  are interned so thousands of cached objects share one copy of each (dict keys are shared by the client's decoder,
-  `kube.loads`). A transform edits the object it is given, which the reflector decoded for it alone.
+  and dict keys are interned so thousands of cached objects share one copy of each. A transform edits the object it
+  is given (which the reflector decoded for it alone) and returns it, or a rebuilt copy where a dict's keys were
+  not interned yet (most are: the client's decoder, `kube.loads`, shares short keys already).
 """
 
 from __future__ import annotations
@@ -99,26 +100,35 @@ DEFAULT_INDEXERS: Mapping[str, IndexFunc] = {
 _INTERN_MAX = 24  # string values up to this length are interned (enum-like values, short names)
 
 
-def _intern_values(value: Any) -> None:
-    """Intern short string values in place, all the way down. Keys are left as they are: the client's decoder
-    (`kube.loads`) already hands out one shared copy of each short key, and rebuilding every dict to intern them
-    again cost more than decoding the object."""
+def _intern_values(value: Any) -> Any:
+    """`value` with its short string values and its keys interned, all the way down. Dicts are edited in place;
+    only a dict holding a key that is not the interned copy yet is rebuilt (the client's decoder, `kube.loads`,
+    already hands out one shared copy of most short keys, so that is rare): rebuilding every dict cost more than
+    decoding the object."""
     if type(value) is dict:
+        for k in value:
+            if _intern(k) is not k:
+                return {_intern(k): _intern_values(v) for k, v in value.items()}
         for k, v in value.items():
             t = type(v)
             if t is str:
                 if len(v) <= _INTERN_MAX:
                     value[k] = _intern(v)  # replacing the value of a key keeps the dict's size: safe while iterating
             elif t is dict or t is list:
-                _intern_values(v)
-    elif type(value) is list:
+                value[k] = _intern_values(v)
+        return value
+    if type(value) is list:
         for i, v in enumerate(value):
             t = type(v)
             if t is str:
                 if len(v) <= _INTERN_MAX:
                     value[i] = _intern(v)
             elif t is dict or t is list:
-                _intern_values(v)
+                value[i] = _intern_values(v)
+        return value
+    if type(value) is str and len(value) <= _INTERN_MAX:
+        return _intern(value)
+    return value
 
 
 _intern = sys.intern
@@ -144,8 +154,8 @@ def _drop_path(obj: Any, path: Sequence[str]) -> None:
 
 def make_trimmer(drop: Iterable[str] = (), *, intern: bool = True) -> Callable[[JSON], JSON]:
     """A transform that drops managedFields, the last-applied annotation and the given dotted paths
-    (e.g. "spec.volumes", "spec.containers.*.env"), then interns short string values, in place: it returns the
-    object it was given."""
+    (e.g. "spec.volumes", "spec.containers.*.env"), then interns keys and short string values, in place where it
+    can (a dict with a key not interned yet is rebuilt)."""
     paths = [tuple(p.split(".")) for p in drop]
 
     def trim(obj: JSON) -> JSON:
@@ -159,9 +169,7 @@ def make_trimmer(drop: Iterable[str] = (), *, intern: bool = True) -> Callable[[
                     del meta["annotations"]
         for path in paths:
             _drop_path(obj, path)
-        if intern:
-            _intern_values(obj)
-        return obj
+        return _intern_values(obj) if intern else obj
 
     return trim
 

@@ -88,7 +88,6 @@ def test_trim_drops_managed_fields_and_last_applied_and_interns() -> None:
     assert "annotations" not in ta["metadata"]
     assert tb["metadata"]["annotations"] == {"keep": "me"}
     assert ta["status"]["phase"] is tb["status"]["phase"], "short values are interned"
-    assert ta is a, "the transform edits the object it was given"
 
 
 def test_decoded_objects_share_their_keys_and_trimmed_ones_their_short_values() -> None:
