@@ -100,6 +100,9 @@ def test_decoded_objects_share_their_keys_and_trimmed_ones_their_short_values() 
     assert [k for k in cond_a][0] is [k for k in cond_b][0], "keys: one copy, from the decoder"
     assert next(iter(a["metadata"]["labels"])) is next(iter(b["metadata"]["labels"]))
     assert cond_a["status"] is cond_b["status"] and a["status"]["podIP"] is b["status"]["podIP"], "values: interned"
+    key = "example.com/a-label-key-longer-than-the-decoders-cache"
+    e, f = (trim_object(loads(f'{{"metadata": {{"labels": {{"{key}": "v"}}}}}}'.encode())) for _ in range(2))
+    assert next(iter(e["metadata"]["labels"])) is next(iter(f["metadata"]["labels"])), "keys it did not share: interned"
     long = "x" * 40
     c, d = trim_object(loads(f'{{"v": "{long}"}}'.encode())), trim_object(loads(f'{{"v": "{long}"}}'.encode()))
     assert c["v"] == d["v"] and c["v"] is not d["v"], "long values (names with hashes, uids) are not interned"
