@@ -2,7 +2,7 @@
 
 A stand-in API server runs in a separate process on 127.0.0.1 and streams pre-encoded, realistic Ray pod objects
 (labels, controller ownerReference, env, resources, volumes, status, managedFields) as a list answer and as one
-long watch. The measured path is the operator's real one: KubeClient (urllib3 stream, line split, json.loads) ->
+long watch. The measured path is the operator's real one: KubeClient (urllib3 stream, line split, `kube.loads`) ->
 Reflector -> Informer (transform, store, indexes, dispatch) -> owner mapping -> WorkQueue -> a worker thread with
 a no-op reconcile. No API server or etcd is involved, so the numbers are the runtime's own cost.
 
