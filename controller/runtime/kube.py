@@ -2,9 +2,9 @@
 
 Guarantees:
 - Configuration (kubeconfig, in-cluster service account) is loaded by the official `kubernetes` package; requests
-  go straight through one urllib3 pool and return plain `dict`s decoded by `loads` (msgspec's JSON decoder, about
-  twice as fast as `json.loads`, which hands out one shared copy of each short dict key; `json.loads` for what it
-  refuses, e.g. a number beyond 64 bits). No model objects are built, so a 2,000-pod list costs what its JSON
+  go straight through one urllib3 pool and return plain `dict`s decoded by `loads`: msgspec's JSON decoder, about
+  twice as fast as `json.loads` and sharing one copy of most short dict keys, with `json.loads` for what msgspec
+  refuses (e.g. a number beyond 64 bits). No model objects are built, so a 2,000-pod list costs what its JSON
   costs.
 - Every non-2xx answer raises `ApiError` carrying the HTTP status, the Status reason and the server's message.
 - Requests are paced by a token bucket (`qps`, `burst`) shared by all threads using the client, like client-go's
