@@ -98,9 +98,10 @@ DEFAULT_INDEXERS: Mapping[str, IndexFunc] = {
 # -- transforms --------------------------------------------------------------------------------------------------
 
 _INTERN_MAX = 24  # string values up to this length are interned (enum-like values, short names)
+_intern = sys.intern
 
 
-def _intern_values(value: Any) -> Any:
+def _interned(value: Any) -> Any:
     """`value` with its short string values and its keys interned, all the way down. Dicts are edited in place;
     only a dict holding a key that is not the interned copy yet is rebuilt (the client's decoder, `kube.loads`,
     already hands out one shared copy of most short keys, so that is rare): rebuilding every dict cost more than
@@ -108,14 +109,14 @@ def _intern_values(value: Any) -> Any:
     if type(value) is dict:
         for k in value:
             if _intern(k) is not k:
-                return {_intern(k): _intern_values(v) for k, v in value.items()}
+                return {_intern(k): _interned(v) for k, v in value.items()}
         for k, v in value.items():
             t = type(v)
             if t is str:
                 if len(v) <= _INTERN_MAX:
                     value[k] = _intern(v)  # replacing the value of a key keeps the dict's size: safe while iterating
             elif t is dict or t is list:
-                value[k] = _intern_values(v)
+                value[k] = _interned(v)
         return value
     if type(value) is list:
         for i, v in enumerate(value):
@@ -124,14 +125,12 @@ def _intern_values(value: Any) -> Any:
                 if len(v) <= _INTERN_MAX:
                     value[i] = _intern(v)
             elif t is dict or t is list:
-                value[i] = _intern_values(v)
+                value[i] = _interned(v)
         return value
     if type(value) is str and len(value) <= _INTERN_MAX:
         return _intern(value)
     return value
 
-
-_intern = sys.intern
 
 
 def _drop_path(obj: Any, path: Sequence[str]) -> None:
@@ -169,7 +168,7 @@ def make_trimmer(drop: Iterable[str] = (), *, intern: bool = True) -> Callable[[
                     del meta["annotations"]
         for path in paths:
             _drop_path(obj, path)
-        return _intern_values(obj) if intern else obj
+        return _interned(obj) if intern else obj
 
     return trim
 
