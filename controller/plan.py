@@ -273,7 +273,12 @@ def plan_cluster(desired: Desired, observed: Observed, now: datetime, *,
         if not is_terminating(j):
             b.delete(j, REASON_STALE_LAUNCH, f"launcher Job {name_of(j)}: launches run as pods now", kind="Job",
                      propagation="Background")
-    _plan_singletons(b, observed, owner_uid, head_has_ip=any(pod_ip(p) for p in pods.heads))
+    # The head Service is first created once a head pod has an IP: created before, it made the endpoint controllers
+    # write its Endpoints and EndpointSlice twice (empty, then with the head), and nothing can reach the head through
+    # it before that anyway (it publishes the head's address, ready or not). Once it exists it stays.
+    waiting = {} if any(pod_ip(p) for p in pods.heads) else {
+        ("Service", name_of(desired.service)): "created once the head pod has an IP"}
+    _plan_singletons(b, observed, owner_uid, waiting=waiting)
     if suspended:
         _plan_suspended(b, pods, paused)
         for p in launchers:
@@ -372,13 +377,10 @@ def _service_drift(spec_want: Body, spec_have: Body) -> tuple[JSON, bool]:
 _SINGLETON_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service")
 
 
-def _plan_singletons(b: _Draft, observed: Observed, owner_uid: str, *, head_has_ip: bool) -> None:
-    """The named children. The head Service is first created once a head pod has an IP: created before, it makes
-    the endpoint controllers write its Endpoints and EndpointSlice twice (empty, then with the head), and nothing
-    can reach the head through it before that anyway (it publishes the head's address, ready or not). Once it
-    exists it stays, through head restarts."""
+def _plan_singletons(b: _Draft, observed: Observed, owner_uid: str, *,
+                     waiting: Mapping[tuple[str, str], str]) -> None:
+    """The named children. `waiting`: (kind, name) of missing ones not created yet, and why (a note)."""
     wanted = {(m["kind"], m["metadata"]["name"]): m for m in b.desired.singletons()}
-    head_service = name_of(b.desired.service)
     stale: list[tuple[str, Body]] = []
     for kind in _SINGLETON_KINDS:
         for obj in observed.of_kind(kind):
@@ -389,8 +391,9 @@ def _plan_singletons(b: _Draft, observed: Observed, owner_uid: str, *, head_has_
     for (kind, name), want in wanted.items():
         have = next((o for o in observed.of_kind(kind) if name_of(o) == name), None)
         if have is None:
-            if kind == "Service" and name == head_service and not head_has_ip:
-                b.notes.append(f"Service {name}: created once the head pod has an IP")
+            why = waiting.get((kind, name))
+            if why:
+                b.notes.append(f"{kind} {name}: {why}")
                 continue
             b.create(want, REASON_MISSING, f"{kind} {name} does not exist")
             continue
