@@ -752,10 +752,11 @@ def build_autoscaler_rbac(owner: Owner, model: ClusterModel, head: GroupPods) ->
 
 
 def build_launcher_pod(owner: Owner, model: ClusterModel, options: Options, head: GroupPods, *, head_uid: str,
-                       config_hash: str, attempt: int = 0) -> JSON:
+                       config_hash: str, attempt: int = 0, node_name: str | None = None) -> JSON:
     """One attempt of the launch of one head pod with one effective config (see `rayop.launch`): a bare pod,
     owned by the Ray, that validates the config with Ray's own validator, waits for the GCS and the initial
-    workers, and exits. Never restarted in place; the operator starts the next attempt."""
+    workers, and exits. Never restarted in place; the operator starts the next attempt. With `node_name` (the head
+    pod's Node) the pod is placed there, not scheduled, and tolerates what the head's template tolerates."""
     name = launcher_pod_name(model.name, head_uid, config_hash, attempt)
     head_spec = head.manifest["spec"]
     image = next((c["image"] for c in head_spec["containers"] if c.get("name") != AUTOSCALER_CONTAINER),
@@ -783,6 +784,11 @@ def build_launcher_pod(owner: Owner, model: ClusterModel, options: Options, head
     }
     if head_spec.get("imagePullSecrets"):
         pod_spec["imagePullSecrets"] = _clone(head_spec["imagePullSecrets"])
+    if node_name:
+        pod_spec["nodeName"] = node_name
+        if head_spec.get("tolerations"):
+            # A NoExecute taint the head tolerates would otherwise evict the launcher from the head's Node.
+            pod_spec["tolerations"] = _clone(head_spec["tolerations"])
     annotations = {ANNOTATION_HEAD_UID: head_uid, ANNOTATION_CONFIG_HASH: config_hash,
                    ANNOTATION_LAUNCH_ATTEMPT: str(attempt)}
     return {
@@ -868,9 +874,9 @@ class Desired:
         """Group name -> template hash, the head included (as `head`)."""
         return {self.head.group: self.head.template_hash, **{w.group: w.template_hash for w in self.workers}}
 
-    def launcher_pod(self, head_uid: str, attempt: int = 0) -> JSON:
+    def launcher_pod(self, head_uid: str, attempt: int = 0, node_name: str | None = None) -> JSON:
         return build_launcher_pod(self.owner, self.model, self.options, self.head, head_uid=head_uid,
-                                  config_hash=self.config_hash, attempt=attempt)
+                                  config_hash=self.config_hash, attempt=attempt, node_name=node_name)
 
     def launcher_name(self, head_uid: str, attempt: int = 0) -> str:
         return launcher_pod_name(self.model.name, head_uid, self.config_hash, attempt)

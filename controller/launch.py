@@ -12,7 +12,11 @@ for the same policy):
   attempt carries that deadline as its `activeDeadlineSeconds` (the kubelet ends it; its reason is then
   `DeadlineExceeded`, which ends the launch too);
 - the launch succeeded once an attempt Succeeded; it failed (`BackoffLimitExceeded`, `DeadlineExceeded`) when no
-  attempt is left; while an attempt runs, or the next one waits for its back-off, it is running.
+  attempt is left; while an attempt runs, or the next one waits for its back-off, it is running;
+- the first attempt is placed on the head pod's Node by the operator (`spec.nodeName`: no scheduling, so no
+  binding and no scheduler Event); when that Node refuses it (the kubelet's admission: the pod Failed before any
+  container was created, e.g. `OutOfcpu`), the refusal is not a failure: the next attempt starts at once and is
+  placed by the scheduler, as every later attempt is.
 
 Guarantees: pure (the clock is an argument); the same pods give the same answer in the plan and in the status.
 """
@@ -72,6 +76,18 @@ def attempt_of(pod: Body) -> int:
         return 0
 
 
+def refused_by_node(pod: Body) -> bool:
+    """The first attempt, turned away by its Node's admission: the kubelet marks such a pod Failed, with a reason
+    (e.g. `OutOfcpu`) and a message `Pod was rejected: ...`, and creates no container (no container status)."""
+    return (attempt_of(pod) == 0 and phase(pod) == "Failed" and not container_statuses(pod)
+            and bool(status_of(pod).get("reason")) and status_of(pod).get("reason") != REASON_DEADLINE)
+
+
+def pinned(attempt: int) -> bool:
+    """Whether the attempt runs on the head pod's Node (placed by the operator): only the first."""
+    return attempt == 0
+
+
 def _finished_at(pod: Body) -> datetime | None:
     """When a finished attempt ended: the latest container finish, else its start, else its creation."""
     ends = [t for t in (parse_time(terminated(cs.get("state")).get("finishedAt")) for cs in container_statuses(pod))
@@ -119,7 +135,8 @@ def assess(attempts: Sequence[Body], now: datetime, options: Options) -> Launch:
     pods = tuple(sorted(attempts, key=lambda p: (attempt_of(p), created(p), name_of(p))))
     if any(phase(p) == "Succeeded" for p in pods):
         return Launch(pods, SUCCEEDED)
-    failed = [p for p in pods if phase(p) == "Failed"]
+    # A refusal by the head's Node is not a failure of the launch: the next attempt follows at once, scheduled.
+    failed = [p for p in pods if phase(p) == "Failed" and not refused_by_node(p)]
     limit = options.launcher_backoff_limit
     deadline = options.launcher_deadline_seconds
     killed = next((p for p in failed if status_of(p).get("reason") == REASON_DEADLINE), None)

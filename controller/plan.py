@@ -45,7 +45,7 @@ from typing import Union
 from rayop.api.types import HEAD_GROUP
 from rayop.build import Desired, GroupPods, with_replacements
 from rayop.defaults import Options
-from rayop.launch import assess, attempts_of, is_launcher, launch_key
+from rayop.launch import assess, attempts_of, is_launcher, launch_key, pinned
 from rayop.objects import (
     ANNOTATION_REPLACEMENTS,
     LABEL_GROUP,
@@ -670,5 +670,8 @@ def _plan_launcher(b: _Draft, head: Body | None, launchers: Sequence[Body]) -> N
         return
     attempt = launch.next_attempt
     suffix = f", attempt {attempt + 1}" if attempt else ""
-    b.create(b.desired.launcher_pod(uid_of(head), attempt), REASON_LAUNCH,
+    # The first attempt goes to the head's Node: not scheduled, it costs the API server no binding and no
+    # scheduler Event. A refusal there is not a failure (`rayop.launch`); the next attempts are scheduled.
+    node = str(spec_of(head).get("nodeName") or "") if pinned(attempt) else ""
+    b.create(b.desired.launcher_pod(uid_of(head), attempt, node_name=node or None), REASON_LAUNCH,
              f"launch for head pod {name_of(head)}{suffix}")

@@ -34,7 +34,7 @@ from typing import Union, cast
 
 from rayop.api.model import ClusterModel, ConfigurationError, Conversion, ConfigWarning
 from rayop.autoscaler import REASON_NO_SUMMARY, LaunchSummary, parse_launch_summary
-from rayop.launch import FAILED, SUCCEEDED, assess, attempts_of, is_launcher, newest_key
+from rayop.launch import FAILED, SUCCEEDED, assess, attempts_of, is_launcher, newest_key, refused_by_node
 from rayop.api.types import (
     CONDITION_CONFIGURATION_VALID,
     CONDITION_HEAD_READY,
@@ -297,6 +297,11 @@ def _launch(current: tuple[list[Body], str] | None, head_ready: bool, now: datet
     detail = ""
     if summary is not None and not summary.succeeded:
         detail = f"; the last attempt failed: {summary.reason}: {summary.message}"
+    if attempts and not live and shown is not None and refused_by_node(shown):
+        st = status_of(shown)
+        return _condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "Launching",
+                          f"launcher pod {name} was refused by Node {spec_of(shown).get('nodeName') or '?'} "
+                          f"({st.get('reason')}: {st.get('message') or ''}); the next attempt is scheduled"), counts
     if attempts and not live:
         # Between two attempts: the next one waits for its back-off (or for a deleted one to be gone).
         return _condition(CONDITION_SUCCESSFUL_LAUNCH, "Unknown", "Launching",

@@ -13,6 +13,9 @@ Guarantees:
   its timeline next changes (delayed work-queue adds), never by polling.
 - A pod with a deletionTimestamp has its containers stopped and is then deleted with grace period 0 and a UID
   precondition, so a new pod of the same name is never touched.
+- A pod that does not fit its Node (the sum of the requests of the pods it admitted, against the Node's capacity)
+  is turned away as the kubelet does: Failed with reason `OutOf<resource>`, no container (admission.py). Only pods
+  created with `spec.nodeName` set can meet this; the scheduler places no pod where it does not fit.
 - Pods of a node made NotReady through the fault hooks are frozen (no status updates, no finalization), as on a
   real node that lost its kubelet.
 
@@ -44,6 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from admission import Admission  # noqa: E402
 from sim import ContainerView, PodView, SimRuntime  # noqa: E402
 
 from rayop.runtime.kube import ApiError, KubeClient  # noqa: E402
@@ -132,6 +136,8 @@ class Agent:
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.ips: dict[str, str] = {}  # pod uid -> ip
         self.written: dict[str, Any] = {}  # pod uid -> last status written
+        # What each Node admitted: a pod created with spec.nodeName set is not checked by the scheduler.
+        self.admission = Admission({n.name: n.capacity for n in nodes})
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.workers = workers
@@ -293,6 +299,7 @@ class Agent:
 
     def _forget_uid(self, uid: str) -> None:
         self.runtime.forget(uid)
+        self.admission.release(uid)
         self.written.pop(uid, None)
         ip = self.ips.pop(uid, None)
         if ip:
@@ -363,6 +370,9 @@ class Agent:
     def _sync_live(self, key: tuple[str, str], pod: dict[str, Any], node: Node) -> None:
         meta = pod["metadata"]
         if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            self.admission.release(meta["uid"])
+            return
+        if not self.admit(key, pod, node):
             return
         self.ip_for(pod, node)
         now = time.time()
@@ -371,8 +381,29 @@ class Agent:
         if self.written.get(meta["uid"]) != status:
             self.client.patch(f"/api/v1/namespaces/{key[0]}/pods/{key[1]}/status", {"status": status})
             self.written[meta["uid"]] = status
+        if view.phase in ("Succeeded", "Failed"):
+            self.admission.release(meta["uid"])
         if view.next_change is not None and view.phase not in ("Succeeded", "Failed"):
             self.queue.add_after(key, max(0.0, view.next_change - time.time()) + 0.01)
+
+    def admit(self, key: tuple[str, str], pod: dict[str, Any], node: Node) -> bool:
+        """The kubelet's admission (see admission.py): False when the pod was turned away (and marked so)."""
+        uid = pod["metadata"]["uid"]
+        if self.admission.admitted(uid):
+            return True
+        status = pod.get("status") or {}
+        if status.get("startTime") or status.get("containerStatuses"):
+            self.admission.restore(node.name, pod)  # it ran before this agent started
+            return True
+        refusal = self.admission.admit(node.name, pod)
+        if refusal is None:
+            return True
+        reason, message = refusal
+        rejected = {"phase": "Failed", "reason": reason, "message": message}
+        log.info("pod %s/%s rejected on %s: %s", key[0], key[1], node.name, message)
+        self.client.patch(f"/api/v1/namespaces/{key[0]}/pods/{key[1]}/status", {"status": rejected})
+        self.written[uid] = rejected
+        return False
 
     def ip_for(self, pod: dict[str, Any], node: Node) -> str:
         uid = pod["metadata"]["uid"]

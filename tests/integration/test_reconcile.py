@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from rayop.api.quantity import parse_quantity
 from rayop.objects import LABEL_CLUSTER, LABEL_GROUP, LABEL_ROLE
 from rayop.runtime.kube import ApiError, KubeClient
 from tests.support.cluster import LocalCluster, wait_until
@@ -70,6 +72,12 @@ def wait_ready(kube: KubeClient, namespace: str, name: str, timeout: float = 90)
     return result
 
 
+def event_reasons(kube: KubeClient, namespace: str, obj: dict[str, Any]) -> list[str]:
+    selector = f"involvedObject.name={obj['metadata']['name']},involvedObject.uid={obj['metadata']['uid']}"
+    return [e.get("reason", "") for e in kube.get(f"/api/v1/namespaces/{namespace}/events",
+                                                  fieldSelector=selector)["items"]]
+
+
 def worker_count(kube: KubeClient, namespace: str, name: str) -> int:
     return len(live(pods(kube, namespace, name, "worker")))
 
@@ -90,6 +98,12 @@ def test_seed_samples_reach_ready(kube: KubeClient, namespace: str, operator: Op
     assert is_true(ready, "HeadReady")
     wait_until(lambda: is_true(kube.get(rays_path(namespace, name)), "SuccessfulLaunch"), 60,
                message="SuccessfulLaunch")
+    # The launch ran on the head's Node, placed there by the operator (no binding, no scheduler Event).
+    (launcher,) = pods(kube, namespace, name, "launcher")
+    (head,) = live(pods(kube, namespace, name, "head"))
+    assert launcher["spec"]["nodeName"] == head["spec"]["nodeName"]
+    wait_until(lambda: "Scheduled" in event_reasons(kube, namespace, head), 30, message="the head's Scheduled Event")
+    assert "Scheduled" not in event_reasons(kube, namespace, launcher)
     services = kube.get(f"/api/v1/namespaces/{namespace}/services")["items"]
     assert [s["metadata"]["name"] for s in services] == [f"{name}-head"]
 
@@ -346,3 +360,68 @@ def test_unsatisfiable_template_is_reported_and_recovers(kube: KubeClient, names
     replace_spec(kube, namespace, "static", {**kube.get(rays_path(namespace, "static"))["spec"], "head": good_head})
     wait_ready(kube, namespace, "static")
     assert worker_count(kube, namespace, "static") == 3
+
+
+def _requests_on(kube: KubeClient, node: str) -> float:
+    """The CPU the pods on `node` that still count request (what the kubelet admitted there)."""
+    total = 0.0
+    for p in kube.get("/api/v1/pods", fieldSelector=f"spec.nodeName={node}")["items"]:
+        if p.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        for c in p["spec"].get("containers") or []:
+            total += float(parse_quantity(((c.get("resources") or {}).get("requests") or {}).get("cpu") or "0"))
+    return total
+
+
+def test_the_launcher_runs_on_the_heads_node_and_is_scheduled_when_that_node_refuses_it(
+        kube: KubeClient, namespace: str, operator: OperatorProcess) -> None:
+    # The head becomes Ready 5 s after it runs: time to fill its Node before the launch starts.
+    template = {"metadata": {"annotations": {"sim.rayop.dev/ready-delay-seconds": "5"}},
+                "spec": {"containers": [{"name": "ray-head", "resources": {"requests": {"cpu": "100m"}}}]}}
+    kube.create(rays_path(namespace), {
+        "apiVersion": "ray.k8s.io/v1alpha1", "kind": "Ray", "metadata": {"name": "pinned", "namespace": namespace},
+        "spec": {"autoScalingMode": "disabled", "initialWorkers": 0, "head": template}})
+    head = wait_until(lambda: next((p for p in pods(kube, namespace, "pinned", "head")
+                                    if p["spec"].get("nodeName")), None), 30, message="head scheduled")
+    node = head["spec"]["nodeName"]
+    allocatable = kube.get(f"/api/v1/nodes/{node}")["status"]["allocatable"]["cpu"]
+    filler_path = f"/api/v1/namespaces/{namespace}/pods"
+    for _ in range(5):
+        # Leave 50m on the Node: less than the launcher's 100m request. Placed by name, as the launcher is.
+        free = float(parse_quantity(allocatable)) - _requests_on(kube, node)
+        kube.create(filler_path, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "filler"}, "spec": {
+            "nodeName": node, "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "c", "image": "filler", "resources": {
+                "requests": {"cpu": f"{int((free - 0.05) * 1000)}m"}}}]}})
+        filler = wait_until(lambda: (p := kube.get(f"{filler_path}/filler")).get("status", {}).get("phase")
+                            in ("Running", "Failed") and p, 30, message="filler admitted or refused")
+        if filler["status"]["phase"] == "Running":
+            break
+        kube.delete(f"{filler_path}/filler")  # another pod came first: measure again
+        wait_until(lambda: not [p for p in kube.get(filler_path)["items"] if p["metadata"]["name"] == "filler"],
+                   30, message="filler gone")
+    else:
+        pytest.fail(f"could not fill Node {node}")
+    try:
+        wait_until(lambda: is_true(kube.get(rays_path(namespace, "pinned")), "SuccessfulLaunch"), 90,
+                   message="SuccessfulLaunch")
+        attempts = sorted(pods(kube, namespace, "pinned", "launcher"),
+                          key=lambda p: p["metadata"]["annotations"]["ray.k8s.io/launch-attempt"])
+        assert [p["metadata"]["annotations"]["ray.k8s.io/launch-attempt"] for p in attempts] == ["0", "1"]
+        first, second = attempts
+        # The first attempt was placed on the head's Node by the operator (never scheduled) and turned away there.
+        assert first["spec"]["nodeName"] == node and "Scheduled" not in event_reasons(kube, namespace, first)
+        assert (first["status"]["phase"], first["status"]["reason"]) == ("Failed", "OutOfcpu")
+        assert first["status"]["message"].startswith("Pod was rejected: Node didn't have enough resource: cpu")
+        # The second was scheduled (elsewhere: the head's Node is full) and completed the launch.
+        assert second["status"]["phase"] == "Succeeded" and second["spec"]["nodeName"] != node
+        assert any(c["type"] == "PodScheduled" and c["status"] == "True" for c in second["status"]["conditions"])
+        # The refusal was not counted as a failure: no back-off between the two (the next attempt followed at once).
+        gap = (_ts(second["metadata"]["creationTimestamp"]) - _ts(first["metadata"]["creationTimestamp"]))
+        assert gap < 10, gap
+    finally:
+        kube.delete(f"{filler_path}/filler")
+
+
+def _ts(value: str) -> float:
+    return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()

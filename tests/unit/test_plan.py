@@ -39,6 +39,7 @@ from tests.unit.test_plan_fixtures import (
     ray,
     static,
     stored,
+    ts,
     with_pods,
 )
 
@@ -523,6 +524,54 @@ def test_a_failed_launch_attempt_is_retried_after_a_back_off_up_to_the_backoff_l
     # A running attempt, or one that succeeded: nothing to do.
     assert _launch_plan(d, [launched(d, head, phase="Running")]).actions == ()
     assert _launch_plan(d, [first, launched(d, head, attempt=1)]).actions == ()
+
+
+def refused(d: Any, head: dict[str, Any], *, reason: str = "OutOfcpu", age: float = 2) -> dict[str, Any]:
+    """The first attempt as the kubelet leaves a pod its admission turned away: Failed, a reason and a message,
+    no container status."""
+    pod_ = launched(d, head, phase="Running", age=age)
+    pod_["spec"]["nodeName"] = head["spec"]["nodeName"]
+    pod_["status"] = {"phase": "Failed", "reason": reason, "startTime": ts(age),
+                      "message": "Pod was rejected: Node didn't have enough resource: cpu, requested: 100, "
+                                 "used: 3999000, capacity: 4000000"}
+    return pod_
+
+
+def test_the_first_launch_attempt_runs_on_the_heads_node_with_its_tolerations() -> None:
+    tolerations = [{"key": "dedicated", "operator": "Equal", "value": "ray", "effect": "NoExecute"}]
+    d = desired_for(ray(static(1, head={"spec": {"tolerations": tolerations,
+                                                 "containers": [{"name": "ray-head"}]}})))
+    head = healthy(d).pods[0]
+    plan = _launch_plan(d, [])
+    (create,) = plan.creates
+    spec = create.manifest["spec"]
+    assert spec["nodeName"] == head["spec"]["nodeName"] == "node-1"
+    assert spec["tolerations"] == tolerations
+    # A later attempt (after a failure of the first) is scheduled like any pod.
+    plan = _launch_plan(d, [launched(d, head, phase="Failed", exit_code=1, age=40)])
+    (create,) = plan.creates
+    assert "nodeName" not in create.manifest["spec"] and "tolerations" not in create.manifest["spec"]
+
+
+def test_a_refusal_by_the_heads_node_is_no_failure_the_next_attempt_follows_at_once_scheduled() -> None:
+    d = desired_for(ray(static(1)))
+    head = healthy(d).pods[0]
+    plan = _launch_plan(d, [refused(d, head)])
+    (create,) = plan.creates
+    assert create.manifest["metadata"]["name"] == d.launcher_name(head["metadata"]["uid"], 1)
+    assert "nodeName" not in create.manifest["spec"] and plan.requeue_after is None
+    # The refusal does not count against the backoff limit: after it, three real failures still get no fourth try,
+    # but two leave room for a third.
+    two = [refused(d, head, age=500), *(launched(d, head, attempt=k, phase="Failed", exit_code=1, age=400 - k * 100)
+                                        for k in (1, 2))]
+    assert [a.manifest["metadata"]["name"] for a in _launch_plan(d, two).creates] == [
+        d.launcher_name(head["metadata"]["uid"], 3)]
+    three = [*two, launched(d, head, attempt=3, phase="Failed", exit_code=1, age=100)]
+    assert _launch_plan(d, three).actions == ()
+    # A later attempt that fails the same way is an ordinary failure (back-off), not a free retry.
+    later = refused(d, head, age=3)
+    later["metadata"]["annotations"]["ray.k8s.io/launch-attempt"] = "1"
+    assert not _launch_plan(d, [refused(d, head, age=500), later]).creates
 
 
 def test_no_launch_attempt_after_the_deadline_or_a_deadline_kill() -> None:

@@ -245,6 +245,22 @@ def test_a_launch_past_its_deadline_failed() -> None:
     assert (c["status"], c["reason"]) == ("False", "DeadlineExceeded") and "120s" in c["message"]
 
 
+def test_a_first_attempt_the_heads_node_refused_is_reported_as_such_while_the_next_is_created() -> None:
+    obj = ray(static(1))
+    d = desired_for(obj)
+    observed = healthy(d)
+    head = observed.pods[0]
+    turned_away = launched(d, head, phase="Failed", age=2)
+    turned_away["spec"]["nodeName"] = "node-1"
+    turned_away["status"] = {"phase": "Failed", "reason": "OutOfcpu",
+                             "message": "Pod was rejected: Node didn't have enough resource: cpu"}
+    status = compute_status(obj, effective_cluster(obj), _with_launchers(observed, [turned_away]), NOW, desired=d)
+    c = conditions(status)["SuccessfulLaunch"]
+    assert (c["status"], c["reason"]) == ("Unknown", "Launching")
+    assert "refused by Node node-1 (OutOfcpu: Pod was rejected" in c["message"] and "scheduled" in c["message"]
+    assert "back-off" not in c["message"]
+
+
 def test_no_launch_before_the_head() -> None:
     status = compute(ray(static(1)), Observed())
     assert conditions(status)["SuccessfulLaunch"]["reason"] == "WaitingForHead"
