@@ -725,14 +725,25 @@ def problems_raised(old: Obj, new: Obj) -> list[Obj]:
     return raised
 
 
+# Conditions that are steps towards Ready: one of them turning True while Ready keeps its status is progress (the
+# head coming up before its workers); turning False, or Ready itself changing, is written at once.
+STEP_CONDITIONS = frozenset({"HeadReady", "WorkersReady"})
+
+
 def only_progress(old: Obj, new: Obj) -> bool:
     """True when `new` differs from the stored status `old` only in what a watcher would not act on: the same
-    observedGeneration, every condition type with the same status as before, and no problem newly raised."""
+    observedGeneration, every condition type with the same status as before except a step towards Ready turning
+    True while Ready stays as it was, and no problem newly raised."""
     if not old or old.get("observedGeneration") != new.get("observedGeneration"):
         return False
     before = {c.get("type"): c.get("status") for c in _items(old.get("conditions"))}
     after = {c.get("type"): c.get("status") for c in _items(new.get("conditions"))}
-    return before == after and not problems_raised(old, new)
+    if before.keys() != after.keys() or before.get("Ready") != after.get("Ready"):
+        return False
+    for kind, status in after.items():
+        if status != before[kind] and not (kind in STEP_CONDITIONS and status == "True"):
+            return False
+    return not problems_raised(old, new)
 
 
 def merge_patch(old: Obj, new: Obj) -> dict[str, object]:

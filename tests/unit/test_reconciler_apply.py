@@ -348,11 +348,11 @@ def test_a_progress_only_change_is_held_back_until_the_window_passes() -> None:
 
 
 @pytest.mark.parametrize("change", [
-    {"conditions": [cond("HeadReady", "True", "HeadPodReady"), cond("Ready", "False", "WorkersNotReady")]},
+    {"conditions": [cond("HeadReady", "True", "HeadPodReady"), cond("Ready", "True", "AllPodsReady")]},
     {"observedGeneration": 2},
     {"conditions": [cond("HeadReady", "False", "HeadPodUnschedulable", "0/2 nodes"), cond("Ready", "False", "X")]},
     {"conditions": [*PENDING["conditions"], cond("ReplicaFailure", "True", "Forbidden")]},
-], ids=["a-condition-flips", "a-new-generation", "a-problem-raised", "a-new-condition"])
+], ids=["ready-flips", "a-new-generation", "a-problem-raised", "a-new-condition"])
 def test_a_change_a_watcher_acts_on_is_written_at_once_and_carries_what_was_held(change: dict[str, Any]) -> None:
     rig = Rig()
     ray = {**RAY, "status": PENDING}
@@ -363,6 +363,26 @@ def test_a_change_a_watcher_acts_on_is_written_at_once_and_carries_what_was_held
     assert patch["head"] == {"readyReplicas": 0}
     # Nothing is held any more: the next progress change starts a new window.
     assert rig.reconciler.write_status({**RAY, "status": {**held, **change}}, {**held, **change, "x": 1}) == 2.0
+
+
+HEAD_UP = {"observedGeneration": 1, "conditions": [
+    cond("HeadReady", "True", "HeadPodReady"), cond("WorkersReady", "False", "WorkersNotReady"),
+    cond("Ready", "False", "WorkersNotReady"), cond("SuccessfulLaunch", "Unknown", "Launching")]}
+
+
+def test_a_step_towards_ready_turning_true_is_progress_turning_false_or_another_condition_is_not() -> None:
+    rig = Rig()
+    ray = {**RAY, "status": PENDING}
+    # The head became Ready while Ready stays False (its workers come next): held, like replica counts.
+    assert rig.reconciler.write_status(ray, {**PENDING, "conditions": [
+        cond("HeadReady", "True", "HeadPodReady"), cond("Ready", "False", "WorkersNotReady")]}) == 2.0
+    assert rig.writer.statuses == {}
+    # A step going back to False, or a condition outside the steps changing, is written at once.
+    for change in ([cond("HeadReady", "False", "HeadPodNotReady"), *HEAD_UP["conditions"][1:]],
+                   [*HEAD_UP["conditions"][:3], cond("SuccessfulLaunch", "True", "Launched")]):
+        rig = Rig()
+        assert rig.reconciler.write_status({**RAY, "status": HEAD_UP}, {**HEAD_UP, "conditions": change}) is None
+        assert len(rig.writer.statuses[(NS, "r")]) == 1
 
 
 LAUNCHING = {**PENDING, "launcher": {"replicas": 1, "readyReplicas": 0}}
