@@ -40,6 +40,7 @@ from rayop.reconciler import CHILDREN as CHILD_RESOURCES
 from rayop.reconciler import (
     CONFIG_MAP_TRIM,
     MANAGED_BY_SELECTOR,
+    POD_PROJECTION,
     POD_TRIM,
     RAY,
     KubeWriter,
@@ -73,7 +74,8 @@ def child_informers(manager: Manager) -> dict[str, Informer]:
     out = {}
     for kind, resource in CHILD_RESOURCES.items():
         if kind == "Pod":
-            out[kind] = manager.informer(resource, label_selector=MANAGED_BY_SELECTOR, transform=POD_TRIM)
+            out[kind] = manager.informer(resource, label_selector=MANAGED_BY_SELECTOR, transform=POD_TRIM,
+                                         projection=POD_PROJECTION)
         elif kind == "ConfigMap":
             out[kind] = manager.informer(resource, label_selector=MANAGED_BY_SELECTOR, transform=CONFIG_MAP_TRIM)
         else:

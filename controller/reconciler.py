@@ -74,6 +74,7 @@ from rayop.runtime.events import NORMAL, WARNING
 from rayop.runtime.informer import Event
 from rayop.runtime.kube import CONTENT_MERGE_PATCH, ApiError, KubeClient, Resource
 from rayop.runtime.manager import ReconcileError, Result
+from rayop.runtime.projection import Projection
 from rayop.runtime.store import INDEX_OWNER_UID, ObjectKey, make_trimmer, resource_version, trim_object
 from rayop.status import WriteFailure, clamp_notices, compute_status
 
@@ -103,6 +104,53 @@ POD_TRIM = make_trimmer(
      "spec.containers.*.lifecycle",
      "spec.tolerations", "spec.initContainers.*.volumeMounts", "spec.initContainers.*.env"]
 )
+
+
+# What of a pod is decoded at all (`rayop.runtime.projection`): the metadata the plan and the indexes read, the
+# placement and images of the spec, the whole status. Everything else (managedFields, the containers' scripts,
+# hooks, probes, environment and mounts, the volumes, the tolerations) is skipped while the JSON is parsed. POD_TRIM
+# still runs after it (interning; and a pod that did not fit the shape, decoded in full, is trimmed as before).
+class _PodMeta(TypedDict, total=False):
+    name: Any
+    generateName: Any
+    namespace: Any
+    uid: Any
+    resourceVersion: Any
+    generation: Any
+    creationTimestamp: Any
+    deletionTimestamp: Any
+    deletionGracePeriodSeconds: Any
+    labels: Any
+    annotations: Any
+    ownerReferences: Any
+    finalizers: Any
+
+
+class _PodContainer(TypedDict, total=False):
+    name: Any
+    image: Any
+    resources: Any
+
+
+class _PodSpec(TypedDict, total=False):
+    nodeName: Any
+    containers: list[_PodContainer]
+    initContainers: list[_PodContainer]
+    restartPolicy: Any
+    activeDeadlineSeconds: Any
+    terminationGracePeriodSeconds: Any
+    serviceAccountName: Any
+
+
+class _Pod(TypedDict, total=False):
+    apiVersion: Any
+    kind: Any
+    metadata: _PodMeta
+    spec: _PodSpec
+    status: Any
+
+
+POD_PROJECTION = Projection(_Pod, "Pod")
 # The data of our ConfigMaps (the autoscaler config and in-pod programs, ~34 KiB per cluster) is cached as one
 # digest per key, which is all the plan compares; other children are cached whole (minus managedFields).
 

@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from rayop.runtime.kube import JSON, KubeClient, Resource
+from rayop.runtime.projection import Projection
 from rayop.runtime.reflector import Reflector, run_in_thread
 from rayop.runtime.store import IndexFunc, ObjectKey, Store, resource_version, trim_object
 
@@ -69,9 +70,11 @@ class Informer:
         page_size: int = 500,
         mutation_detector: bool | None = None,
         sleep: Callable[[threading.Event, float], bool] | None = None,
+        projection: Projection | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
+        self.projection = projection
         self.label_selector = label_selector
         self.field_selector = field_selector
         self.transform = transform
@@ -95,6 +98,7 @@ class Informer:
                 min_watch_timeout=min_watch_timeout,
                 name=f"{resource}{'@' + scope if scope else ''}",
                 sleep=sleep,
+                projection=projection,
             )
             for scope in scopes
         ]

@@ -270,8 +270,10 @@ class KubeClient:
         content_type: str | None = None,
         timeout: float | None = 60.0,
         accept: str = CONTENT_JSON,
+        decode: Callable[[bytes], Any] | None = None,
     ) -> Any:
-        """Send one request and return the decoded JSON answer (None for an empty body)."""
+        """Send one request and return the decoded JSON answer (None for an empty body); `decode` replaces `loads`
+        for a 2xx answer (e.g. `Projection.page`)."""
         if method != "GET" and self.write_gate is not None and not self.write_gate():
             raise WritesForbidden(f"{method} {path}: writes are not allowed (not the leader)")
         data = None
@@ -305,7 +307,7 @@ class KubeClient:
             raise ApiError(response.status, reason or response.reason or "", message, decoded)
         if not response.data:
             return None
-        return loads(response.data)
+        return (decode or loads)(response.data)
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)
@@ -334,11 +336,13 @@ class KubeClient:
         *,
         timeout: float | None = None,
         on_open: Callable[[Any], None] | None = None,
+        decode_event: Callable[[bytes], JSON] | None = None,
     ) -> Iterator[JSON]:
         """Stream watch events (`{"type": ..., "object": {...}}`) until the server ends the watch.
 
         `timeout` bounds the wait for each chunk; pass the server-side `timeoutSeconds` in `params` to bound the
-        whole watch. A 410 inside the stream is raised as `ApiError(410)`.
+        whole watch. A 410 inside the stream is raised as `ApiError(410)`. `decode_event` replaces `loads` for each
+        event line (e.g. `Projection.event`).
         """
         self.bucket.take()
         query = dict(params or {})
@@ -366,9 +370,9 @@ class KubeClient:
                 buffer = lines.pop()
                 for line in lines:
                     if line.strip():
-                        yield _decode_event(line)
+                        yield _decode_event(line, decode_event)
             if buffer.strip():
-                yield _decode_event(buffer)
+                yield _decode_event(buffer, decode_event)
         finally:
             response.release_conn()
             response.close()
@@ -389,13 +393,13 @@ def abort_response(response: Any) -> None:
         pass
 
 
-def _decode_event(line: bytes) -> JSON:
-    event = loads(line)
+def _decode_event(line: bytes, decode: Callable[[bytes], JSON] | None = None) -> JSON:
+    event = (decode or loads)(line)
     if event.get("type") == "ERROR":
         status = event.get("object") or {}
         code = int(status.get("code") or 500)
         raise ApiError(code, str(status.get("reason", "")), str(status.get("message", "")), status)
-    return event  # type: ignore[no-any-return]
+    return event
 
 
 def _query_value(value: Any) -> str:

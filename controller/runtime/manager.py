@@ -51,6 +51,7 @@ from rayop.runtime.informer import Event, Informer
 from rayop.runtime.kube import JSON, ApiError, KubeClient, Resource, WritesForbidden
 from rayop.runtime.leaderelection import KubeLeaseClient, LeaderElectionConfig, LeaderElector, LeaseClient
 from rayop.runtime.metrics import CONTENT_TYPE, Metrics
+from rayop.runtime.projection import Projection
 from rayop.runtime.store import IndexFunc, ObjectKey, trim_object
 from rayop.runtime.workqueue import Clock, RateLimiter, WorkQueue, jittered
 
@@ -337,8 +338,10 @@ class Manager:
         field_selector: str | None = None,
         transform: Callable[[JSON], JSON] | None = trim_object,
         indexers: Mapping[str, IndexFunc] | None = None,
+        projection: Projection | None = None,
     ) -> Informer:
-        """The shared informer for this resource and selection (created on first use)."""
+        """The shared informer for this resource and selection (created on first use, with that call's transform,
+        indexers and projection)."""
         key = (resource, label_selector, field_selector)
         informer = self.informers.get(key)
         if informer is None:
@@ -351,6 +354,7 @@ class Manager:
                 transform=transform,
                 indexers=indexers,
                 min_watch_timeout=self.min_watch_timeout,
+                projection=projection,
             )
             self.informers[key] = informer
             self.metrics.add_informer(informer)

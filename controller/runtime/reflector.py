@@ -30,6 +30,7 @@ import structlog
 import urllib3
 
 from rayop.runtime.kube import JSON, ApiError, KubeClient, abort_response
+from rayop.runtime.projection import Projection
 
 log = structlog.get_logger("rayop.reflector")
 
@@ -106,9 +107,11 @@ class Reflector:
         backoff: Backoff | None = None,
         name: str = "",
         sleep: Callable[[threading.Event, float], bool] | None = None,
+        projection: Projection | None = None,
     ) -> None:
         self.client = client
         self.path = path
+        self.projection = projection
         self.sink = sink
         self.scope = scope
         self.label_selector = label_selector
@@ -217,7 +220,11 @@ class Reflector:
                 params["limit"] = limit
             if token:
                 params["continue"] = token
-            page = self.client.request("GET", self.path, params=params)
+            # (The decode arguments are passed only with a projection: any client with request/watch will do.)
+            if self.projection is not None:
+                page = self.client.request("GET", self.path, params=params, decode=self.projection.page)
+            else:
+                page = self.client.request("GET", self.path, params=params)
             meta = page.get("metadata") or {}
             rv = str(meta.get("resourceVersion") or rv)
             kind = self.kind or str(page.get("kind") or "").removesuffix("List")
@@ -248,7 +255,8 @@ class Reflector:
         )
         self.stats.watches += 1
         events: Iterator[JSON] = self.client.watch(
-            self.path, params, timeout=timeout + 30.0, on_open=self._on_open
+            self.path, params, timeout=timeout + 30.0, on_open=self._on_open,
+            **({"decode_event": self.projection.event} if self.projection is not None else {}),
         )
         try:
             for event in events:
