@@ -46,18 +46,17 @@ class Projection:
         self.misfits = 0
 
     def object(self, raw: bytes | msgspec.Raw) -> JSON:
+        return self._decode(self._object, raw)
+
+    def page(self, raw: bytes) -> JSON:
+        return self._decode(self._page, raw)
+
+    def _decode(self, decoder: msgspec.json.Decoder[Any], raw: bytes | msgspec.Raw) -> JSON:
         try:
-            return self._object.decode(raw)  # type: ignore[no-any-return]
+            return decoder.decode(raw)  # type: ignore[no-any-return]
         except msgspec.DecodeError:  # a ValidationError too: a shape that does not fit, or not JSON msgspec reads
             self.misfits += 1
             return loads(bytes(raw))  # type: ignore[no-any-return]
-
-    def page(self, raw: bytes) -> JSON:
-        try:
-            return self._page.decode(raw)  # type: ignore[no-any-return]
-        except msgspec.DecodeError:
-            self.misfits += 1
-            return loads(raw)  # type: ignore[no-any-return]
 
     def event(self, line: bytes) -> JSON:
         """One watch event, `{"type": ..., "object": ...}`, its object projected (an ERROR's Status in full)."""

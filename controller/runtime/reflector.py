@@ -220,11 +220,8 @@ class Reflector:
                 params["limit"] = limit
             if token:
                 params["continue"] = token
-            # (The decode arguments are passed only with a projection: any client with request/watch will do.)
-            if self.projection is not None:
-                page = self.client.request("GET", self.path, params=params, decode=self.projection.page)
-            else:
-                page = self.client.request("GET", self.path, params=params)
+            page = self.client.request("GET", self.path, params=params,
+                                       decode=self.projection.page if self.projection is not None else None)
             meta = page.get("metadata") or {}
             rv = str(meta.get("resourceVersion") or rv)
             kind = self.kind or str(page.get("kind") or "").removesuffix("List")
@@ -256,7 +253,7 @@ class Reflector:
         self.stats.watches += 1
         events: Iterator[JSON] = self.client.watch(
             self.path, params, timeout=timeout + 30.0, on_open=self._on_open,
-            **({"decode_event": self.projection.event} if self.projection is not None else {}),
+            decode_event=self.projection.event if self.projection is not None else None,
         )
         try:
             for event in events:

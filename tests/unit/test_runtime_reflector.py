@@ -37,14 +37,15 @@ class ScriptedClient:
         self.on_exhausted: Any = None
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
-    def request(self, method: str, path: str, params: dict[str, Any]) -> Any:
+    def request(self, method: str, path: str, params: dict[str, Any], decode: Any = None) -> Any:
         self.calls.append(("list", dict(params)))
         step = self.lists.pop(0)
         if isinstance(step, Exception):
             raise step
         return step
 
-    def watch(self, path: str, params: dict[str, Any], *, timeout: float, on_open: Any) -> Iterator[Any]:
+    def watch(self, path: str, params: dict[str, Any], *, timeout: float, on_open: Any,
+              decode_event: Any = None) -> Iterator[Any]:
         self.calls.append(("watch", dict(params)))
         if not self.watches:
             self.on_exhausted()
