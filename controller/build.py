@@ -353,14 +353,40 @@ def ray_start_args(model: ClusterModel, group: HeadGroup | WorkerGroup, options:
     return args
 
 
+# A worker's wait for the head's GCS before `ray start` (workers are created with the head, which may not have an
+# address yet): a TCP connect to <host>:<port> once a second, a line on the container's log at the first miss and
+# then every 30 s; it also ends when its shell goes (a container stopped while waiting leaves no process behind).
+_GCS_WAIT_PROGRAM = '''import json,os,socket,sys,time
+a=sys.argv[1];h,_,p=a.rpartition(":");pp=os.getppid();t=time.monotonic();last=None
+while os.getppid()==pp:
+  try:
+    socket.create_connection((h,int(p)),3).close();break
+  except OSError as e:
+    now=time.monotonic()
+    if last is None or now-last>=30:
+      last=now;print(json.dumps({"waiting":"for the GCS of the head","address":a,"seconds":round(now-t),"error":str(e)}),flush=True)
+    time.sleep(1)
+'''
+
+
+def gcs_wait_script(address: str) -> str:
+    """The shell step that waits until the GCS at `address` accepts connections (the Python next to `ray` on the
+    PATH, else `python`). SIGTERM ends it at once (a PID 1 shell would otherwise ignore it for the whole grace
+    period); it never fails the start: with no Python to run it, `ray start` does its own ~20 s of retries."""
+    return ("{ trap 'exit 143' TERM INT; py=\"$(dirname \"$(command -v ray)\")/python\"; [ -x \"$py\" ] || py=python; "
+            f"\"$py\" -c {shlex.quote(_GCS_WAIT_PROGRAM)} {shlex.quote(address)} & wait $!; trap - TERM INT; true; }}")
+
+
 def ray_start_script(model: ClusterModel, group: HeadGroup | WorkerGroup, options: Options) -> str:
-    """The shell script of the Ray container: raise the open-files limit, run setup commands, exec `ray start`."""
+    """The shell script of the Ray container: raise the open-files limit, run setup commands, (workers) wait for the
+    head's GCS, exec `ray start`."""
     start = " ".join(shlex.quote(a) for a in ray_start_args(model, group, options))
     ft = model.gcs_fault_tolerance
     if isinstance(group, HeadGroup) and ft is not None and ft.password_secret is not None:
         # Expanded by the container's shell from the Secret-backed variable: the pod's spec never holds it.
         start += f' --redis-password="${REDIS_PASSWORD_ENV}"'
-    steps = [*group.setup_commands, f"exec {start}"]
+    wait = [] if isinstance(group, HeadGroup) else [gcs_wait_script(head_address(model, options))]
+    steps = [*group.setup_commands, *wait, f"exec {start}"]
     return "ulimit -n 65536 2>/dev/null || true; " + " && ".join(steps)
 
 

@@ -355,18 +355,19 @@ def ray_container_statuses(pod: Body) -> list[ContainerStatus]:
     return [cs for cs in container_statuses(pod) if cs.get("name") != AUTOSCALER_CONTAINER]
 
 
-def pod_failure(pod: Body, options: Options, now: datetime | None = None) -> Failure | None:
+def pod_failure(pod: Body, options: Options, now: datetime | None = None, *,
+                head_ready_since: datetime | None = None) -> Failure | None:
     """A failed pod: phase Failed or Succeeded (a Ray node never ends on its own), or a Ray container in
     CrashLoopBackOff with at least `crash_loop_restarts` restarts (the autoscaler sidecar does not count). With
-    `now` (worker pods), also a pod Running but not Ready for `join_timeout_seconds`: its Ray node never joined or
-    is gone, and the autoscaler does not remove such a pod."""
+    `now` (worker pods), also a pod Running but not Ready for `join_timeout_seconds` while the head is Ready (see
+    `never_ready_deadline`): its Ray node never joined or is gone, and the autoscaler does not remove such a pod."""
     if phase(pod) in ("Failed", "Succeeded"):
         return _terminated_failure(pod)
     crash = _crash_loop(pod, options)
     if crash is not None:
         return crash
     if now is not None:
-        deadline = never_ready_deadline(pod, options)
+        deadline = never_ready_deadline(pod, options, head_ready_since)
         if deadline is not None and now >= deadline:
             return Failure(reason="NeverReady",
                            message=f"running but not ready for {options.join_timeout_seconds:.0f}s",
@@ -400,12 +401,25 @@ def _crash_loop(pod: Body, options: Options) -> Failure | None:
     return None
 
 
-def never_ready_deadline(pod: Body, options: Options) -> datetime | None:
-    """For a pod Running but not Ready: the moment it counts as failed (`NeverReady`); else None."""
-    if phase(pod) != "Running" or is_ready(pod):
+def head_ready_since(head: Body | None) -> datetime | None:
+    """Since when the head pod is Ready (its Ready condition's transition, else its start, else the epoch); None
+    while it is not."""
+    if head is None or not is_ready(head):
+        return None
+    ready = condition(head, "Ready") or {}
+    return parse_time(ready.get("lastTransitionTime")) or start_time(head) or datetime.fromtimestamp(0, timezone.utc)
+
+
+def never_ready_deadline(pod: Body, options: Options, head_ready_since: datetime | None) -> datetime | None:
+    """For a worker pod Running but not Ready: the moment it counts as failed (`NeverReady`), `join_timeout_seconds`
+    after it started, turned not Ready or the head turned Ready, whichever came last; else None. While the head is
+    not Ready (`head_ready_since` None) there is nothing to join: a worker waiting for the head's GCS never counts
+    as failed, however long the head takes (it was created with the head)."""
+    if phase(pod) != "Running" or is_ready(pod) or head_ready_since is None:
         return None
     ready = condition(pod, "Ready") or {}
-    times = [t for t in (start_time(pod), parse_time(ready.get("lastTransitionTime"))) if t is not None]
+    times = [t for t in (start_time(pod), parse_time(ready.get("lastTransitionTime")), head_ready_since)
+             if t is not None]
     if not times:
         return None
     return max(times) + timedelta(seconds=options.join_timeout_seconds)

@@ -17,7 +17,8 @@ Guarantees:
      first. With the autoscaler on, a running ready
      worker is removed only by name or while the group is above its maxWorkers: the autoscaler drains idle nodes
      and names them; the operator never kills a busy one to follow a lowered count;
-  4. below `desired`, pods are created — but only once the head pod is running.
+  4. below `desired`, pods are created — with the head: once a head pod exists or is created in the same plan
+     (not while the head is failed, outdated or terminating); a worker waits for the head's GCS before `ray start`.
 - Rolling updates: pods whose `ray.k8s.io/template-hash` differs from the group's are replaced in batches, one
   group at a time (in model order), at most maxSurge pods above `desired` (the group's rollingUpdate, else
   `Options.max_surge`; terminating pods count), and a ready old pod is deleted only while the ready pods of the
@@ -59,6 +60,7 @@ from rayop.objects import (
     annotations_of,
     classify,
     created,
+    head_ready_since,
     is_managed,
     is_ready,
     is_scheduled,
@@ -220,6 +222,8 @@ class _Draft:
     busy: Collection[str] = frozenset()
     progress: list[RollingProgress] = field(default_factory=list)
     pod_creates: int = 0
+    # Since when the head the workers join is Ready (None while it is not): a worker's join timeout counts from it.
+    head_ready_since: datetime | None = None
 
     @property
     def options(self) -> Options:
@@ -285,8 +289,9 @@ def plan_cluster(desired: Desired, observed: Observed, now: datetime, *,
             if not is_terminating(p):
                 b.delete(p, REASON_SUSPENDED, f"launcher pod {name_of(p)}: the cluster is suspended")
         return b.plan()
-    head, head_running = _plan_head(b, pods.heads, paused=HEAD_GROUP in paused)
-    _plan_workers(b, pods, paused, head_running)
+    head, with_head = _plan_head(b, pods.heads, paused=HEAD_GROUP in paused)
+    b.head_ready_since = head_ready_since(head)
+    _plan_workers(b, pods, paused, with_head)
     _plan_launcher(b, head, launchers)
     return b.plan()
 
@@ -426,20 +431,21 @@ def _paths(patch: Body, prefix: str = "") -> list[str]:
 
 
 def _plan_head(b: _Draft, pods: Sequence[Body], *, paused: bool) -> tuple[Body | None, bool]:
-    """Returns (the head pod the cluster runs on, or None; whether workers may be created)."""
+    """Returns (the head pod the cluster runs on, or None; whether workers may be created: a head pod exists and is
+    not failed or outdated, or one is created in this plan — workers start with the head and wait for its GCS)."""
     want = b.desired.head
     live = rank_heads(pods, want.template_hash)  # live[0] is `choose_head`'s head
     head = live[0] if live else None
     if paused:
-        return head, head is not None and phase(head) == "Running"
+        return head, head is not None
     for extra in live[1:]:
         b.delete(extra, REASON_DUPLICATE_HEAD, f"head pod {name_of(extra)} is not the only head", group=HEAD_GROUP)
     if head is None:
         if len(live) < len(pods):
             b.notes.append("the head pod is terminating; a new one is created once it is gone")
-        else:
-            b.create(want.manifest, REASON_MISSING, "no head pod", group=HEAD_GROUP)
-        return None, False
+            return None, False
+        b.create(want.manifest, REASON_MISSING, "no head pod", group=HEAD_GROUP)
+        return None, True
     failure = pod_failure(head, b.options)
     if failure is not None:
         count = b.due(head, failure)
@@ -448,19 +454,19 @@ def _plan_head(b: _Draft, pods: Sequence[Body], *, paused: bool) -> tuple[Body |
                      f"{failure.message}", group=HEAD_GROUP)
             b.create(with_replacements(want.manifest, count), REASON_REPLACE_FAILED,
                      f"replaces failed head pod {name_of(head)}", group=HEAD_GROUP)
-            return None, False
+            return None, True
         return head, False
     if template_hash(head) != want.template_hash:
         b.delete(head, REASON_HEAD_CHANGED, f"head pod {name_of(head)} has an outdated template; re-created once "
                  "deleted", group=HEAD_GROUP)
         return None, False
-    return head, phase(head) == "Running"
+    return head, True
 
 
 # -- worker groups ------------------------------------------------------------------------------------------------
 
 
-def _plan_workers(b: _Draft, pods: RayPods, paused: Collection[str], head_running: bool) -> None:
+def _plan_workers(b: _Draft, pods: RayPods, paused: Collection[str], with_head: bool) -> None:
     by_group = dict(pods.groups)
     rolling: str | None = None
     for gp in b.desired.workers:
@@ -473,7 +479,7 @@ def _plan_workers(b: _Draft, pods: RayPods, paused: Collection[str], head_runnin
             b.notes.append(f"worker group {gp.group} waits for the rolling update of {rolling}")
         if gp.group in paused:
             continue
-        _plan_group(b, gp, group_pods, may_roll=may_roll, can_create=head_running)
+        _plan_group(b, gp, group_pods, may_roll=may_roll, can_create=with_head)
     for group, group_pods in sorted(by_group.items()):
         if group in paused:
             continue
@@ -556,7 +562,8 @@ def _plan_group(b: _Draft, gp: GroupPods, pods: Sequence[Body], *, may_roll: boo
     if missing <= 0:
         return
     if not can_create:
-        b.notes.append(f"worker group {gp.group}: {missing} pod(s) wait for the head pod to run")
+        b.notes.append(f"worker group {gp.group}: {missing} pod(s) wait for a head pod that is not failed, outdated "
+                       "or terminating")
         return
     room = max(b.options.create_burst - b.pod_creates, 0)
     if missing > room:
@@ -581,7 +588,7 @@ def _sort_live(b: _Draft, g: _Group, pods: Sequence[Body], to_delete: Collection
             b.delete(p, REASON_WORKERS_TO_DELETE, f"worker {name_of(p)} is listed in spec.workersToDelete",
                      group=g.name)
             continue
-        failure = pod_failure(p, b.options, b.now)
+        failure = pod_failure(p, b.options, b.now, head_ready_since=b.head_ready_since)
         if failure is not None:
             count = b.due(p, failure)
             if count is not None:
@@ -591,7 +598,7 @@ def _sort_live(b: _Draft, g: _Group, pods: Sequence[Body], to_delete: Collection
                 continue
             g.broken.add(name_of(p))
         else:
-            deadline = never_ready_deadline(p, b.options)
+            deadline = never_ready_deadline(p, b.options, b.head_ready_since)
             if deadline is not None:
                 # Nothing else may happen to this pod: look again when it would count as never ready.
                 b.wait((deadline - b.now).total_seconds())

@@ -63,6 +63,7 @@ from rayop.objects import (
     container_statuses,
     created,
     head_service_host,
+    head_ready_since,
     head_service_name,
     is_active,
     is_ready,
@@ -145,12 +146,14 @@ def replica_status(pods: Sequence[Body], desired: int, want_hash: str | None,
     }
 
 
-def pod_problem(pod: Body, options: Options, now: datetime | None = None) -> tuple[str, str]:
-    """(CamelCase reason, message) for a pod that is not ready (`now`: for workers, see `pod_failure`)."""
+def pod_problem(pod: Body, options: Options, now: datetime | None = None, *,
+                head_ready_since: datetime | None = None) -> tuple[str, str]:
+    """(CamelCase reason, message) for a pod that is not ready (`now`, `head_ready_since`: for workers, see
+    `pod_failure`)."""
     name = name_of(pod)
     if is_terminating(pod):
         return "Terminating", f"{name} is terminating"
-    failure = pod_failure(pod, options, now)
+    failure = pod_failure(pod, options, now, head_ready_since=head_ready_since)
     if failure is not None:
         return "Failed", f"{name} failed: {failure.reason}: {failure.message}"
     if not is_scheduled(pod):
@@ -216,8 +219,8 @@ class _GroupView:
     previous_updated: int
 
 
-def _workers_condition(groups: Sequence[_GroupView], options: Options, valid: bool,
-                       now: datetime) -> tuple[Condition, bool]:
+def _workers_condition(groups: Sequence[_GroupView], options: Options, valid: bool, now: datetime,
+                       head_ready_at: datetime | None) -> tuple[Condition, bool]:
     if not valid:
         return _condition(CONDITION_WORKERS_READY, "Unknown", "InvalidConfiguration",
                           "the desired workers are unknown while the configuration is invalid"), False
@@ -228,7 +231,8 @@ def _workers_condition(groups: Sequence[_GroupView], options: Options, valid: bo
         ready = sum(1 for p in g.pods if is_active(p) and is_ready(p))
         ready_total += min(ready, g.desired)
         if ready < g.desired:
-            problems = [pod_problem(p, options, now)[1] for p in g.pods if not is_ready(p)][:_MAX_LISTED]
+            problems = [pod_problem(p, options, now, head_ready_since=head_ready_at)[1]
+                        for p in g.pods if not is_ready(p)][:_MAX_LISTED]
             detail = f" ({'; '.join(problems)})" if problems else ""
             lacking.append(f"group {g.name}: {ready}/{g.desired} ready{detail}")
     if lacking:
@@ -448,7 +452,8 @@ def _conditions(ray: Body, model_or_error: ModelOrError, model: ClusterModel | N
                 head: Body | None, groups: Sequence[_GroupView], launch_condition: Condition,
                 failures: Sequence[WriteFailure] | None, options: Options, now: datetime) -> list[Condition]:
     head_condition = _head_condition(head, bool(pods.heads), options)
-    workers_condition, workers_ready = _workers_condition(groups, options, model is not None, now)
+    workers_condition, workers_ready = _workers_condition(groups, options, model is not None, now,
+                                                          head_ready_since(head))
     suspended = spec_of(ray).get("suspend") is True
     remaining = sum(1 for p in pods.heads + pods.workers if is_active(p) or is_terminating(p))
     if model is not None and suspended:

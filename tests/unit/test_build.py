@@ -411,15 +411,16 @@ def test_a_worker_restarting_in_its_pod_asks_the_restart_guard_and_a_drained_one
     assert argv[1] == drain_bootstrap() and "def on_restart(" in unpacked(argv[1])
     # The script itself, with the pod's /dev/shm in a temporary folder, `ray start` replaced by an echo and a
     # stand-in `python` (next to a `ray`) that says it was asked and writes the marker when told to (as the guard
-    # does for a drain).
+    # does for a drain), and says so when it runs the wait for the head's GCS instead.
     shm = tmp_path / "shm"
     shm.mkdir()
     text = text.replace(DRAIN_MARKER, str(shm / "drained")).replace(STARTED_MARKER, str(shm / "started"))
     text = text.rsplit("exec ", 1)[0] + "echo RAY STARTS"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python").write_text(f'#!/bin/sh\necho GUARD ASKED\n[ -n "$DRAINED" ] && touch {shm / "drained"}\n'
-                                    "exit 3\n")
+    (bin_dir / "python").write_text(
+        '#!/bin/sh\ncase "$*" in *--on-restart) ;; *) eval "echo GCS WAIT \\$$#"; exit 0;; esac\n'
+        f'echo GUARD ASKED\n[ -n "$DRAINED" ] && touch {shm / "drained"}\nexit 3\n')
     (bin_dir / "python").chmod(0o755)
     (bin_dir / "ray").write_text("#!/bin/sh\nexit 0\n")  # the guard runs with the Python next to `ray`
     (bin_dir / "ray").chmod(0o755)
@@ -439,11 +440,54 @@ def test_a_worker_restarting_in_its_pod_asks_the_restart_guard_and_a_drained_one
                 os.killpg(proc.pid, signal.SIGKILL)  # its sleep
         return out.read_text()
 
-    assert start() == "RAY STARTS\n"  # the first start in the pod: no question asked
+    wait = "GCS WAIT demo-head.ray.svc.cluster.local:6379\n"
+    assert start() == wait + "RAY STARTS\n"  # the first start in the pod: no question asked
     assert (shm / "started").exists()
-    assert start() == "GUARD ASKED\nRAY STARTS\n"  # a restart after a crash: asked, Ray starts again
+    assert start() == "GUARD ASKED\n" + wait + "RAY STARTS\n"  # a restart after a crash: asked, Ray starts again
     assert start(drained=True) == "GUARD ASKED\nthis pod was drained: Ray is not started again\n"
     assert start() == "this pod was drained: Ray is not started again\n"  # the marker holds: not even asked
+
+
+def test_a_worker_waits_for_the_heads_gcs_before_ray_start_and_sigterm_ends_the_wait_at_once() -> None:
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    from rayop.build import gcs_wait_script
+
+    d = desired_for(ray(static(1)))
+    text = script(d.workers[0].manifest)
+    assert gcs_wait_script("demo-head.ray.svc.cluster.local:6379") + " && exec ray start" in text
+    assert "for the GCS of the head" not in script(d.head.manifest), "the head waits for nobody"
+    # The wait itself (the real one, with this machine's Python): a closed port, then a listener.
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    started = time.monotonic()
+    proc = subprocess.Popen(["/bin/bash", "-c", gcs_wait_script(f"127.0.0.1:{port}") + " && echo RAY STARTS"],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    assert proc.poll() is None, "it waits while nothing listens"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        out = proc.communicate(timeout=30)[0].splitlines()
+    assert proc.returncode == 0 and out[-1] == "RAY STARTS" and time.monotonic() - started >= 2.0
+    line = json.loads(out[0])
+    assert line["address"] == f"127.0.0.1:{port}" and "refused" in line["error"]
+    # SIGTERM while it waits (a pod deleted before its head came up): the shell ends at once, its Python with it.
+    proc = subprocess.Popen(["/bin/bash", "-c", gcs_wait_script("head.invalid:6379") + " && echo RAY STARTS"],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=5)[0]
+    assert proc.returncode == 143 and "RAY STARTS" not in out
+    deadline = time.monotonic() + 10
+    while subprocess.run(["pgrep", "-f", "head.invalid:6379"], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "the wait's Python outlived its shell"
+        time.sleep(0.2)
 
 
 def test_the_head_and_a_plasma_directory_worker_get_no_restart_guard() -> None:

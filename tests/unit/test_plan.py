@@ -64,7 +64,7 @@ def created(plan: Plan, group: str) -> int:
     return sum(1 for a in plan.creates if a.group == group)
 
 
-def test_a_new_cluster_gets_named_children_then_the_head() -> None:
+def test_a_new_cluster_gets_named_children_then_the_head_with_its_workers() -> None:
     d = desired_for(ray(autoscaling()))
     plan = plan_cluster(d, Observed(), NOW)
     assert kinds(plan) == [
@@ -73,8 +73,9 @@ def test_a_new_cluster_gets_named_children_then_the_head() -> None:
         ("create", "RoleBinding", "demo-autoscaler"),
         ("create", "ConfigMap", "demo-ray"),
         ("create", "Pod", "head"),
+        ("create", "Pod", "worker"),
+        ("create", "Pod", "worker"),
     ]
-    assert "wait for the head pod" in " ".join(plan.notes)
     assert "Service demo-head: created once the head pod has an IP" in plan.notes
     assert plan.requeue_after is None
 
@@ -107,10 +108,10 @@ def test_an_existing_head_service_stays_while_the_head_has_no_ip() -> None:
 
 
 @pytest.mark.parametrize("head_phase, ready, workers, launches", [
-    ("Pending", False, 0, 0), ("Running", False, 2, 0), ("Running", True, 2, 1)],
+    ("Pending", False, 2, 0), ("Running", False, 2, 0), ("Running", True, 2, 1)],
     ids=["pending", "running", "ready"])
-def test_workers_are_created_once_the_head_runs_and_the_launch_once_it_is_ready(head_phase: str, ready: bool,
-                                                                                 workers: int, launches: int) -> None:
+def test_workers_are_created_with_the_head_and_the_launch_once_it_is_ready(head_phase: str, ready: bool,
+                                                                            workers: int, launches: int) -> None:
     d = desired_for(ray(autoscaling(initial=2)))
     full = healthy(d, workers=0)
     head = pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash, phase=head_phase,
@@ -282,6 +283,40 @@ def test_a_worker_that_never_becomes_ready_is_replaced_after_the_join_timeout() 
     assert deleted(plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], stuck]), NOW)) == ["w"]
     young = pod("w", hash=d.workers[0].template_hash, ready=False, age=100, ready_since=100)
     assert plan_cluster(d, with_pods(healthy(d), [healthy(d).pods[0], young]), NOW).actions == ()
+
+
+@pytest.mark.parametrize("head", ["failed", "outdated", "terminating"])
+def test_workers_wait_while_the_head_is_failed_outdated_or_terminating(head: str) -> None:
+    d = desired_for(ray(static(2)))
+    full = healthy(d, workers=0)
+    h = pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash, age=30)
+    if head == "failed":  # in its back-off (the first replacement waits 10 s after it failed)
+        h = pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash, phase="Failed",
+                finished_ago=1)
+    elif head == "outdated":
+        h = pod("demo-head-abcde", role="head", group="head", hash="old", age=30)
+    elif head == "terminating":
+        h = pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash, terminating=True)
+    plan = plan_cluster(d, with_pods(full, [h]), NOW)
+    assert created(plan, "worker") == 0
+    assert "worker group worker: 2 pod(s) wait for a head pod that is not failed, outdated or terminating" in plan.notes
+
+
+def test_a_worker_waiting_for_a_head_that_is_not_ready_never_counts_as_failed() -> None:
+    # Created with the head, a worker waits for its GCS: the join timeout counts from the head turning Ready.
+    d = desired_for(ray(static(1)))
+    waiting = pod("w", hash=d.workers[0].template_hash, ready=False, age=900, ready_since=900)
+    slow_head = pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash, ready=False, age=900)
+    plan = plan_cluster(d, with_pods(healthy(d), [slow_head, waiting]), NOW)
+    assert deleted(plan) == [] and created(plan, "worker") == 0
+    assert plan.requeue_after is None, "nothing to look again for while the head is not ready"
+    # The head Ready for 100 s: the worker has 200 s left, and the plan looks again then.
+    head = pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash, age=900, ready_since=100)
+    plan = plan_cluster(d, with_pods(healthy(d), [head, waiting]), NOW)
+    assert deleted(plan) == [] and plan.requeue_after == pytest.approx(200.0)
+    # Ready for the join timeout plus the first back-off: replaced.
+    head = pod("demo-head-abcde", role="head", group="head", hash=d.head.template_hash, age=900, ready_since=311)
+    assert deleted(plan_cluster(d, with_pods(healthy(d), [head, waiting]), NOW)) == ["w"]
 
 
 def _rolled(spec: dict[str, Any]) -> tuple[Any, Any]:
