@@ -26,6 +26,7 @@ import base64
 import functools
 import json
 import math
+import shlex
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ __all__ = [
     "validate_with_ray",
     "autoscaler_role_rules",
     "inpod_files",
+    "DRAIN_PROGRAM_ENV",
+    "drain_args",
     "drain_command",
     "monitor_command",
     "monitor_env",
@@ -239,9 +242,21 @@ def drain_bootstrap() -> str:
             f"'{DRAIN_FILE}','exec'))")
 
 
+# The variable of a worker's Ray container that holds `drain_bootstrap()`: its preStop hook and its restart guard both
+# run the program from there, so the pod carries it once (it is most of a worker pod's size).
+DRAIN_PROGRAM_ENV = "RAYOP_DRAIN_PROGRAM"
+
+
+def drain_args(head_address: str, deadline_seconds: float) -> list[str]:
+    """The drain program's arguments: the head's GCS and how long a busy node may take."""
+    return ["--address", head_address, "--deadline", f"{deadline_seconds:g}"]
+
+
 def drain_command(head_address: str, deadline_seconds: float) -> list[str]:
-    """The worker pods' preStop hook: drain this pod's Ray node through the GCS, wait for it (up to the deadline)."""
-    return ["python", "-c", drain_bootstrap(), "--address", head_address, "--deadline", f"{deadline_seconds:g}"]
+    """The worker pods' preStop hook: drain this pod's Ray node through the GCS, wait for it (up to the deadline).
+    The program comes from the container's environment (`DRAIN_PROGRAM_ENV`), which the kubelet gives exec hooks."""
+    return ["/bin/sh", "-c", f'exec python -c "${DRAIN_PROGRAM_ENV}" '
+            + shlex.join(drain_args(head_address, deadline_seconds))]
 
 
 def monitor_command(config_path: str = CONFIG_PATH) -> list[str]:

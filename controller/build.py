@@ -39,8 +39,11 @@ from rayop.autoscaler import (
     build_autoscaler_config,
     CONFIG_FILE,
     HEAD_ENV,
+    DRAIN_PROGRAM_ENV,
     INPOD_DIR,
     autoscaler_role_rules,
+    drain_args,
+    drain_bootstrap,
     drain_command,
     launcher_command,
     monitor_command,
@@ -573,11 +576,13 @@ def _add_ray_command(pod: _PodDraft) -> None:
         # node ended by a drain someone else asked for (Ray's autoscaler, `ray drain-node`); if so the guard leaves
         # the marker too. A crash is no drain: Ray starts again and the node rejoins. The guard runs with the Python
         # next to `ray` (a login shell's PATH may put another `python` first), else with `python`.
-        drain = drain_command(head_address(pod.model, pod.options), pod.options.drain_timeout_seconds)
-        guard = shlex.join([*drain[1:], "--on-restart"])
+        # The program is in the container's environment (once per pod; the preStop hook reads it from there too).
+        env.append(_env_var(DRAIN_PROGRAM_ENV, drain_bootstrap()))
+        guard = shlex.join([*drain_args(head_address(pod.model, pod.options), pod.options.drain_timeout_seconds),
+                            "--on-restart"])
         script = (f"if [ -e {STARTED_MARKER} ] && [ ! -e {DRAIN_MARKER} ]; then "
                   f"py=\"$(dirname \"$(command -v ray)\")/python\"; [ -x \"$py\" ] || py=python; "
-                  f"\"$py\" {guard} || true; fi; "
+                  f"\"$py\" -c \"${DRAIN_PROGRAM_ENV}\" {guard} || true; fi; "
                   f"if [ -e {DRAIN_MARKER} ]; then echo 'this pod was drained: Ray is not started again'; "
                   f"trap 'exit 0' TERM INT; while true; do sleep 3600 & wait $!; done; fi; "
                   f"touch {STARTED_MARKER} 2>/dev/null || true; {script}")

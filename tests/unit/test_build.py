@@ -377,19 +377,35 @@ def unpacked(bootstrap: str) -> str:
     return zlib.decompress(base64.b64decode(packed)).decode()
 
 
-def test_a_worker_carries_the_drain_program_compressed_and_it_runs() -> None:
+def test_a_worker_carries_the_drain_program_once_compressed_and_its_hook_runs_it(tmp_path: Path) -> None:
+    import os
     import subprocess
     import sys
 
     d = desired_for(ray(static(1)))
     pod = d.workers[0].manifest
     [c] = [c for c in pod["spec"]["containers"] if c["name"] == "ray-worker"]
-    hook = c["lifecycle"]["preStop"]["exec"]["command"]
-    assert hook[:3] == ["python", "-c", drain_bootstrap()]
-    assert unpacked(hook[2]) == drain_program()  # exactly the program, nothing lost in the packing
-    assert len(json.dumps(pod)) < 16_000  # the program twice, packed (it was 28 KB as text)
-    ran = subprocess.run([sys.executable, "-c", hook[2], "--help"], capture_output=True, text=True, timeout=60)
+    program = env(c)["RAYOP_DRAIN_PROGRAM"]
+    assert program == drain_bootstrap()
+    assert unpacked(program) == drain_program()  # exactly the program, nothing lost in the packing
+    assert json.dumps(pod).count(program) == 1  # once: the hook and the restart guard read it from the environment
+    assert len(json.dumps(pod)) < 9_000  # it was 28 KB as text, then 13 KB packed and carried twice
+    ran = subprocess.run([sys.executable, "-c", program, "--help"], capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0 and "Drain this pod's Ray node" in ran.stdout, ran.stderr
+    # The hook, as the kubelet runs it (the command, in the container's environment), with this machine's Python as
+    # `python`: the program gets the hook's arguments (`--help` added after them shows it parsed them all).
+    hook = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook[:2] == ["/bin/sh", "-c"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAYOP_DRAIN_PROGRAM": program}
+    ran = subprocess.run([*hook[:2], hook[2] + " --help"], capture_output=True, text=True, timeout=60,
+                         env=environment)
+    assert ran.returncode == 0 and "Drain this pod's Ray node" in ran.stdout, ran.stderr
+    argv = shlex.split(hook[2])
+    assert argv[:3] == ["exec", "python", "-c"] and argv[3] == "$RAYOP_DRAIN_PROGRAM"
+    assert argv[4:] == ["--address", "demo-head.ray.svc.cluster.local:6379", "--deadline", "300"]
 
 
 def test_a_worker_restarting_in_its_pod_asks_the_restart_guard_and_a_drained_one_stays_idle(tmp_path: Path) -> None:
@@ -408,7 +424,8 @@ def test_a_worker_restarting_in_its_pod_asks_the_restart_guard_and_a_drained_one
     argv = shlex.split(guard)
     assert argv[0] == "-c" and argv[-1] == "--on-restart"
     assert argv[argv.index("--address") + 1] == "demo-head.ray.svc.cluster.local:6379"
-    assert argv[1] == drain_bootstrap() and "def on_restart(" in unpacked(argv[1])
+    assert argv[1] == "$RAYOP_DRAIN_PROGRAM"  # the program in the container's environment
+    assert "def on_restart(" in unpacked(env(ray_container(d.workers[0].manifest))["RAYOP_DRAIN_PROGRAM"])
     # The script itself, with the pod's /dev/shm in a temporary folder, `ray start` replaced by an echo and a
     # stand-in `python` (next to a `ray`) that says it was asked and writes the marker when told to (as the guard
     # does for a drain), and says so when it runs the wait for the head's GCS instead.
@@ -420,13 +437,15 @@ def test_a_worker_restarting_in_its_pod_asks_the_restart_guard_and_a_drained_one
     bin_dir.mkdir()
     (bin_dir / "python").write_text(
         '#!/bin/sh\ncase "$*" in *--on-restart) ;; *) eval "echo GCS WAIT \\$$#"; exit 0;; esac\n'
+        '[ "$2" = "$RAYOP_DRAIN_PROGRAM" ] || { echo GUARD GOT ANOTHER PROGRAM; exit 3; }\n'
         f'echo GUARD ASKED\n[ -n "$DRAINED" ] && touch {shm / "drained"}\nexit 3\n')
     (bin_dir / "python").chmod(0o755)
     (bin_dir / "ray").write_text("#!/bin/sh\nexit 0\n")  # the guard runs with the Python next to `ray`
     (bin_dir / "ray").chmod(0o755)
 
     def start(drained: bool = False) -> str:
-        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DRAINED": "1" if drained else ""}
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DRAINED": "1" if drained else "",
+               "RAYOP_DRAIN_PROGRAM": "the drain program"}
         out = tmp_path / "out"
         with out.open("w") as f:  # a file, not a pipe: the idle loop's `sleep` outlives the shell
             proc = subprocess.Popen(["/bin/bash", "-c", text], stdout=f, env=env, start_new_session=True)
