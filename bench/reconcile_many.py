@@ -10,7 +10,8 @@ Phases, in order:
    default state dir) with `--nodes` Nodes, reused if already up there, and brought down at the end only if this
    run started it. The `Ray` CRD (manifests/crd.yaml) is installed.
 2. Operator: `rayop run` as a subprocess (JSON logs to a file, metrics on a free loopback port read from its
-   "manager started" line), watching the K benchmark namespaces, with `--kube-api-qps/--kube-api-burst/--workers`.
+   "manager started" line), watching the K benchmark namespaces (`--all-namespaces`: every namespace, as a
+   cluster-wide install does), with `--kube-api-qps/--kube-api-burst/--workers`.
 3. Create: N static `Ray`s (autoScalingMode disabled, initialWorkers 3, requests 100m/256Mi, a ScheduleAnyway
    topology spread over the Nodes: see docs/benchmarks.md) spread round-robin over K fresh namespaces, as fast as `--create-threads` client threads can. A watch on the `rays` collection
    (label selector of this run) records when each reaches Ready=True (for its current generation).
@@ -501,7 +502,7 @@ def operator_phase(args: argparse.Namespace, plane: ControlPlane, kube: KubeClie
     namespaces = [f"bench-{run}-r{i}" for i in range(args.namespaces)]
     create_namespaces(kube, namespaces, run)
     defaults = args.operator_defaults
-    operator = Operator(plane.kubeconfig, namespaces, out_dir / "operator.log",
+    operator = Operator(plane.kubeconfig, [] if args.all_namespaces else namespaces, out_dir / "operator.log",
                         None if defaults else args.kube_api_qps, None if defaults else args.kube_api_burst,
                         None if defaults else args.workers, entry=[sys.executable, str(WRAPPER)])
     log(f"operator pid {operator.pid}, metrics on 127.0.0.1:{operator.port}, log {operator.log_path}")
@@ -786,7 +787,8 @@ def report(results: dict[str, Any]) -> str:
                 f"--kube-api-burst {results['kube_api_burst']}")
     history = op.get("pods_history") or {}
     lines = [
-        f"rays: {n} (1 head + 3 workers each) in {results['namespaces']} namespaces; operator at {settings}",
+        f"rays: {n} (1 head + 3 workers each) in {results['namespaces']} namespaces; operator at {settings}, "
+        f"watching {'every namespace' if results.get('all_namespaces') else 'those namespaces'}",
         f"machine: {results['cpus']} CPUs, Kubernetes {results['kubernetes']}, Python {results['python']}, "
         f"{results['nodes']} Nodes",
         "",
@@ -864,6 +866,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rays", type=int, default=100)
     parser.add_argument("--namespaces", type=int, default=10)
+    parser.add_argument("--all-namespaces", action="store_true",
+                        help="the operator watches every namespace (one watch per kind) instead of the K benchmark "
+                             "namespaces (K watches per kind)")
     parser.add_argument("--kubeconfig", default=None, help="reuse this control plane (default: bring one up)")
     parser.add_argument("--cluster-dir", type=Path, default=Path("/tmp/rayop-bench"),
                         help="state dir of the control plane brought up (default /tmp/rayop-bench)")
@@ -911,7 +916,7 @@ def main() -> None:
         install_crd(kube)
         version = kube.get("/version")
         results: dict[str, Any] = {
-            "run": run, "rays": args.rays, "namespaces": args.namespaces,
+            "run": run, "rays": args.rays, "namespaces": args.namespaces, "all_namespaces": args.all_namespaces,
             "workers": None if args.operator_defaults else args.workers,
             "kube_api_qps": None if args.operator_defaults else args.kube_api_qps,
             "kube_api_burst": None if args.operator_defaults else args.kube_api_burst,
