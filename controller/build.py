@@ -372,11 +372,16 @@ while os.getppid()==pp:
 '''
 
 
+# Sets `py` to the Python next to `ray` on the PATH (a login shell's PATH may put another `python` first), else
+# `python`: the worker's in-pod programs (the GCS wait, the restart guard) run with it.
+_RAY_PYTHON = 'py="$(dirname "$(command -v ray)")/python"; [ -x "$py" ] || py=python; '
+
+
 def gcs_wait_script(address: str) -> str:
     """The shell step that waits until the GCS at `address` accepts connections (the Python next to `ray` on the
     PATH, else `python`). SIGTERM ends it at once (a PID 1 shell would otherwise ignore it for the whole grace
     period); it never fails the start: with no Python to run it, `ray start` does its own ~20 s of retries."""
-    return ("{ trap 'exit 143' TERM INT; py=\"$(dirname \"$(command -v ray)\")/python\"; [ -x \"$py\" ] || py=python; "
+    return ("{ trap 'exit 143' TERM INT; " + _RAY_PYTHON +
             f"\"$py\" -c {shlex.quote(_GCS_WAIT_PROGRAM)} {shlex.quote(address)} & wait $!; trap - TERM INT; true; }}")
 
 
@@ -580,8 +585,7 @@ def _add_ray_command(pod: _PodDraft) -> None:
         env.append(_env_var(DRAIN_PROGRAM_ENV, drain_bootstrap()))
         guard = shlex.join([*drain_args(head_address(pod.model, pod.options), pod.options.drain_timeout_seconds),
                             "--on-restart"])
-        script = (f"if [ -e {STARTED_MARKER} ] && [ ! -e {DRAIN_MARKER} ]; then "
-                  f"py=\"$(dirname \"$(command -v ray)\")/python\"; [ -x \"$py\" ] || py=python; "
+        script = (f"if [ -e {STARTED_MARKER} ] && [ ! -e {DRAIN_MARKER} ]; then {_RAY_PYTHON}"
                   f"\"$py\" -c \"${DRAIN_PROGRAM_ENV}\" {guard} || true; fi; "
                   f"if [ -e {DRAIN_MARKER} ]; then echo 'this pod was drained: Ray is not started again'; "
                   f"trap 'exit 0' TERM INT; while true; do sleep 3600 & wait $!; done; fi; "

@@ -220,7 +220,7 @@ class _GroupView:
 
 
 def _workers_condition(groups: Sequence[_GroupView], options: Options, valid: bool, now: datetime,
-                       head_ready_at: datetime | None) -> tuple[Condition, bool]:
+                       head_ready_since: datetime | None) -> tuple[Condition, bool]:
     if not valid:
         return _condition(CONDITION_WORKERS_READY, "Unknown", "InvalidConfiguration",
                           "the desired workers are unknown while the configuration is invalid"), False
@@ -231,7 +231,7 @@ def _workers_condition(groups: Sequence[_GroupView], options: Options, valid: bo
         ready = sum(1 for p in g.pods if is_active(p) and is_ready(p))
         ready_total += min(ready, g.desired)
         if ready < g.desired:
-            problems = [pod_problem(p, options, now, head_ready_since=head_ready_at)[1]
+            problems = [pod_problem(p, options, now, head_ready_since=head_ready_since)[1]
                         for p in g.pods if not is_ready(p)][:_MAX_LISTED]
             detail = f" ({'; '.join(problems)})" if problems else ""
             lacking.append(f"group {g.name}: {ready}/{g.desired} ready{detail}")
