@@ -72,11 +72,12 @@ run: controlplane venv
 	hack/run.sh
 
 # The Ray benchmark, then the RayJob one (both sim mode, each bringing up its own control plane in /tmp/rayop-bench).
+# The Ray one runs the operator as installed by default: its own client and worker settings, every namespace watched.
 BENCH_RAYS ?= 100
 BENCH_RAYJOBS ?= 100
 bench: controlplane venv
 	@echo "benchmarks: see docs/benchmarks.md"
-	$(BIN)/python bench/reconcile_many.py --rays $(BENCH_RAYS) --operator-defaults
+	$(BIN)/python bench/reconcile_many.py --rays $(BENCH_RAYS) --operator-defaults --all-namespaces
 	$(BIN)/python bench/rayjobs_many.py --rayjobs $(BENCH_RAYJOBS)
 
 # Long reliability runs (docs/reliability.md): the pure fuzz test with 10,000 generated Ray objects, 1,000 random
