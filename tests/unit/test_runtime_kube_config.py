@@ -71,3 +71,28 @@ def test_the_package_imported_first_is_used_as_it_is(kubeconfig: Path) -> None:
         print(json.dumps({{"host": c.host, "same_class": type(c) is k8s_client.Configuration}}))
     """)
     assert got == {"host": "https://10.1.2.3:6443", "same_class": True}
+
+
+def test_an_exec_credential_plugin_gives_the_token(tmp_path: Path) -> None:
+    # A kubeconfig whose user runs a credential plugin (as cloud providers' kubeconfigs do): the loader runs it and
+    # the token it prints is the one the client sends, with the models still not imported.
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text('import json\nprint(json.dumps({"apiVersion": "client.authentication.k8s.io/v1", '
+                      '"kind": "ExecCredential", "status": {"token": "from-exec"}}))\n')
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://10.1.2.3:6443", "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
+                                                  "command": sys.executable, "args": [str(plugin)],
+                                                  "interactiveMode": "Never"}}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+    }))
+    got = run(f"""
+        import json, sys
+        from rayop.runtime.kube import KubeClient
+        client = KubeClient.load({str(path)!r})
+        print(json.dumps({{"auth": client._headers(None).get("Authorization"),
+                          "models": [m for m in sys.modules if m.startswith("kubernetes.client.models")][:3]}}))
+    """)
+    assert got == {"auth": "Bearer from-exec", "models": []}
