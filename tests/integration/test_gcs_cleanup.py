@@ -118,9 +118,11 @@ def test_deletion_waits_for_the_cleanup_job_and_its_success_removes_the_finalize
         r = get(kube, rays_path(namespace, name))
         assert r is not None, "the Ray went before its clean-up Job existed"
         assert r["metadata"].get("deletionTimestamp")
+        # The Job first, then the pods: pods listed after the Job was seen existed while it did (read the other way
+        # round, pods gone between the two reads and a Job created in that gap would look like an overlap).
+        job = get(kube, f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}-gcs-cleanup")
         pods = [p for p in cluster_objects(kube, namespace, name, "/api/v1")
                 if p["metadata"]["labels"].get("ray.k8s.io/node-kind") in ("head", "worker")]
-        job = get(kube, f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}-gcs-cleanup")
         seen.append((len(pods), job is not None))
         return job
 
