@@ -15,17 +15,21 @@ import pytest
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
-@pytest.fixture
-def kubeconfig(tmp_path: Path) -> Path:
-    path = tmp_path / "kubeconfig"
+def write_kubeconfig(path: Path, cluster: dict, user: dict) -> Path:
+    """A one-context kubeconfig for the server https://10.1.2.3:6443 with these cluster and user fields."""
     path.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": "https://10.1.2.3:6443",
-                                               "certificate-authority-data": base64.b64encode(CA.encode()).decode()}}],
-        "users": [{"name": "u", "user": {"token": "t0k3n"}}],
+        "clusters": [{"name": "k", "cluster": {"server": "https://10.1.2.3:6443", **cluster}}],
+        "users": [{"name": "u", "user": user}],
         "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "n"}}],
     }))
     return path
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path) -> Path:
+    return write_kubeconfig(tmp_path / "kubeconfig",
+                            {"certificate-authority-data": base64.b64encode(CA.encode()).decode()}, {"token": "t0k3n"})
 
 
 def run(program: str) -> dict:
@@ -79,15 +83,9 @@ def test_an_exec_credential_plugin_gives_the_token(tmp_path: Path) -> None:
     plugin = tmp_path / "plugin.py"
     plugin.write_text('import json\nprint(json.dumps({"apiVersion": "client.authentication.k8s.io/v1", '
                       '"kind": "ExecCredential", "status": {"token": "from-exec"}}))\n')
-    path = tmp_path / "kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": "https://10.1.2.3:6443", "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "u", "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
-                                                  "command": sys.executable, "args": [str(plugin)],
-                                                  "interactiveMode": "Never"}}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
-    }))
+    path = write_kubeconfig(tmp_path / "kubeconfig", {"insecure-skip-tls-verify": True},
+                            {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable,
+                                      "args": [str(plugin)], "interactiveMode": "Never"}})
     got = run(f"""
         import json, sys
         from rayop.runtime.kube import KubeClient
