@@ -53,11 +53,16 @@ _encoder = msgspec.json.Encoder()
 
 
 def dumps(body: Any) -> bytes:
-    """Compact JSON bytes of `body`, keys in their order."""
+    """Compact JSON bytes of `body`, keys in their order. Raises ValueError for a NaN or an infinity, which JSON
+    cannot say (msgspec would write `null`, and the server would store something the caller did not send: a spec
+    of -inf became an empty spec), and TypeError for what is not a JSON value."""
     try:
-        return _encoder.encode(body)
+        out = _encoder.encode(body)
     except (TypeError, OverflowError):
-        return json.dumps(body, separators=(",", ":")).encode()  # e.g. an integer beyond 64 bits
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()  # e.g. an integer beyond 64 bits
+    if b"null" in out:  # a None, or a float msgspec wrote as null: json says which (ValueError for the float)
+        json.dumps(body, allow_nan=False)
+    return out
 
 CONTENT_JSON = "application/json"
 # Asks the API server to answer a write with the object's metadata only (the server's own PartialObjectMetadata

@@ -103,3 +103,9 @@ def test_loads_and_dumps_round_trip_what_json_does() -> None:
         loads(b'{"truncated": ')
     with pytest.raises(TypeError):
         dumps({"x": object()})
+    for number in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(ValueError):  # JSON has no such number: not sent as null
+            dumps({"spec": {"a": [None, number]}})
+    with pytest.raises(ValueError):
+        dumps({"big": 123456789012345678901234567890, "x": float("nan")})
+    assert dumps({"a": None}) == b'{"a":null}'
