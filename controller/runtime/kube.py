@@ -2,8 +2,9 @@
 
 Guarantees:
 - Configuration (kubeconfig, in-cluster service account) is loaded by the official `kubernetes` package's loaders
-  (imported without its generated API and models: `official_config_loaders`); requests
-  go straight through one urllib3 pool and return plain `dict`s decoded by `loads`: msgspec's JSON decoder, about
+  (imported without its generated API and models: `official_config_loaders`); requests go straight to the server
+  on keep-alive connections (`rayop.runtime.transport`, on the standard library's http.client; watches on one
+  urllib3 pool) and return plain `dict`s decoded by `loads`: msgspec's JSON decoder, about
   twice as fast as `json.loads` and sharing one copy of most short dict keys, with `json.loads` for what msgspec
   refuses (e.g. a number beyond 64 bits). No model objects are built, so a 2,000-pod list costs what its JSON
   costs.
@@ -35,6 +36,8 @@ from urllib.parse import quote, urlencode
 
 import msgspec
 import urllib3
+
+from rayop.runtime.transport import Connections, ssl_context
 
 JSON = dict[str, Any]
 
@@ -264,9 +267,12 @@ class KubeClient:
         # prefix if its URL has one (e.g. a proxy's /k8s/clusters/<id>).
         url = urllib3.util.parse_url(self.host)
         self._base = (url.path or "").rstrip("/")
-        origin = f"{url.scheme or 'https'}://{url.netloc}"
+        scheme = url.scheme or "https"
+        origin = f"{scheme}://{url.netloc}"
+        host = url.host or ""
         if url.scheme == "http":
             self._pool: urllib3.HTTPConnectionPool = urllib3.connection_from_url(origin, **kwargs)
+            self._conns = Connections("http", host, url.port, maxsize=pool_maxsize)
             return
         if configuration.verify_ssl:
             kwargs["cert_reqs"] = "CERT_REQUIRED"
@@ -281,6 +287,13 @@ class KubeClient:
         if getattr(configuration, "tls_server_name", None):
             kwargs["server_hostname"] = configuration.tls_server_name
         self._pool = urllib3.connection_from_url(origin, **kwargs)
+        # Whole-answer requests on http.client (rayop.runtime.transport), same TLS settings; watches on the pool.
+        verify, ca, cert, key = (bool(configuration.verify_ssl), configuration.ssl_ca_cert, configuration.cert_file,
+                                 configuration.key_file)
+        self._conns = Connections(scheme, host, url.port,
+                                  context=lambda: ssl_context(verify=verify, ca_file=ca, cert_file=cert, key_file=key),
+                                  server_hostname=getattr(configuration, "tls_server_name", None) or None,
+                                  maxsize=pool_maxsize)
 
     # -- construction -------------------------------------------------------------------------------------------
 
@@ -352,16 +365,9 @@ class KubeClient:
         for attempt in range(self.throttle_retries + 1):
             self.bucket.take()
             try:
-                response = self._pool.request(
-                    method,
-                    self.url(path, params),
-                    body=data,
-                    headers=self._headers(content_type, accept),
-                    timeout=urllib3.Timeout(connect=10.0, read=timeout),
-                    retries=False,
-                    preload_content=True,
-                )
-            except urllib3.exceptions.HTTPError:
+                response = self._conns.request(method, self.url(path, params), data,
+                                               self._headers(content_type, accept), timeout)
+            except (urllib3.exceptions.HTTPError, OSError):
                 self._count(method, 0)
                 raise
             self._count(method, response.status)
@@ -447,6 +453,7 @@ class KubeClient:
             response.close()
 
     def close(self) -> None:
+        self._conns.close()
         self._pool.close()
 
 
