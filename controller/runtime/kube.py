@@ -284,15 +284,16 @@ class KubeClient:
             kwargs["cert_file"] = configuration.cert_file
         if configuration.key_file:
             kwargs["key_file"] = configuration.key_file
-        if getattr(configuration, "tls_server_name", None):
-            kwargs["server_hostname"] = configuration.tls_server_name
+        server_name = getattr(configuration, "tls_server_name", None) or None
+        if server_name:
+            kwargs["server_hostname"] = server_name
         self._pool = urllib3.connection_from_url(origin, **kwargs)
         # Whole-answer requests on http.client (rayop.runtime.transport), same TLS settings; watches on the pool.
         verify, ca, cert, key = (bool(configuration.verify_ssl), configuration.ssl_ca_cert, configuration.cert_file,
                                  configuration.key_file)
         self._conns = Connections(scheme, host, url.port,
                                   context=lambda: ssl_context(verify=verify, ca_file=ca, cert_file=cert, key_file=key),
-                                  server_hostname=getattr(configuration, "tls_server_name", None) or None,
+                                  server_hostname=server_name,
                                   maxsize=pool_maxsize)
 
     # -- construction -------------------------------------------------------------------------------------------

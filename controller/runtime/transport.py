@@ -46,16 +46,18 @@ class Answer:
 
 
 class _TLSConnection(http.client.HTTPConnection):
-    """`http.client`'s connection with TLS from a given context, checking `server_hostname` when one is named."""
+    """`http.client`'s connection with TLS from `context()`, checking `server_hostname` when one is named."""
 
-    def __init__(self, host: str, port: int, timeout: float, context: ssl.SSLContext, server_hostname: str | None):
+    def __init__(self, host: str, port: int, timeout: float, context: Callable[[], ssl.SSLContext],
+                 server_hostname: str | None):
         super().__init__(host, port, timeout=timeout)
         self._context = context
         self._server_hostname = server_hostname
 
     def connect(self) -> None:
+        context = self._context()  # first, so an unreadable CA or key file fails like a failed handshake
         super().connect()  # TCP, with TCP_NODELAY
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_hostname or self.host)
+        self.sock = context.wrap_socket(self.sock, server_hostname=self._server_hostname or self.host)
 
 
 def ssl_context(*, verify: bool, ca_file: str | None = None, cert_file: str | None = None,
@@ -88,15 +90,16 @@ class Connections:
         self._maxsize = maxsize
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
-        self.opened = 0  # connections opened so far (for tests and debugging)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._context is None:
+            assert self._make_context is not None, "https without a TLS context"
+            self._context = self._make_context()
+        return self._context
 
     def _new(self) -> http.client.HTTPConnection:
-        self.opened += 1
         if self.scheme == "https":
-            if self._context is None:
-                assert self._make_context is not None
-                self._context = self._make_context()
-            return _TLSConnection(self.host, self.port, CONNECT_TIMEOUT_SECONDS, self._context,
+            return _TLSConnection(self.host, self.port, CONNECT_TIMEOUT_SECONDS, self._tls_context,
                                   self._server_hostname)
         return http.client.HTTPConnection(self.host, self.port, timeout=CONNECT_TIMEOUT_SECONDS)
 

@@ -202,3 +202,14 @@ def test_tls_settings_come_from_the_configuration(certificate: tuple[Path, Path]
     configuration.tls_server_name = None
     configuration.verify_ssl = False
     assert KubeClient(configuration, qps=0).get("/a") == {}
+
+
+def test_an_unreadable_ca_file_fails_the_requests_not_the_client(certificate: tuple[Path, Path],
+                                                                  servers: list[Server]) -> None:
+    servers.append(server := tls_server(certificate))
+    configuration = k8s_client.Configuration(host=f"https://127.0.0.1:{server.port}")
+    configuration.ssl_ca_cert = str(certificate[0].parent / "missing-ca.pem")
+    kube = KubeClient(configuration, qps=0)
+    with pytest.raises(urllib3.exceptions.HTTPError, match="missing-ca.pem|No such file"):
+        kube.get("/a")
+    assert kube.request_counts() == {("GET", 0): 1}
